@@ -1,0 +1,180 @@
+"""Capture points: the name → activation store every runner fills and the comparator reads.
+
+The names are the contract between runners, comparator and reports (docs/CAPTURE_NAMES.md).
+Tensors are kept FP32 on the CPU with shape (T, F), one row per token position. Insertion
+order is execution order, so "the first point that diverged" is well defined.
+
+With ``summary_only`` a store keeps only per-token summaries (L2 norm, abs max, NaN and Inf
+counts): memory then stays bounded by the number of points, not the model size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+LAYER_POINTS: tuple[str, ...] = (
+    "attn_norm",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.scores",
+    "attn.out",
+    "attn.o_proj",
+    "attn.post_norm",
+    "attn_residual",
+    "mlp_norm",
+    "mlp.gate",
+    "mlp.up",
+    "mlp.down",
+    "mlp.post_norm",
+    "out",
+)
+"""Per-layer points in execution order (some exist only for some architectures)."""
+
+LINEAR_MODULES: tuple[str, ...] = (
+    "attn.q_proj",
+    "attn.k_proj",
+    "attn.v_proj",
+    "attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+"""Per-layer linear modules, named like the capture points they feed."""
+
+
+def layer_point(i: int, point: str) -> str:
+    return f"layers.{i}.{point}"
+
+
+def layer_of(name: str) -> int | None:
+    """Layer index of a capture name, or None for points outside the layer stack."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def op_of(name: str) -> str:
+    """The op part of a name: ``layers.3.mlp.down`` → ``mlp.down``; others unchanged."""
+    parts = name.split(".")
+    if layer_of(name) is not None:
+        return ".".join(parts[2:])
+    return name
+
+
+def all_point_names(n_layers: int, *, attn_softcap: bool = False, sandwich: bool = False) -> list[str]:
+    """Every point the graph exposes for an architecture, in execution order."""
+    names = ["embed"]
+    for i in range(n_layers):
+        for p in LAYER_POINTS:
+            if p == "attn.scores" and not attn_softcap:
+                continue
+            if p in ("attn.post_norm", "mlp.post_norm") and not sandwich:
+                continue
+            names.append(layer_point(i, p))
+    names += ["final_norm", "logits.pre_softcap", "logits"]
+    return names
+
+
+class Selector:
+    """Glob-pattern selection of capture points (``layers.*.out``, ``logits*``)."""
+
+    def __init__(self, patterns: Sequence[str] | str | None = None):
+        if isinstance(patterns, str):
+            patterns = [p for p in patterns.split(",") if p]
+        self.patterns: list[str] = list(patterns) if patterns else ["*"]
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+            self._cache[name] = hit
+        return hit
+
+
+@dataclass
+class PointSummary:
+    """Per-token summaries of one capture point; enough to spot blow-up and NaN onset."""
+
+    norm: torch.Tensor  # (T,) L2 norm over finite values
+    amax: torch.Tensor  # (T,) max |x| over finite values
+    nan: torch.Tensor  # (T,) int64 count
+    inf: torch.Tensor  # (T,) int64 count
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> PointSummary:
+        x = x.detach().float()
+        finite = torch.isfinite(x)
+        xf = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return cls(
+            norm=xf.norm(dim=-1).cpu(),
+            amax=xf.abs().amax(dim=-1).cpu() if x.shape[-1] else torch.zeros(x.shape[0]),
+            nan=torch.isnan(x).sum(dim=-1).cpu(),
+            inf=torch.isinf(x).sum(dim=-1).cpu(),
+        )
+
+    def cat(self, other: PointSummary) -> PointSummary:
+        return PointSummary(*(torch.cat([a, b]) for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[torch.Tensor, ...]:
+        return (self.norm, self.amax, self.nan, self.inf)
+
+
+@dataclass
+class Captures:
+    """Ordered name → (T, F) FP32 CPU tensors (or summaries), plus what produced them."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    summaries: dict[str, PointSummary] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)
+    meta: dict[str, object] = field(default_factory=dict)
+    selector: Selector = field(default_factory=Selector)
+    summary_only: bool = False
+    enabled: bool = True
+
+    def wants(self, name: str) -> bool:
+        return self.enabled and self.selector(name)
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        """Store x (any leading shape, last dims flattened to (T, F)); appends along T."""
+        if not self.wants(name):
+            return
+        x = x.detach()
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() == 2 else x.reshape(x.shape[0], -1)
+        if self.summary_only:
+            s = PointSummary.of(x2)
+            self.summaries[name] = self.summaries[name].cat(s) if name in self.summaries else s
+            return
+        x2 = x2.to(device="cpu", dtype=torch.float32)
+        prev = self.tensors.get(name)
+        self.tensors[name] = x2.clone() if prev is None else torch.cat([prev, x2])
+
+    def names(self) -> list[str]:
+        return list(self.tensors) if self.tensors else list(self.summaries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors or name in self.summaries
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def summary(self, name: str) -> PointSummary:
+        if name in self.summaries:
+            return self.summaries[name]
+        return PointSummary.of(self.tensors[name])
+
+    def select(self, patterns: Iterable[str] | str) -> list[str]:
+        sel = Selector(list(patterns) if not isinstance(patterns, str) else patterns)
+        return [n for n in self.names() if sel(n)]
