@@ -1,0 +1,42 @@
+"""Shared option aliases so every command spells the same option the same way."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Prompt text, tokenized with the model's own tokenizer.")]
+Tokens = Annotated[
+    str | None,
+    typer.Option("--tokens", help="Raw token ids instead of a prompt, e.g. 2,818,5279."),
+]
+Generate = Annotated[int, typer.Option("--generate", "-n", min=0, help="Greedy-decode this many tokens.")]
+Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")]
+ActQuant = Annotated[
+    str,
+    typer.Option(
+        "--act-quant",
+        help="What-if for candidate activation quantization: checkpoint (as declared), static, dynamic, off.",
+    ),
+]
+Nvfp4ActScale = Annotated[
+    str,
+    typer.Option(
+        "--nvfp4-act-scale",
+        help="NVFP4 activation global scale: checkpoint (input_global_scale) or observed (from the observed amax).",
+    ),
+]
+KvCacheDtype = Annotated[
+    str, typer.Option("--kv-cache-dtype", help="KV cache dtype of the candidate: auto (as declared), fp8_e4m3, none.")
+]
+KvScales = Annotated[
+    str,
+    typer.Option(
+        "--kv-scales",
+        help="FP8 KV-cache scales: checkpoint (k_scale/v_scale), calibrate (amax/448 of the first pass), unit (1.0).",
+    ),
+]
+Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]
+
+DEFAULT_PROMPT = "The capital of France is"

@@ -1,0 +1,62 @@
+"""`bisect run MODEL`: run one model alone (reference GGUF or candidate checkpoint)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import api
+from ..tokenizer import parse_token_ids
+from . import options as o
+
+
+def run(
+    model: Annotated[str, typer.Argument(help="A .gguf file (reference) or a checkpoint directory (candidate).")],
+    prompt: o.Prompt = o.DEFAULT_PROMPT,
+    tokens: o.Tokens = None,
+    generate: o.Generate = 12,
+    device: o.Device = "cpu",
+    act_quant: o.ActQuant = "checkpoint",
+    nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
+    kv_cache_dtype: o.KvCacheDtype = "auto",
+    kv_scales: o.KvScales = "checkpoint",
+    impl: o.Impl = "emulate",
+) -> None:
+    """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
+    console = Console(stderr=True)
+    ids = parse_token_ids(tokens) if tokens else None
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"dequantizing {name}", completed=done, total=total)
+
+        res = api.run_model(
+            model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
+            options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
+            kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+        )
+    out = Console()
+    out.print(f"[bold]{res.path}[/] ({res.arch}), loaded in {res.load_seconds:.1f}s")
+    out.print(f"prompt ids: {res.prompt_ids}")
+    if res.generated_ids:
+        out.print(f"generated ids: {res.generated_ids}")
+        out.print(f"continuation: [green]{res.continuation!r}[/]")
+    table = Table(title="residual stream per layer (layers.{i}.out)")
+    for col in ("layer", "mean ‖x‖", "max ‖x‖", "max |x|", "NaN", "Inf"):
+        table.add_column(col, justify="right")
+    for row in res.per_layer:
+        bad = row["nan"] or row["inf"]
+        style = "red" if bad else None
+        table.add_row(
+            str(row["layer"]), f"{row['residual_norm_mean']:.4g}", f"{row['residual_norm_max']:.4g}",
+            f"{row['amax']:.4g}", str(row["nan"]), str(row["inf"]), style=style,
+        )
+    out.print(table)

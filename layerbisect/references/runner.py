@@ -1,0 +1,58 @@
+"""The reference runner: a GGUF (any common llama.cpp quant type) dequantized to FP32."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..capture import Captures
+from ..runner import ModelRunner
+from .gguf_model import load_reference_model
+
+
+class ReferenceRunner(ModelRunner):
+    kind = "reference"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        super().__init__(str(path), device=device)
+        self.progress = progress
+        self.gguf = None
+
+    def _build(self) -> None:
+        from ..tokenizer import tokenizer_from_gguf
+
+        self.model, self.gguf = load_reference_model(self.path, device=self.device, progress=self.progress)
+        self._tokenizer_reader = self.gguf.reader
+
+    @property  # type: ignore[override]
+    def tokenizer(self):  # built on first use: 262k-token vocabularies take a moment
+        if getattr(self, "_tok", None) is None and getattr(self, "_tokenizer_reader", None) is not None:
+            from ..tokenizer import tokenizer_from_gguf
+
+            self._tok = tokenizer_from_gguf(self._tokenizer_reader, self.path)
+        return getattr(self, "_tok", None)
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tok = value
+
+
+def run_gguf(
+    path: str | Path,
+    token_ids: Sequence[int],
+    *,
+    select: str | Sequence[str] | None = "*",
+    summary_only: bool = False,
+    device: str | torch.device = "cpu",
+) -> Captures:
+    """Run the GGUF reference over ``token_ids`` and return its captures."""
+    with ReferenceRunner(path, device=device) as r:
+        return r.run(token_ids, select=select, summary_only=summary_only)

@@ -1,0 +1,103 @@
+"""One runner interface for every backend (Polygraphy style): activate → run → deactivate.
+
+A runner owns a built ``Decoder`` and its tokenizer; ``run`` does one whole-sequence pass
+with captures on, ``generate`` greedy-decodes through the KV cache. Reference and candidate
+runners only differ in how ``_build`` makes the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .capture import Captures, Selector
+from .config import ModelConfig
+from .model import Decoder, KVCache
+
+
+class ModelRunner:
+    kind = "model"
+
+    def __init__(self, path: str, *, device: str | torch.device = "cpu"):
+        self.path = str(path)
+        self.device = torch.device(device)
+        self.model: Decoder | None = None
+        self.tokenizer: Any = None
+        self.load_seconds = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _build(self) -> None:  # sets self.model and self.tokenizer
+        raise NotImplementedError
+
+    def activate(self) -> ModelRunner:
+        if self.model is None:
+            t0 = time.perf_counter()
+            self._build()
+            self.load_seconds = time.perf_counter() - t0
+        return self
+
+    def deactivate(self) -> None:
+        self.model = None
+
+    def __enter__(self) -> ModelRunner:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @property
+    def config(self) -> ModelConfig:
+        assert self.model is not None, "runner not activated"
+        return self.model.cfg
+
+    # -- work ------------------------------------------------------------------------------
+    def run(
+        self,
+        token_ids: Sequence[int],
+        *,
+        select: str | Sequence[str] | None = "*",
+        summary_only: bool = False,
+    ) -> Captures:
+        """One whole-sequence pass over ``token_ids`` with captures at the selected points."""
+        self.activate()
+        assert self.model is not None
+        caps = Captures(selector=Selector(select), summary_only=summary_only, token_ids=list(token_ids))
+        caps.meta.update({"runner": self.kind, "path": self.path, "arch": self.model.cfg.arch})
+        self.model.rec.captures = caps
+        try:
+            self.model(torch.tensor(list(token_ids), dtype=torch.long), 0, KVCache())
+        finally:
+            self.model.rec.captures = None
+        return caps
+
+    def generate(
+        self,
+        token_ids: Sequence[int],
+        n: int,
+        *,
+        stop_at_eos: bool = False,
+        captures: Captures | None = None,
+    ) -> list[int]:
+        """Greedy-decode n tokens through the KV cache; returns the new ids only."""
+        self.activate()
+        assert self.model is not None
+        model, cache = self.model, KVCache()
+        model.rec.captures = captures
+        try:
+            logits = model(torch.tensor(list(token_ids), dtype=torch.long), 0, cache)
+            out: list[int] = []
+            eos = getattr(self.tokenizer, "eos_id", None)
+            for _ in range(n):
+                nxt = int(torch.argmax(logits[-1]).item())
+                out.append(nxt)
+                if stop_at_eos and nxt == eos:
+                    break
+                if len(out) == n:
+                    break
+                logits = model(torch.tensor([nxt]), cache.length, cache)
+            return out
+        finally:
+            model.rec.captures = None
