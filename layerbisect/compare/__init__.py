@@ -1,1 +1,31 @@
-"""compare."""
+"""compare: align two capture stores, compute metrics, detect findings, build the report, gate CI.
+
+Entry points: ``compare_captures`` → ``Comparison``; ``detect_all`` → findings;
+``Report(comparison, meta=...)`` → ``save``/``to_json``; ``gate.evaluate`` → ``GateResult``.
+"""
+
+from __future__ import annotations
+
+from layerbisect.compare.comparator import Comparison, ModelInfo, compare_captures
+from layerbisect.compare.findings import Finding, detect_all, sort_findings
+from layerbisect.compare.gate import GateConfig, GateResult, evaluate
+from layerbisect.compare.report import Report, Section
+from layerbisect.compare.results import LogitResult, PointResult, SaturationResult, Thresholds
+
+__all__ = [
+    "Comparison",
+    "Finding",
+    "GateConfig",
+    "GateResult",
+    "LogitResult",
+    "ModelInfo",
+    "PointResult",
+    "Report",
+    "SaturationResult",
+    "Section",
+    "Thresholds",
+    "compare_captures",
+    "detect_all",
+    "evaluate",
+    "sort_findings",
+]

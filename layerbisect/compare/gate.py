@@ -1,0 +1,243 @@
+"""The CI gate: thresholds per point pattern (TOML), an optional baseline, pass/fail + exit code.
+
+Design notes
+- Thresholds come from a ``[default]`` section and ordered ``[[rule]]`` sections with a glob
+  ``pattern`` (fnmatch, as for capture selection); every matching rule overrides the keys
+  it sets, later rules win. ``false`` disables a check. Format: docs/GATE.md.
+- The gate re-judges the comparison's result objects under the per-point thresholds
+  (``PointResult.under``); it computes nothing new, so the gate and the report agree.
+- Findings can fail the gate too: by default any ``critical`` finding (NaN onset, tokenizer
+  mismatch, final-logit saturation) fails, whatever the thresholds say.
+- A baseline is a previous report.json: the gate fails when a point's min cosine dropped by
+  more than ``max_cosine_drop`` (a regression gate for a quantization recipe).
+- Exit codes: 0 pass, 1 gate failed; bad input (TOML, baseline JSON) raises ``InputError``,
+  which the CLI turns into 2.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tomllib
+
+from layerbisect.compare.findings import SEVERITIES
+from layerbisect.compare.results import Thresholds
+from layerbisect.errors import InputError
+
+if TYPE_CHECKING:
+    from layerbisect.compare.report import Report
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_BAD_INPUT = 2
+
+_INT_KEYS = {"max_nonfinite"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    overrides: Mapping[str, float | int | None]
+
+
+@dataclass
+class GateConfig:
+    default: Thresholds = field(default_factory=Thresholds)
+    rules: list[Rule] = field(default_factory=list)
+    max_cosine_drop: float = 0.002  # baseline tolerance on each point's min cosine
+    fail_on: tuple[str, ...] = ("critical",)  # finding severities that fail the gate
+    source: str = "<built-in>"
+
+    def thresholds_for(self, point: str) -> Thresholds:
+        t = self.default
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(point, rule.pattern):
+                t = t.updated(**rule.overrides)
+        return t
+
+    @classmethod
+    def builtin(cls) -> GateConfig:
+        """Defaults that catch the bugs we have seen (docs/GATE.md explains each number)."""
+        return cls(rules=[Rule("logits*", {"max_kl": 0.1, "min_top1": 0.9})])
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> GateConfig:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(p, "gate config not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(p, f"cannot read gate config: {e}") from None
+        return cls.from_toml_text(text, where=str(p))
+
+    @classmethod
+    def from_toml_text(cls, text: str, where: str = "<gate toml>") -> GateConfig:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(where, f"invalid TOML: {e}") from None
+        known = {"default", "rule", "baseline", "gate"}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise InputError(where, f"unknown section(s) {extra}; expected {sorted(known)}")
+        base = cls.builtin()
+        default = base.default.updated(**_thresholds(data.get("default", {}), f"{where} [default]"))
+        rules = list(base.rules)
+        raw_rules = data.get("rule", [])
+        if not isinstance(raw_rules, list):
+            raise InputError(where, "[[rule]] must be an array of tables")
+        for k, r in enumerate(raw_rules):
+            w = f"{where} [[rule]] #{k + 1}"
+            if not isinstance(r, dict) or not isinstance(r.get("pattern"), str) or not r["pattern"]:
+                raise InputError(w, "each rule needs a non-empty string 'pattern'")
+            rest = {key: v for key, v in r.items() if key != "pattern"}
+            rules.append(Rule(r["pattern"], _thresholds(rest, w)))
+        drop = base.max_cosine_drop
+        bl = data.get("baseline", {})
+        if not isinstance(bl, dict) or set(bl) - {"max_cosine_drop"}:
+            raise InputError(f"{where} [baseline]", "only 'max_cosine_drop' is allowed")
+        if "max_cosine_drop" in bl:
+            drop = _number(bl["max_cosine_drop"], f"{where} [baseline] max_cosine_drop")
+        fail_on = base.fail_on
+        g = data.get("gate", {})
+        if not isinstance(g, dict) or set(g) - {"fail_on"}:
+            raise InputError(f"{where} [gate]", "only 'fail_on' is allowed")
+        if "fail_on" in g:
+            fo = g["fail_on"]
+            if not isinstance(fo, list) or any(s not in SEVERITIES for s in fo):
+                raise InputError(f"{where} [gate] fail_on", f"must be a list of {list(SEVERITIES)}")
+            fail_on = tuple(fo)
+        return cls(default=default, rules=rules, max_cosine_drop=drop, fail_on=fail_on, source=where)
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        raise InputError(where, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _thresholds(section: Any, where: str) -> dict[str, float | int | None]:
+    if not isinstance(section, dict):
+        raise InputError(where, "must be a table")
+    names = set(Thresholds.names())
+    out: dict[str, float | int | None] = {}
+    for k, v in section.items():
+        if k not in names:
+            raise InputError(where, f"unknown key {k!r}; known: {sorted(names)}")
+        if v is False:
+            out[k] = None  # `false` disables the check
+            continue
+        x = _number(v, f"{where} {k}")
+        out[k] = int(x) if k in _INT_KEYS else x
+    return out
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    failures: list[str]
+    notes: list[str] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PASS if self.passed else EXIT_FAIL
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        if self.passed:
+            return f"gate PASSED ({self.checked} checks)"
+        lines = [f"gate FAILED ({len(self.failures)} of {self.checked} checks)"]
+        lines += [f"  - {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def load_baseline(path: str | Path) -> dict[str, float]:
+    """point → min cosine from a previous report.json."""
+    from layerbisect.compare.report import load_report_json
+
+    return _baseline_points(load_report_json(path), str(path))
+
+
+def _baseline_points(data: Mapping[str, Any], where: str) -> dict[str, float]:
+    from layerbisect.compare.report import unjson_float
+
+    points = data.get("points")
+    if not isinstance(points, Mapping):
+        raise InputError(where, "baseline has no 'points' table")
+    out: dict[str, float] = {}
+    for name, p in points.items():
+        if not isinstance(p, Mapping) or "min_cosine" not in p:
+            raise InputError(where, f"baseline point {name!r} has no 'min_cosine'")
+        try:
+            out[str(name)] = unjson_float(p["min_cosine"])
+        except (TypeError, ValueError):
+            raise InputError(where, f"baseline point {name!r}: bad min_cosine {p['min_cosine']!r}") from None
+    return out
+
+
+def evaluate(
+    report: Report,
+    config: GateConfig | None = None,
+    baseline: str | Path | Mapping[str, Any] | None = None,
+) -> GateResult:
+    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline."""
+    config = config or GateConfig.builtin()
+    cmp = report.comparison
+    failures: list[str] = []
+    notes: list[str] = []
+    checked = 0
+
+    for name, r in cmp.points.items():
+        checked += 1
+        fails = r.under(config.thresholds_for(name)).failures()
+        if fails:
+            where = f"{name} (token {r.worst_token})" if r.worst_token is not None else name
+            failures.append(f"{where}: {'; '.join(fails)}")
+    if cmp.logits is not None:
+        checked += 1
+        fails = cmp.logits.under(config.thresholds_for("logits")).failures()
+        if fails:
+            failures.append(f"logits: {'; '.join(fails)}")
+    for s in cmp.saturation:
+        checked += 1
+        fails = s.under(config.thresholds_for(s.point)).failures()
+        if fails:
+            failures.append(f"{s.point} ({s.kind} softcap): {'; '.join(fails)}")
+    for f in report.findings:
+        if f.severity in config.fail_on:
+            checked += 1
+            failures.append(f"finding [{f.severity}] {f.kind}: {f.title}")
+
+    if baseline is not None:
+        if isinstance(baseline, Mapping):
+            base = _baseline_points(baseline, "<baseline>")
+        else:
+            base = load_baseline(baseline)
+        for name, before in base.items():
+            r = cmp.points.get(name)
+            if r is None:
+                notes.append(f"{name}: in the baseline but not compared now")
+                continue
+            checked += 1
+            now = r.min_cosine
+            if math.isnan(now) and not math.isnan(before):
+                failures.append(f"{name}: min cosine is NaN now, baseline {before:.6g}")
+            elif not math.isnan(before) and before - now > config.max_cosine_drop:
+                failures.append(
+                    f"{name}: min cosine {now:.6g} dropped {before - now:.3g} vs baseline {before:.6g} "
+                    f"(> max_cosine_drop {config.max_cosine_drop:g})"
+                )
+    return GateResult(passed=not failures, failures=failures, notes=notes, checked=checked)
+
+
+def format_failures(result: GateResult, limit: int | None = None) -> Sequence[str]:
+    return result.failures if limit is None else result.failures[:limit]

@@ -1,0 +1,267 @@
+"""The ``Report``: findings + comparison + run metadata, and the files written from it.
+
+Design notes
+- One object feeds every output (terminal, Markdown, HTML, JSON, Parquet, JUnit, GitHub
+  step summary); renderers live in ``layerbisect.reports`` and only read a ``Report``.
+- ``to_json`` is deterministic: sorted keys, floats rounded to 9 significant digits, NaN
+  and ±Inf written as the strings "nan"/"inf"/"-inf" (JSON has no such numbers), no
+  timestamps unless the caller put them in ``meta``. The same inputs give the same bytes,
+  so a report JSON can be diffed and used as a gate baseline.
+- ``save`` refuses to write into a non-empty directory that is not a previous layerbisect
+  report (recognised by the marker file ``.layerbisect-report``) unless ``overwrite=True``:
+  ``bisect ... -o ~/`` must never scribble over a home directory.
+- ``meta`` keys the renderers know (all optional): ``ref_model``, ``cand_model``,
+  ``ref_path``, ``cand_path``, ``prompt``, ``token_ids``, ``token_strings``, ``arch``,
+  ``continuations`` = {"ref": {"text", "ids"}, "cand": {"text", "ids"}}, ``timings``
+  (name → seconds), ``peak_memory`` (name → bytes). Any other key is shown as-is.
+- ``extra_sections``: others add tables (``Section(title, data, note)``; data is a
+  DataFrame, a list of dicts, a dict, or a Markdown/plain string) that every output renders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layerbisect.compare.comparator import Comparison
+from layerbisect.compare.findings import Finding, detect_all, sort_findings
+from layerbisect.errors import InputError
+
+MARKER = ".layerbisect-report"
+SCHEMA = 1
+DEFAULT_FORMATS: tuple[str, ...] = ("md", "html", "json", "parquet")
+FILE_NAMES = {
+    "md": "report.md",
+    "html": "report.html",
+    "json": "report.json",
+    "parquet": "points.parquet",
+    "junit": "junit.xml",
+}
+
+
+@dataclass
+class Section:
+    """An extra report section added by other code (e.g. a local-vs-accumulated table)."""
+
+    title: str
+    data: Any  # pd.DataFrame | list[dict] | dict | str
+    note: str = ""
+
+    def rows(self) -> list[dict[str, Any]] | None:
+        """Table rows, or None when the section is text."""
+        d = self.data
+        if isinstance(d, pd.DataFrame):
+            return d.to_dict(orient="records")
+        if isinstance(d, Mapping):
+            return [{"key": k, "value": v} for k, v in d.items()]
+        if isinstance(d, str):
+            return None
+        return [dict(r) for r in d]
+
+    def text(self) -> str:
+        return self.data if isinstance(self.data, str) else ""
+
+
+def jsonable(x: Any) -> Any:
+    """Make x JSON-serialisable and stable: rounded floats, non-finite floats as strings."""
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return int(x)
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        r = float(f"{x:.9g}")
+        return 0.0 if r == 0 else r  # no "-0.0"
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, pd.DataFrame):
+        return jsonable(x.to_dict(orient="records"))
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted(jsonable(v) for v in x)
+    if isinstance(x, Path):
+        return str(x)
+    if x is pd.NA:
+        return None
+    # numpy / torch scalars
+    item = getattr(x, "item", None)
+    if callable(item):
+        return jsonable(item())
+    return str(x)
+
+
+def unjson_float(x: Any) -> float:
+    """Inverse of ``jsonable`` for one float read back from a report JSON."""
+    if isinstance(x, str):
+        return float(x)
+    if x is None:
+        return math.nan
+    return float(x)
+
+
+class Report:
+    """Findings first, then the comparison, then what was run (see module notes)."""
+
+    def __init__(
+        self,
+        comparison: Comparison,
+        findings: Iterable[Finding] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        extra_sections: Sequence[Section | tuple[str, Any]] | None = None,
+    ):
+        self.comparison = comparison
+        self._findings: list[Finding] = list(findings) if findings is not None else detect_all(comparison)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.extra_sections: list[Section] = [
+            s if isinstance(s, Section) else Section(*s) for s in (extra_sections or [])
+        ]
+
+    # -- content -------------------------------------------------------------
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Sorted: severity, then execution order (findings appended later are sorted in too)."""
+        return sort_findings(self._findings, self.comparison.order)
+
+    def add_finding(self, finding: Finding) -> None:
+        self._findings.append(finding)
+
+    def add_section(self, title: str, data: Any, note: str = "") -> Section:
+        s = Section(title, data, note)
+        self.extra_sections.append(s)
+        return s
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self.comparison.df
+
+    def worst_severity(self) -> str | None:
+        f = self.findings
+        return f[0].severity if f else None
+
+    def token_strings(self) -> list[str]:
+        ts = self.meta.get("token_strings")
+        return [str(t) for t in ts] if isinstance(ts, (list, tuple)) else []
+
+    # -- JSON ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        from layerbisect import __version__
+
+        cmp = self.comparison
+        return {
+            "layerbisect_report": SCHEMA,
+            "version": __version__,
+            "meta": self.meta,
+            "model": asdict(cmp.info),
+            "thresholds": cmp.thresholds.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "points": {name: r.to_dict() for name, r in cmp.points.items()},
+            "layers": cmp.layer_table().to_dict(orient="records"),
+            "logits": None
+            if cmp.logits is None
+            else {**cmp.logits.to_dict(), "per_position": cmp.logits_df.to_dict(orient="records")},
+            "saturation": [s.to_dict() for s in cmp.saturation],
+            "alignment": {
+                "positions": cmp.positions,
+                "token_mismatch": cmp.token_mismatch,
+                "only_ref": cmp.only_ref,
+                "only_cand": cmp.only_cand,
+                "shape_mismatch": {k: [list(a), list(b)] for k, (a, b) in cmp.shape_mismatch.items()},
+            },
+            "extra_sections": [
+                {"title": s.title, "note": s.note, "rows": s.rows(), "text": s.text()} for s in self.extra_sections
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(jsonable(self.to_dict()), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    # -- files ---------------------------------------------------------------
+
+    def save(
+        self,
+        out_dir: str | Path,
+        formats: Sequence[str] = DEFAULT_FORMATS,
+        *,
+        overwrite: bool = False,
+    ) -> dict[str, Path]:
+        """Write the report files; returns format → path. See module notes for the overwrite rule."""
+        out = Path(out_dir)
+        unknown = [f for f in formats if f not in FILE_NAMES and f != "csv"]
+        if unknown:
+            raise InputError(out, f"unknown report format(s) {unknown}; known: {sorted(FILE_NAMES)}")
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not overwrite:
+            raise InputError(
+                out, "directory is not empty and is not a previous layerbisect report; pass overwrite=True (--overwrite)"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"layerbisect_report": SCHEMA}) + "\n", encoding="utf-8")
+
+        from layerbisect.reports import html, junit, markdown
+
+        written: dict[str, Path] = {}
+        for fmt in formats:
+            if fmt == "md":
+                p = out / FILE_NAMES["md"]
+                p.write_text(markdown.render(self), encoding="utf-8")
+            elif fmt == "html":
+                p = out / FILE_NAMES["html"]
+                p.write_text(html.render(self), encoding="utf-8")
+            elif fmt == "json":
+                p = out / FILE_NAMES["json"]
+                p.write_text(self.to_json(), encoding="utf-8")
+            elif fmt in ("parquet", "csv"):
+                p = write_points(self.df, out, prefer_parquet=fmt == "parquet")
+            elif fmt == "junit":
+                p = out / FILE_NAMES["junit"]
+                p.write_text(junit.render(self), encoding="utf-8")
+            written[fmt] = p
+        return written
+
+
+def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True) -> Path:
+    """points.parquet, or points.csv when pyarrow is missing (or CSV was asked for)."""
+    if prefer_parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            p = out / "points.parquet"
+            df.to_parquet(p, index=False)
+            return p
+    p = out / "points.csv"
+    df.to_csv(p, index=False)
+    return p
+
+
+def load_report_json(path: str | Path) -> dict[str, Any]:
+    """Read a report.json (e.g. a gate baseline); bad files raise InputError."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(p, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(p, f"cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(p, f"not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("layerbisect_report") is None or not isinstance(data.get("points"), dict):
+        raise InputError(p, "not a layerbisect report JSON (missing 'layerbisect_report' or 'points')")
+    return data
+
+
+__all__ = ["Report", "Section", "MARKER", "load_report_json", "jsonable", "unjson_float", "write_points"]

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from layerbisect.compare import metrics as M
+from layerbisect.compare.results import LogitResult, PointResult, SaturationResult, Thresholds
+
+nan, inf = math.nan, math.inf
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_cosine_hand_computed_and_edge_cases():
+    r = t([[1, 0], [1, 1], [0, 0], [0, 0], [1, 2], [1, inf]])
+    c = t([[0, 1], [2, 2], [0, 0], [1, 0], [nan, 2], [1, 1]])
+    got = M.cosine(r, c).tolist()
+    assert got[0] == pytest.approx(0.0)
+    assert got[1] == pytest.approx(1.0)
+    assert got[2] == 1.0  # both zero: identical
+    assert got[3] == 0.0  # one zero
+    assert math.isnan(got[4]) and math.isnan(got[5])
+
+
+def test_cosine_casts_up_before_subtracting():
+    # Large FP32 values differing in the last place must still give cos ≈ 1, not drift from rounding.
+    r = torch.full((1, 4096), 3.0e4)
+    assert M.cosine(r, r.clone()).item() == 1.0
+    assert M.rel_l2(r, r.clone()).item() == 0.0
+
+
+def test_rel_l2_norm_ratio_max_abs_sqnr():
+    r = t([[3, 4], [0, 0], [0, 0], [1, 0]])
+    c = t([[3, 4 + 5], [0, 0], [1, 0], [1, 0]])
+    assert M.rel_l2(r, c).tolist()[:3] == [1.0, 0.0, inf]
+    nr = M.norm_ratio(r, c).tolist()
+    assert nr[0] == pytest.approx(math.sqrt(9 + 81) / 5)
+    assert nr[1] == 1.0 and nr[2] == inf and nr[3] == 1.0
+    assert M.max_abs(r, c).tolist() == [5.0, 0.0, 1.0, 0.0]
+    sq = M.sqnr_db(r, c).tolist()
+    assert sq[0] == pytest.approx(10 * math.log10(25 / 25))
+    assert sq[1] == inf and sq[2] == -inf and sq[3] == inf
+
+
+def test_nonfinite_handling():
+    r = t([[1, 2], [1, 2]])
+    c = t([[inf, 2], [nan, 2]])
+    assert M.nonfinite_count(c).tolist() == [1, 1]
+    assert M.nan_count(c).tolist() == [0, 1]
+    assert M.inf_count(c).tolist() == [1, 0]
+    assert all(math.isnan(x) for x in M.rel_l2(r, c).tolist())
+    assert all(math.isnan(x) for x in M.max_abs(r, c).tolist())
+    nr = M.norm_ratio(r, c).tolist()
+    assert nr[0] == inf and math.isnan(nr[1])  # a blow-up that reached Inf stays visible
+
+
+def test_kl_top1_top5():
+    r = t([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, nan, 0.0]])
+    c = t([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    kl = M.kl_divergence(r, c).tolist()
+    assert kl[0] == pytest.approx(0.0, abs=1e-12)
+    p = [1 / 3] * 3
+    q = torch.softmax(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), 0).tolist()
+    assert kl[1] == pytest.approx(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+    assert math.isnan(kl[2])
+    assert M.top1_agreement(r, c).tolist() == [True, True, False]
+    assert M.topk_overlap(r, c, k=2).tolist()[0] == 1.0
+
+
+def test_kl_masked_vocab_and_zero_candidate_probability():
+    r = t([[0.0, -inf, 0.0]])
+    assert M.kl_divergence(r, r).item() == pytest.approx(0.0, abs=1e-12)
+    c = t([[0.0, 0.0, -inf]])
+    assert M.kl_divergence(r, c).item() == inf
+
+
+def test_saturation_share_pre_and_post():
+    cap = 30.0
+    x = t([[0.0, 10.0, 100.0, -200.0], [nan, 1.0, 1.0, 1.0]])
+    share = M.saturation_share(x, cap).tolist()
+    assert share[0] == 0.5  # 100 and -200 are past cap·atanh(0.99) ≈ 79.4
+    assert share[1] == 0.0  # NaN left out
+    post = cap * torch.tanh(x[:1] / cap)
+    assert M.saturation_share(post, cap, pre_softcap=False).tolist() == [0.5]
+    assert M.max_abs_value(x).tolist() == [200.0, 1.0]
+
+
+def _point(**kw) -> PointResult:
+    base = dict(point="layers.0.out", order=0, layer=0, op="out", n_tokens=4, min_cosine=0.999, mean_cosine=0.9995,
+                max_rel_l2=0.01, mean_rel_l2=0.005, max_norm_ratio=1.01, mean_norm_ratio=1.0, min_norm_ratio=0.99,
+                max_abs=0.1, min_sqnr_db=40.0, ref_nonfinite=0, cand_nonfinite=0, worst_token=1)  # fmt: skip
+    base.update(kw)
+    return PointResult(**base)
+
+
+def test_point_result_bool_and_str_say_needed_tolerance():
+    ok = _point()
+    assert ok and "PASS" in str(ok)
+    bad = _point(min_cosine=0.93125)
+    assert not bad
+    assert "would pass with min_cosine ≤ 0.93125" in str(bad)
+    assert not _point(min_cosine=nan)  # NaN never passes
+    assert _point(min_cosine=0.5).under(Thresholds(min_cosine=None))  # disabled check
+    assert not _point(cand_nonfinite=3)
+    assert "max_nonfinite ≥ 3" in str(_point(cand_nonfinite=3))
+
+
+def test_logit_and_saturation_results():
+    lg = LogitResult(n_positions=4, mean_kl=0.5, max_kl=1.0, worst_kl_token=2, top1_agreement=0.75,
+                     mean_top5_overlap=0.9, first_top1_mismatch=2)  # fmt: skip
+    assert not lg and "max_kl ≥ 0.5" in str(lg) and "min_top1 ≤ 0.75" in str(lg)
+    s = SaturationResult("logits.pre_softcap", "final", None, 30.0, 0.0, 0.4, 10.0, 500.0)
+    assert not s and "max_saturation ≥ 0.4" in str(s)
+    # Both sides at the wall: the model does it by itself, not a quantization bug.
+    assert SaturationResult("logits.pre_softcap", "final", None, 30.0, 0.4, 0.41, 500.0, 500.0)
