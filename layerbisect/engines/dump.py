@@ -160,3 +160,27 @@ def _read_shard(
                     rows[name][p] = x[r : r + 1]
     except SafetensorError as e:
         raise InputError(shard, f"not a readable safetensors file: {e}") from e
+
+
+def align_to_dump(ref: Captures, dump: Captures) -> Captures:
+    """The reference's rows at the dump's positions, so row i of both is the same token.
+
+    A dump may hold a subset of positions (``positions=`` at capture time, decode steps
+    captured from a later step); comparators align rows by index. Summaries are sliced too.
+    """
+    positions = [int(p) for p in dump.meta.get("positions", range(len(dump.token_ids)))]
+    n = len(ref.token_ids) if ref.token_ids else None
+    if n is not None and positions and max(positions) >= n:
+        raise InputError(str(dump.meta.get("dump", "dump")), f"has position {max(positions)}, the reference only {n}")
+    if positions == list(range(len(positions))) and (n is None or n == len(positions)):
+        return ref
+    idx = torch.tensor(positions, dtype=torch.long)
+    out = Captures(
+        tensors={k: v[idx] for k, v in ref.tensors.items()},
+        summaries={k: type(s)(*(t[idx] for t in s.astuple())) for k, s in ref.summaries.items()},
+        token_ids=[ref.token_ids[p] for p in positions] if ref.token_ids else [],
+        meta={**ref.meta, "positions": positions},
+        selector=ref.selector,
+        summary_only=ref.summary_only,
+    )
+    return out
