@@ -1,0 +1,414 @@
+"""Quantized linear layers for the candidate runner: exact CPU emulation, native GPU kernels behind ``impl``.
+
+``build_linear(name, tensors, scheme, options)`` turns one module's checkpoint tensors (prefix stripped) into a
+``QuantLinear`` whose ``forward`` takes float32 ``(..., in)`` and returns float32 ``(..., out)``.
+
+Tensor names and conventions, restated where the code meets the external formats
+    compressed-tensors FP8 (``float-quantized``): ``weight`` float8_e4m3fn (out, in); ``weight_scale`` bf16/fp32:
+        (1,) per-tensor, (out, 1) per-channel, (ceil(out/128), ceil(in/128)) block; ``input_scale`` (1,) for
+        static activations. Multipliers: ``w = q * weight_scale``; activations ``q = fp8(clamp(x / input_scale))``.
+    compressed-tensors NVFP4 (``nvfp4-pack-quantized``): ``weight_packed`` uint8 (out, in/2), ``weight_scale``
+        e4m3 (out, in/16), ``weight_global_scale`` f32 (1,), ``input_global_scale`` f32 (1,) (W4A4 only).
+        Global scales are **divisors**: ``w = e2m1 * (weight_scale / weight_global_scale)``.
+    ModelOpt FP8: ``weight`` e4m3, ``weight_scale`` f32 scalar, ``input_scale`` f32 scalar (multipliers).
+    ModelOpt NVFP4: ``weight`` uint8 (out, in/2) packed like compressed-tensors, ``weight_scale`` e4m3 (out, in/16),
+        ``weight_scale_2`` f32 scalar and ``input_scale`` f32 scalar, both **multipliers** = amax/(448*6):
+        ``w = e2m1 * (weight_scale * weight_scale_2)``; activation global scale (divisor) = ``1 / input_scale``.
+
+What-if switches (``QuantOptions``)
+    ``act_quant``: "checkpoint" does what the checkpoint declares; "static" forces the checkpoint's static input
+    scales (FP8 ``input_scale``; NVFP4 static global scale); "dynamic" forces dynamic per-token FP8 activations
+    (NVFP4: a global scale observed on the current input, 448*6/amax); "off" leaves activations unquantized.
+    ``nvfp4_act_global_scale``: "observed" replaces the checkpoint's NVFP4 input global scale by the observed one.
+
+Emulation reproduces each quantization step of the producer in FP32 and matmuls in FP32. ``impl="native"``
+uses ``kernels.fp8.fp8_gemm`` (scaled_mm, else Triton) and ``kernels.nvfp4.nvfp4_gemm(impl="triton")`` on CUDA;
+activation quantization runs as the same PyTorch code on the GPU, so only the GEMM differs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from layerbisect.candidates.schemes import LinearScheme
+from layerbisect.errors import InputError
+from layerbisect.kernels import fp8 as kfp8
+from layerbisect.kernels import nvfp4 as knv
+
+ActMode = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4"]
+
+
+@dataclass
+class QuantOptions:
+    act_quant: Literal["checkpoint", "static", "dynamic", "off"] = "checkpoint"
+    nvfp4_act_global_scale: Literal["checkpoint", "observed"] = "checkpoint"
+    impl: Literal["emulate", "native"] = "emulate"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ",".join(str(d) for d in t.shape) + ")"
+
+
+def _need(name: str, tensors: dict[str, torch.Tensor], key: str, scheme_label: str) -> torch.Tensor:
+    if key not in tensors:
+        raise InputError(name, f"scheme {scheme_label} needs tensor {key!r} (missing)")
+    return tensors[key]
+
+
+def _check_shape(name: str, key: str, t: torch.Tensor, expected: tuple[int, ...], label: str) -> None:
+    if tuple(t.shape) != expected:
+        raise InputError(name, f"{key} has shape {_shape(t)}, expected {label} = {expected}")
+
+
+def _check_dtype(name: str, key: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    if t.dtype != dtype:
+        raise InputError(name, f"{key} has dtype {t.dtype}, expected {dtype}")
+
+
+def _scalar(name: str, key: str, t: torch.Tensor) -> torch.Tensor:
+    if t.numel() != 1:
+        raise InputError(name, f"{key} has shape {_shape(t)}, expected a scalar or (1,)")
+    return t.reshape(1).to(torch.float32)
+
+
+class QuantLinear(torch.nn.Module):
+    """Base: bias, activation statistics, the forward skeleton. Subclasses implement the weight format."""
+
+    in_features: int
+    out_features: int
+    scheme: LinearScheme
+
+    def __init__(self, module_name: str, scheme: LinearScheme, options: QuantOptions, in_features: int,
+                 out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.module_name = module_name
+        self.scheme = scheme
+        self.options = options
+        self.in_features = in_features
+        self.out_features = out_features
+        if bias is not None:
+            if tuple(bias.shape) != (out_features,):
+                raise InputError(module_name, f"bias has shape {_shape(bias)}, expected (out,) = ({out_features},)")
+            self.register_buffer("bias", bias.to(torch.float32))
+        else:
+            self.bias = None
+        self._stats: dict = {"calls": 0, "tokens": 0, "input_amax": 0.0, "input_nonfinite": 0}
+
+    # -- statistics ------------------------------------------------------------------------------------------------
+    def _observe(self, x2: torch.Tensor) -> None:
+        st = self._stats
+        st["calls"] += 1
+        st["tokens"] += int(x2.shape[0])
+        finite = torch.isfinite(x2)
+        st["input_nonfinite"] += int((~finite).sum())
+        if x2.numel():
+            amax = float(torch.where(finite, x2.abs(), torch.zeros_like(x2)).max())
+            st["input_amax"] = max(st["input_amax"], amax)
+
+    def activation_stats(self) -> dict:
+        """Observed input statistics so far plus what the activation quantizer did with them."""
+        return dict(self._stats, module=self.module_name, scheme=self.scheme, act_mode=self.act_mode)
+
+    def reset_stats(self) -> None:
+        keep = {"calls": 0, "tokens": 0, "input_amax": 0.0, "input_nonfinite": 0}
+        self._stats = keep | {k: v for k, v in self._stats.items() if k.startswith("static_")}
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    act_mode: ActMode = "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.module_name}: input has {x.shape[-1]} features, expected {self.in_features}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)  # (T, in)
+        self._observe(x2)
+        y = self._matmul(x2)  # (T, out) float32
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dequantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def permute_out_rows(self, perm: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _permute_bias(self, perm: torch.Tensor) -> None:
+        if self.bias is not None:
+            self.bias = self.bias[perm]
+
+    def _check_perm(self, perm: torch.Tensor) -> torch.Tensor:
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if perm.shape != (self.out_features,) or not torch.equal(perm.sort().values, torch.arange(self.out_features)):
+            raise ValueError(f"{self.module_name}: not a permutation of {self.out_features} output rows")
+        return perm
+
+    def extra_repr(self) -> str:
+        return (f"{self.module_name}: in={self.in_features} out={self.out_features} weight={self.scheme.weight} "
+                f"act={self.act_mode} impl={self.options.impl}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dense
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DenseLinear(QuantLinear):
+    def __init__(self, module_name: str, weight: torch.Tensor, scheme: LinearScheme, options: QuantOptions,
+                 bias: torch.Tensor | None) -> None:
+        if weight.ndim != 2:
+            raise InputError(module_name, f"weight has shape {_shape(weight)}, expected (out, in)")
+        super().__init__(module_name, scheme, options, weight.shape[1], weight.shape[0], bias)
+        self.register_buffer("weight", weight.to(torch.float32))
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        return x2 @ self.weight.T
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight.clone()
+
+    def permute_out_rows(self, perm: torch.Tensor) -> None:
+        perm = self._check_perm(perm)
+        self.weight = self.weight[perm]
+        self._permute_bias(perm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FP8
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_act(scheme: LinearScheme, options: QuantOptions, has_static: bool, name: str,
+                 static_key: str) -> ActMode:
+    mode = options.act_quant
+    if mode == "off":
+        return "none"
+    if mode == "checkpoint":
+        act = scheme.act
+    elif mode == "static":
+        if not has_static:
+            raise InputError(name, f"act_quant='static' needs tensor {static_key!r} (missing)")
+        act = "nvfp4" if scheme.weight == "nvfp4" else "fp8_static_tensor"
+    elif mode == "dynamic":
+        act = "nvfp4" if scheme.weight == "nvfp4" else "fp8_dynamic_token"
+    else:
+        raise InputError(name, f"unknown act_quant {mode!r}")
+    if act == "fp8_static_tensor" and not has_static:
+        raise InputError(name, f"scheme {scheme.weight}/{scheme.act} needs tensor {static_key!r} (missing)")
+    return act
+
+
+class FP8Linear(QuantLinear):
+    """FP8 E4M3 weights (per-tensor / per-channel / block) with optional FP8 activations."""
+
+    def __init__(self, module_name: str, tensors: dict[str, torch.Tensor], scheme: LinearScheme,
+                 options: QuantOptions) -> None:
+        label = scheme.weight
+        w = _need(module_name, tensors, "weight", label)
+        _check_dtype(module_name, "weight", w, kfp8.FP8_DTYPE)
+        if w.ndim != 2:
+            raise InputError(module_name, f"weight has shape {_shape(w)}, expected (out, in)")
+        out_f, in_f = w.shape
+        super().__init__(module_name, scheme, options, in_f, out_f, tensors.get("bias"))
+        s = _need(module_name, tensors, "weight_scale", label)
+        if scheme.weight == "fp8_tensor":
+            s = _scalar(module_name, "weight_scale", s).reshape(1, 1)
+            self.w_block: tuple[int | None, int | None] = (None, None)
+        elif scheme.weight == "fp8_channel":
+            if s.numel() != out_f or s.ndim > 2 or (s.ndim == 2 and s.shape[1] != 1):
+                raise InputError(module_name, f"weight_scale has shape {_shape(s)}, expected (out, 1) = ({out_f}, 1)")
+            s = s.reshape(out_f, 1)
+            self.w_block = (1, None)
+        elif scheme.weight == "fp8_block":
+            bh, bw = scheme.block or (128, 128)
+            exp = (math.ceil(out_f / bh), math.ceil(in_f / bw))
+            _check_shape(module_name, "weight_scale", s, exp, f"(ceil(out/{bh}), ceil(in/{bw}))")
+            self.w_block = (bh, bw)
+        else:
+            raise InputError(module_name, f"FP8Linear cannot load weight kind {scheme.weight!r}")
+        if not torch.isfinite(s.float()).all():
+            raise InputError(module_name, "weight_scale has non-finite values")
+        self.register_buffer("weight_q", w)
+        self.register_buffer("weight_scale", s.to(torch.float32))  # bf16 -> f32 is exact
+        static = tensors.get("input_scale")
+        self.act_mode = _resolve_act(scheme, options, static is not None, module_name, "input_scale")
+        if self.act_mode == "fp8_static_tensor":
+            self.register_buffer("input_scale", _scalar(module_name, "input_scale", static))
+            self._stats["static_input_scale"] = float(self.input_scale)
+            self._stats["saturated"] = 0
+        else:
+            self.input_scale = None
+        self.act_group = scheme.act_group_size or 128
+        self._w_dq: torch.Tensor | None = None
+
+    def _act_block(self) -> tuple[int | None, int | None]:
+        return {"fp8_static_tensor": (None, None), "fp8_dynamic_token": (1, None),
+                "fp8_dynamic_group": (1, self.act_group)}[self.act_mode]
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        native = self.options.impl == "native"
+        if self.act_mode == "none":
+            if native:  # weight-only: dequantize once on the device, FP32 matmul
+                if self._w_dq is None or self._w_dq.device != x2.device:
+                    self._w_dq = self.dequantized_weight().to(x2.device)
+                return x2 @ self._w_dq.T
+            return x2 @ self.dequantized_weight().T
+        a_block = self._act_block()
+        if self.act_mode == "fp8_static_tensor":
+            self._stats["saturated"] += int((x2.abs() / self.input_scale > kfp8.FP8_MAX).sum())
+            a_q, a_s = kfp8.quantize_fp8(x2, a_block, self.input_scale)
+        else:
+            a_q, a_s = kfp8.quantize_fp8(x2, a_block)
+        if not native:
+            return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="emulate")
+        kind = kfp8.classify_blocks(tuple(a_q.shape), a_block, tuple(self.weight_q.shape), self.w_block)
+        if kind is not None and (kfp8.scaled_mm_supports(kind, torch.float32)
+                                 or kfp8.scaled_mm_supports(kind, torch.bfloat16)):
+            return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="scaled_mm")
+        return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="triton")
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return kfp8.dequantize_fp8(self.weight_q, self.weight_scale, self.w_block)
+
+    def permute_out_rows(self, perm: torch.Tensor) -> None:
+        perm = self._check_perm(perm)
+        if self.scheme.weight == "fp8_channel":
+            self.weight_scale = self.weight_scale[perm]
+        elif self.scheme.weight == "fp8_block":
+            bh = kfp8.resolve_block(tuple(self.weight_q.shape), self.w_block)[0]
+            rows = []
+            for i in range(math.ceil(self.out_features / bh)):
+                src_blocks = torch.unique(perm[i * bh:(i + 1) * bh] // bh)
+                if src_blocks.numel() != 1:
+                    raise InputError(self.module_name, f"output permutation splits {bh}-row weight-scale blocks "
+                                                       f"(destination block {i} takes rows from blocks "
+                                                       f"{src_blocks.tolist()})")
+                rows.append(int(src_blocks))
+            # a partial last block can only be fed by itself: the check above already guarantees it (row counts)
+            self.weight_scale = self.weight_scale[torch.tensor(rows)]
+        self.weight_q = self.weight_q[perm]
+        self._w_dq = None
+        self._permute_bias(perm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NVFP4
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NVFP4Linear(QuantLinear):
+    """NVFP4 weights (compressed-tensors or ModelOpt) with optional NVFP4 activations."""
+
+    def __init__(self, module_name: str, tensors: dict[str, torch.Tensor], scheme: LinearScheme,
+                 options: QuantOptions) -> None:
+        modelopt = scheme.source == "modelopt"
+        label = f"nvfp4 ({scheme.source})"
+        packed_key = "weight" if modelopt else "weight_packed"
+        packed = _need(module_name, tensors, packed_key, label)
+        _check_dtype(module_name, packed_key, packed, torch.uint8)
+        if packed.ndim != 2:
+            raise InputError(module_name, f"{packed_key} has shape {_shape(packed)}, expected (out, in/2)")
+        out_f, in_f = packed.shape[0], packed.shape[1] * 2
+        if "weight_shape" in tensors:
+            ws = tuple(int(v) for v in tensors["weight_shape"].reshape(-1).tolist())
+            if len(ws) != 2:
+                raise InputError(module_name, f"weight_shape holds {ws}, expected (out, in)")
+            out_f, in_f = ws
+            _check_shape(module_name, packed_key, packed, (out_f, in_f // 2), "(out, in/2)")
+        if in_f % 16:
+            raise InputError(module_name, f"NVFP4 needs in_features divisible by 16, got {in_f}")
+        super().__init__(module_name, scheme, options, in_f, out_f, tensors.get("bias"))
+        s = _need(module_name, tensors, "weight_scale", label)
+        _check_dtype(module_name, "weight_scale", s, torch.float8_e4m3fn)
+        _check_shape(module_name, "weight_scale", s, (out_f, in_f // 16), "(out, in/16)")
+        gkey = "weight_scale_2" if modelopt else "weight_global_scale"
+        g = _scalar(module_name, gkey, _need(module_name, tensors, gkey, label))
+        if not torch.isfinite(g).all() or float(g) == 0:
+            raise InputError(module_name, f"{gkey} is {float(g)}: must be finite and non-zero")
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("weight_scale", s)
+        self.w_global = knv.GlobalScale(g, "multiply" if modelopt else "divide")
+        # activation global scale as a divisor (compressed-tensors convention): CT input_global_scale, or
+        # 1 / ModelOpt input_scale (vLLM modelopt.py: input_global_scale_inv = 1 / input_scale)
+        ikey = "input_scale" if modelopt else "input_global_scale"
+        a_static = tensors.get(ikey)
+        self.act_mode = _resolve_act(scheme, options, a_static is not None, module_name, ikey)
+        if a_static is not None:
+            a = _scalar(module_name, ikey, a_static)
+            a = (1.0 / a) if modelopt else a
+            self.register_buffer("input_global_scale", a)
+            self._stats["static_input_global_scale"] = float(a)
+            self._stats["static_implied_amax"] = knv.FP8_MAX * knv.E2M1_MAX / float(a) if float(a) else math.inf
+        else:
+            self.input_global_scale = None
+        self.observed_global = (
+            options.act_quant == "dynamic"
+            or (options.act_quant != "static" and options.nvfp4_act_global_scale == "observed")
+            or (self.act_mode == "nvfp4" and self.input_global_scale is None)
+        )
+        if self.act_mode == "nvfp4":
+            self._stats.update(blocks=0, block_scale_overflow=0, last_global_scale=None)
+        self._w_dq: torch.Tensor | None = None
+
+    def _act_global_scale(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.observed_global:
+            return knv.global_scale_from_amax(x2.abs().amax() if x2.numel() else torch.zeros(()))
+        return self.input_global_scale
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        native = self.options.impl == "native"
+        if self.act_mode == "none":
+            if native:
+                if self._w_dq is None or self._w_dq.device != x2.device:
+                    self._w_dq = self.dequantized_weight().to(x2.device)
+                return x2 @ self._w_dq.T
+            return x2 @ self.dequantized_weight().T
+        gs = self._act_global_scale(x2).to(x2.device)
+        codes, s8, overflow = knv.quantize_nvfp4(x2, gs)
+        self._stats["blocks"] += int(overflow.numel())
+        self._stats["block_scale_overflow"] += int(overflow.sum())
+        self._stats["last_global_scale"] = float(gs)
+        impl = "triton" if native else "emulate"
+        return knv.nvfp4_gemm(codes, s8, knv.GlobalScale(gs, "divide"), self.weight_packed, self.weight_scale,
+                              self.w_global, impl=impl)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return knv.dequantize_nvfp4_packed(self.weight_packed, self.weight_scale, self.w_global)
+
+    def permute_out_rows(self, perm: torch.Tensor) -> None:
+        perm = self._check_perm(perm)  # block scales are per row (1x16): rows move with their scales
+        self.weight_packed = self.weight_packed[perm]
+        self.weight_scale = self.weight_scale[perm]
+        self._w_dq = None
+        self._permute_bias(perm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# factory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_linear(module_name: str, tensors: dict[str, torch.Tensor], scheme: LinearScheme,
+                 options: QuantOptions) -> QuantLinear:
+    """One module's checkpoint tensors (prefix stripped) -> a QuantLinear for ``scheme``."""
+    if options.impl == "native" and not torch.cuda.is_available():
+        raise InputError(module_name, "impl='native' needs a CUDA GPU (use impl='emulate' on CPU)")
+    if options.impl not in ("emulate", "native"):
+        raise InputError(module_name, f"unknown impl {options.impl!r}")
+    if scheme.weight == "dense":
+        w = _need(module_name, tensors, "weight", "dense")
+        if not torch.is_floating_point(w) or w.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise InputError(module_name, f"dense weight has dtype {w.dtype}; the checkpoint looks quantized")
+        return DenseLinear(module_name, w, scheme, options, tensors.get("bias"))
+    if scheme.weight in ("fp8_tensor", "fp8_channel", "fp8_block"):
+        return FP8Linear(module_name, tensors, scheme, options)
+    if scheme.weight == "nvfp4":
+        return NVFP4Linear(module_name, tensors, scheme, options)
+    raise InputError(module_name, f"weight scheme {scheme.weight!r} is not supported by the candidate runner yet")
