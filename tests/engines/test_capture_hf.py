@@ -45,7 +45,10 @@ def _tiny(arch: str) -> torch.nn.Module:
         cfg = transformers.Gemma2Config(head_dim=16, sliding_window=4, final_logit_softcapping=3.0, **common)
         cls = transformers.Gemma2ForCausalLM
     elif arch == "gemma3":
-        cfg, cls = transformers.Gemma3TextConfig(head_dim=16, sliding_window=4, **common), transformers.Gemma3ForCausalLM
+        cfg, cls = (
+            transformers.Gemma3TextConfig(head_dim=16, sliding_window=4, **common),
+            transformers.Gemma3ForCausalLM,
+        )
     else:
         raise AssertionError(arch)
     torch.manual_seed(0)
@@ -130,7 +133,9 @@ def test_values_equal_hf_hidden_states(captured):
     # The residual stream is consistent: out = attn_residual + (post-normed) MLP output.
     mlp_out = "mlp.post_norm" if arch.startswith("gemma") else "mlp.down"
     for i in range(N_LAYERS):
-        torch.testing.assert_close(caps[f"layers.{i}.attn_residual"] + caps[f"layers.{i}.{mlp_out}"], caps[f"layers.{i}.out"])
+        torch.testing.assert_close(
+            caps[f"layers.{i}.attn_residual"] + caps[f"layers.{i}.{mlp_out}"], caps[f"layers.{i}.out"]
+        )
 
 
 def test_gemma_embed_is_scaled():
