@@ -20,6 +20,7 @@ Design notes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -232,17 +233,17 @@ class Report:
         return written
 
 
+def parquet_available() -> bool:
+    """pyarrow is an optional extra (``layerbisect[parquet]``)."""
+    return importlib.util.find_spec("pyarrow") is not None
+
+
 def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True) -> Path:
     """points.parquet, or points.csv when pyarrow is missing (or CSV was asked for)."""
-    if prefer_parquet:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            p = out / "points.parquet"
-            df.to_parquet(p, index=False)
-            return p
+    if prefer_parquet and parquet_available():
+        p = out / "points.parquet"
+        df.to_parquet(p, index=False)
+        return p
     p = out / "points.csv"
     df.to_csv(p, index=False)
     return p
