@@ -1,6 +1,6 @@
 """Regenerate docs/img/report.png: a synthetic blow-up run rendered by headless Chromium.
 
-    python docs/img/make_report_png.py
+python docs/img/make_report_png.py
 """
 
 from __future__ import annotations

@@ -202,7 +202,11 @@ def detect_norm_blowup(cmp: Comparison) -> list[Finding]:
         for name, r in cmp.points.items():
             if r.max_norm_ratio > t:
                 rows = cmp.df[(cmp.df["point"] == name)]
-                tok = int(rows.loc[rows["norm_ratio"].idxmax(), "token_index"]) if rows["norm_ratio"].notna().any() else None
+                tok = (
+                    int(rows.loc[rows["norm_ratio"].idxmax(), "token_index"])
+                    if rows["norm_ratio"].notna().any()
+                    else None
+                )
                 out.append(
                     Finding(
                         "error",

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
 from layerbisect.compare.findings import SEVERITIES
 from layerbisect.compare.results import Thresholds
 from layerbisect.errors import InputError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from layerbisect.compare.report import Report
@@ -237,7 +240,3 @@ def evaluate(
                     f"(> max_cosine_drop {config.max_cosine_drop:g})"
                 )
     return GateResult(passed=not failures, failures=failures, notes=notes, checked=checked)
-
-
-def format_failures(result: GateResult, limit: int | None = None) -> Sequence[str]:
-    return result.failures if limit is None else result.failures[:limit]

@@ -186,7 +186,9 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return json.dumps(jsonable(self.to_dict()), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return (
+            json.dumps(jsonable(self.to_dict()), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        )
 
     # -- files ---------------------------------------------------------------
 
@@ -206,7 +208,8 @@ class Report:
             raise InputError(out, "exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not overwrite:
             raise InputError(
-                out, "directory is not empty and is not a previous layerbisect report; pass overwrite=True (--overwrite)"
+                out,
+                "directory is not empty and is not a previous layerbisect report; pass overwrite=True (--overwrite)",
             )
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"layerbisect_report": SCHEMA}) + "\n", encoding="utf-8")
@@ -260,7 +263,11 @@ def load_report_json(path: str | Path) -> dict[str, Any]:
         raise InputError(p, f"cannot read: {e}") from None
     except json.JSONDecodeError as e:
         raise InputError(p, f"not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("layerbisect_report") is None or not isinstance(data.get("points"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("layerbisect_report") is None
+        or not isinstance(data.get("points"), dict)
+    ):
         raise InputError(p, "not a layerbisect report JSON (missing 'layerbisect_report' or 'points')")
     return data
 

@@ -48,7 +48,7 @@ def synthetic_pair(
     ref = Captures(token_ids=list(token_ids), meta={"side": "ref"})
     cand = Captures(token_ids=list(token_ids), meta={"side": "cand"})
     resid = torch.randn(T, d, generator=g)
-    for k, name in enumerate(names):
+    for _k, name in enumerate(names):
         F = _feature_size(name, d, d_ff, vocab, n_head, T)
         if name == "logits.pre_softcap":
             x = 3.0 * torch.randn(T, F, generator=g)
@@ -84,7 +84,9 @@ def plant_nan(cand: Captures, point: str, token: int, *, spread: bool = True) ->
             cand.tensors[name][token:, :] = math.nan
 
 
-def plant_growing_scale(cand: Captures, from_layer: int, factor: float = 2.0, *, final_softcap: float | None = None) -> None:
+def plant_growing_scale(
+    cand: Captures, from_layer: int, factor: float = 2.0, *, final_softcap: float | None = None
+) -> None:
     """Multiply layer i ≥ from_layer by factor^(i − from_layer + 1): a scale applied once per layer.
 
     The final norm would undo it; a broken model passes it on, so ``logits.pre_softcap`` gets the

@@ -108,7 +108,7 @@ class Continuations:
     @property
     def first_difference(self) -> int | None:
         """Index of the first generated id that differs (None when identical)."""
-        for i, (a, b) in enumerate(zip(self.ref_ids, self.cand_ids)):
+        for i, (a, b) in enumerate(zip(self.ref_ids, self.cand_ids, strict=False)):
             if a != b:
                 return i
         if len(self.ref_ids) != len(self.cand_ids):

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
 color:#1d1d1f;background:#fff;padding:0 16px;line-height:1.4}
-h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h1{font-size:1.5em;margin-bottom:4px}
+h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 .verdict{color:#555;margin-bottom:16px}
 .finding{border-left:6px solid #999;background:#f7f7f9;padding:8px 12px;margin:8px 0;border-radius:3px}
 .finding.critical{border-color:#b00020;background:#fdecef}.finding.error{border-color:#e65100;background:#fff3e0}
@@ -219,11 +220,16 @@ def _heatmap(report: Report) -> str:
     return svg.heatmap("heatmap-residual-cosine", "Residual cosine per layer × token", rows, cols, vals)
 
 
+def _cont_box(label: str, text: str, ids: Sequence[int]) -> str:
+    return f"<div><strong>{label}</strong>\n{escape(text)}\n\nids: {escape(' '.join(map(str, ids)))}</div>"
+
+
 def _gate(gate: GateResult) -> str:
     if gate.passed:
         return f'<p class="gate-pass" id="gate">Gate passed ({gate.checked} checks).</p>'
     items = "".join(f"<li>{escape(f)}</li>" for f in gate.failures[:200])
-    return f'<p class="gate-fail" id="gate">Gate failed: {len(gate.failures)} of {gate.checked} checks.</p><ul>{items}</ul>'
+    head = f"Gate failed: {len(gate.failures)} of {gate.checked} checks."
+    return f'<p class="gate-fail" id="gate">{head}</p><ul>{items}</ul>'
 
 
 def render(report: Report, gate: GateResult | None = None) -> str:
@@ -245,8 +251,18 @@ def render(report: Report, gate: GateResult | None = None) -> str:
         body.append(
             _table(
                 ["point", "softcap", "cap", "ref share", "cand share", "ref max |pre|", "cand max |pre|"],
-                [[s.point, s.kind, fmt(s.cap), fmt(s.ref_share), fmt(s.cand_share), fmt(s.ref_max_pre),
-                  fmt(s.cand_max_pre)] for s in cmp.saturation],
+                [
+                    [
+                        s.point,
+                        s.kind,
+                        fmt(s.cap),
+                        fmt(s.ref_share),
+                        fmt(s.cand_share),
+                        fmt(s.ref_max_pre),
+                        fmt(s.cand_max_pre),
+                    ]
+                    for s in cmp.saturation
+                ],
                 left=2,
                 fails=[not s for s in cmp.saturation],
             )  # fmt: skip
@@ -268,8 +284,16 @@ def render(report: Report, gate: GateResult | None = None) -> str:
             '<h2 id="logits">Logits</h2>',
             _table(
                 ["mean KL (nats)", "max KL", "worst token", "top-1 agreement", "top-5 overlap", "first top-1 miss"],
-                [[fmt(lg.mean_kl), fmt(lg.max_kl), fmt(lg.worst_kl_token), fmt(lg.top1_agreement),
-                  fmt(lg.mean_top5_overlap), fmt(lg.first_top1_mismatch)]],
+                [
+                    [
+                        fmt(lg.mean_kl),
+                        fmt(lg.max_kl),
+                        fmt(lg.worst_kl_token),
+                        fmt(lg.top1_agreement),
+                        fmt(lg.mean_top5_overlap),
+                        fmt(lg.first_top1_mismatch),
+                    ]
+                ],
                 left=0,
                 fails=[not lg],
             ),  # fmt: skip
@@ -280,9 +304,9 @@ def render(report: Report, gate: GateResult | None = None) -> str:
         body += [
             '<h2 id="continuations">Greedy continuations</h2>',
             '<div class="cont">'
-            f"<div><strong>reference</strong>\n{escape(cont.ref_text)}\n\nids: {escape(' '.join(map(str, cont.ref_ids)))}</div>"
-            f"<div><strong>candidate</strong>\n{escape(cont.cand_text)}\n\nids: {escape(' '.join(map(str, cont.cand_ids)))}</div>"
-            "</div>",
+            + _cont_box("reference", cont.ref_text, cont.ref_ids)
+            + _cont_box("candidate", cont.cand_text, cont.cand_ids)
+            + "</div>",
             f"<p>{'Identical.' if d is None else f'First differing generated token: #{d}.'}</p>",
         ]
     for s in report.extra_sections:
@@ -301,13 +325,22 @@ def render(report: Report, gate: GateResult | None = None) -> str:
             "<details><summary>All points</summary>",
             _table(
                 ["point", "min cos", "max rel_l2", "max norm ratio", "min SQNR dB", "non-finite ref/cand"],
-                [[r.point, fmt(r.min_cosine), fmt(r.max_rel_l2), fmt(r.max_norm_ratio), fmt(r.min_sqnr_db),
-                  f"{r.ref_nonfinite}/{r.cand_nonfinite}"] for r in cmp.points.values()],
+                [
+                    [
+                        r.point,
+                        fmt(r.min_cosine),
+                        fmt(r.max_rel_l2),
+                        fmt(r.max_norm_ratio),
+                        fmt(r.min_sqnr_db),
+                        f"{r.ref_nonfinite}/{r.cand_nonfinite}",
+                    ]
+                    for r in cmp.points.values()
+                ],
                 fails=[not r for r in cmp.points.values()],
             ),  # fmt: skip
             "</details>",
         ]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )

@@ -121,7 +121,9 @@ def line_plot(
         step = max(1, math.ceil((x1 - x0) / 16))
         x_ticks = [(float(x), str(int(x))) for x in range(math.ceil(x0), math.floor(x1) + 1, step)]
     for x, lab in x_ticks:
-        out.append(f'<text x="{_num(px(x))}" y="{MT + ph + 16}" class="tick" text-anchor="middle">{escape(lab)}</text>')
+        out.append(
+            f'<text x="{_num(px(x))}" y="{MT + ph + 16}" class="tick" text-anchor="middle">{escape(lab)}</text>'
+        )
     out.append(f'<text x="{ML + pw / 2}" y="{H - 6}" class="axis" text-anchor="middle">{escape(x_label)}</text>')
     out.append(
         f'<text x="14" y="{MT + ph / 2}" class="axis" text-anchor="middle" '
@@ -136,7 +138,7 @@ def line_plot(
     for k, s in enumerate(series):
         color = s.color or PALETTE[k % len(PALETTE)]
         pts, seg, bad = [], [], []
-        for x, y in zip(s.xs, s.ys):
+        for x, y in zip(s.xs, s.ys, strict=False):
             if math.isfinite(y) and (y > 0 or not log_y):
                 seg.append((px(x), py(y), x, y))
             else:
@@ -171,7 +173,8 @@ def line_plot(
         y = MT + 6 + k * 14
         dash = ' stroke-dasharray="4 3"' if s.dashed else ""
         out.append(
-            f'<line x1="{lx}" x2="{lx + 16}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="{max(s.width, 1.5)}"{dash}/>'
+            f'<line x1="{lx}" x2="{lx + 16}" y1="{y}" y2="{y}" stroke="{color}" '
+            f'stroke-width="{max(s.width, 1.5)}"{dash}/>'
         )
         out.append(f'<text x="{lx + 20}" y="{y + 4}" class="legend">{escape(s.label)}</text>')
     out.append("</svg>")
@@ -217,7 +220,9 @@ def heatmap(
     lo, hi = -7.0, 0.0
     for i, rlab in enumerate(rows):
         y = top + i * ch
-        out.append(f'<text x="{left - 6}" y="{_num(y + ch * 0.7)}" class="tick" text-anchor="end">{escape(rlab)}</text>')
+        out.append(
+            f'<text x="{left - 6}" y="{_num(y + ch * 0.7)}" class="tick" text-anchor="end">{escape(rlab)}</text>'
+        )
         for j in range(n_c):
             v = values[i][j]
             dist = math.log10(max(1.0 - v, 1e-12)) if math.isfinite(v) else math.nan

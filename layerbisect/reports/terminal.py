@@ -69,7 +69,7 @@ def render(report: Report, console: Console | None = None, gate: GateResult | No
         table = Table(title="Per layer (residual stream)", title_justify="left")
         for k, (_, h) in enumerate(LAYER_COLUMNS):
             table.add_column(h, justify="left" if k == 4 else "right")
-        for r, ok in zip(rows, lt["passed"].tolist()):
+        for r, ok in zip(rows, lt["passed"].tolist(), strict=False):
             table.add_row(*r, style=None if ok else "red")
         console.print(table)
 
@@ -97,7 +97,9 @@ def render(report: Report, console: Console | None = None, gate: GateResult | No
         ct.add_column("reference")
         ct.add_column("candidate")
         ct.add_row(Text(cont.ref_text), Text(cont.cand_text))
-        ct.add_row(Text(" ".join(map(str, cont.ref_ids)), style="dim"), Text(" ".join(map(str, cont.cand_ids)), style="dim"))
+        ct.add_row(
+            Text(" ".join(map(str, cont.ref_ids)), style="dim"), Text(" ".join(map(str, cont.cand_ids)), style="dim")
+        )
         console.print(ct)
         d = cont.first_difference
         console.print("identical" if d is None else f"first differing generated token: #{d}", style="dim")

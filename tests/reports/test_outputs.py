@@ -41,6 +41,7 @@ def make_report(bug: str = "nan") -> Report:
 def test_json_is_byte_identical_across_runs_and_valid():
     a, b = make_report().to_json(), make_report().to_json()
     assert a == b
+
     def no_constants(c):
         raise AssertionError(f"non-standard JSON constant {c}")
 
@@ -87,7 +88,7 @@ def test_markdown_findings_come_first_and_show_everything():
     pos = {k: md.index(k) for k in ("## Findings", "## Run", "## Per layer", "## Logits", "## Greedy continuations",
                                      "## Local vs accumulated")}  # fmt: skip
     assert pos["## Findings"] == min(pos.values())
-    first_bullet = md[pos["## Findings"]:].splitlines()[2]
+    first_bullet = md[pos["## Findings"] :].splitlines()[2]
     assert "nonfinite_onset" in first_bullet and "layers.2.mlp.down @ token 3" in first_bullet
     assert "culprit" in md and " a a" in md and "Paris" in md
 
