@@ -10,9 +10,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from layerbisect.compare.comparator import compare_captures
-from layerbisect.compare.report import Report
-from layerbisect.compare.synthetic import plant_growing_scale, synthetic_pair
+from layerbisect.comparison.comparator import compare_captures
+from layerbisect.comparison.report import Report
+from layerbisect.comparison.synthetic import plant_growing_scale, synthetic_pair
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ from layerbisect.reports.common import (
 )
 
 if TYPE_CHECKING:
-    from layerbisect.compare.gate import GateResult
-    from layerbisect.compare.report import Report
+    from layerbisect.comparison.gate import GateResult
+    from layerbisect.comparison.report import Report
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;

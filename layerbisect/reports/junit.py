@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape as xml_escape
 from xml.sax.saxutils import quoteattr
 
 if TYPE_CHECKING:
-    from layerbisect.compare.gate import GateResult
-    from layerbisect.compare.report import Report
+    from layerbisect.comparison.gate import GateResult
+    from layerbisect.comparison.report import Report
 
 
 def _case(classname: str, name: str, failure: str | None) -> str:

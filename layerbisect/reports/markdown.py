@@ -23,8 +23,8 @@ from layerbisect.reports.common import (
 )
 
 if TYPE_CHECKING:
-    from layerbisect.compare.gate import GateResult
-    from layerbisect.compare.report import Report
+    from layerbisect.comparison.gate import GateResult
+    from layerbisect.comparison.report import Report
 
 _EMOJI = {"critical": "🛑", "error": "❌", "warning": "⚠️", "info": "ℹ️"}
 

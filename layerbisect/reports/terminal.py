@@ -24,8 +24,8 @@ from layerbisect.reports.common import (
 )
 
 if TYPE_CHECKING:
-    from layerbisect.compare.gate import GateResult
-    from layerbisect.compare.report import Report
+    from layerbisect.comparison.gate import GateResult
+    from layerbisect.comparison.report import Report
 
 STYLE = {"critical": "bold white on red", "error": "bold red", "warning": "yellow", "info": "cyan"}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from layerbisect.compare.comparator import compare_captures
-from layerbisect.compare.report import Report
-from layerbisect.compare.synthetic import plant_growing_scale, synthetic_pair
+from layerbisect.comparison.comparator import compare_captures
+from layerbisect.comparison.report import Report
+from layerbisect.comparison.synthetic import plant_growing_scale, synthetic_pair
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
 FLAGS = [

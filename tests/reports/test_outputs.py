@@ -6,11 +6,11 @@ import re
 import pandas as pd
 import pytest
 
-from layerbisect.compare.comparator import compare_captures
-from layerbisect.compare.findings import Finding
-from layerbisect.compare.gate import evaluate
-from layerbisect.compare.report import MARKER, Report
-from layerbisect.compare.synthetic import plant_growing_scale, plant_nan, synthetic_pair
+from layerbisect.comparison.comparator import compare_captures
+from layerbisect.comparison.findings import Finding
+from layerbisect.comparison.gate import evaluate
+from layerbisect.comparison.report import MARKER, Report
+from layerbisect.comparison.synthetic import plant_growing_scale, plant_nan, synthetic_pair
 from layerbisect.errors import InputError
 from layerbisect.reports import html, junit, markdown, terminal
 
@@ -62,7 +62,7 @@ def test_save_writes_all_formats_and_parquet_round_trips(tmp_path):
 
 
 def test_csv_fallback_without_pyarrow(tmp_path, monkeypatch):
-    import layerbisect.compare.report as report_mod
+    import layerbisect.comparison.report as report_mod
 
     rep = make_report()
     monkeypatch.setattr(report_mod, "parquet_available", lambda: False)

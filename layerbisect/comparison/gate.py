@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerbisect.compare.findings import SEVERITIES
-from layerbisect.compare.results import Thresholds
+from layerbisect.comparison.findings import SEVERITIES
+from layerbisect.comparison.results import Thresholds
 from layerbisect.errors import InputError
 
 try:
@@ -33,7 +33,7 @@ except ImportError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
-    from layerbisect.compare.report import Report
+    from layerbisect.comparison.report import Report
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -165,13 +165,13 @@ class GateResult:
 
 def load_baseline(path: str | Path) -> dict[str, float]:
     """point → min cosine from a previous report.json."""
-    from layerbisect.compare.report import load_report_json
+    from layerbisect.comparison.report import load_report_json
 
     return _baseline_points(load_report_json(path), str(path))
 
 
 def _baseline_points(data: Mapping[str, Any], where: str) -> dict[str, float]:
-    from layerbisect.compare.report import unjson_float
+    from layerbisect.comparison.report import unjson_float
 
     points = data.get("points")
     if not isinstance(points, Mapping):

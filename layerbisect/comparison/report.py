@@ -30,8 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from layerbisect.compare.comparator import Comparison
-from layerbisect.compare.findings import Finding, detect_all, sort_findings
+from layerbisect.comparison.comparator import Comparison
+from layerbisect.comparison.findings import Finding, detect_all, sort_findings
 from layerbisect.errors import InputError
 
 MARKER = ".layerbisect-report"

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from layerbisect.capture import Captures
-from layerbisect.compare.comparator import POINT_COLUMNS, compare_captures
-from layerbisect.compare.findings import Finding, detect_all, sort_findings
-from layerbisect.compare.results import Thresholds
-from layerbisect.compare.synthetic import plant_growing_scale, plant_nan, saturate_logits, synthetic_pair
+from layerbisect.comparison.comparator import POINT_COLUMNS, compare_captures
+from layerbisect.comparison.findings import Finding, detect_all, sort_findings
+from layerbisect.comparison.results import Thresholds
+from layerbisect.comparison.synthetic import plant_growing_scale, plant_nan, saturate_logits, synthetic_pair
 
 
 def kinds(findings):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from layerbisect.compare.comparator import compare_captures
-from layerbisect.compare.gate import EXIT_FAIL, EXIT_PASS, GateConfig, evaluate, load_baseline
-from layerbisect.compare.report import Report
-from layerbisect.compare.synthetic import plant_growing_scale, saturate_logits, synthetic_pair
+from layerbisect.comparison.comparator import compare_captures
+from layerbisect.comparison.gate import EXIT_FAIL, EXIT_PASS, GateConfig, evaluate, load_baseline
+from layerbisect.comparison.report import Report
+from layerbisect.comparison.synthetic import plant_growing_scale, saturate_logits, synthetic_pair
 from layerbisect.errors import InputError
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from layerbisect.compare import metrics as M
-from layerbisect.compare.results import LogitResult, PointResult, SaturationResult, Thresholds
+from layerbisect.comparison import metrics as M
+from layerbisect.comparison.results import LogitResult, PointResult, SaturationResult, Thresholds
 
 nan, inf = math.nan, math.inf
 

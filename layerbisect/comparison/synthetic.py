@@ -14,7 +14,7 @@ import math
 import torch
 
 from layerbisect.capture import Captures, all_point_names, layer_of
-from layerbisect.compare.comparator import ModelInfo
+from layerbisect.comparison.comparator import ModelInfo
 
 
 def _feature_size(name: str, d: int, d_ff: int, vocab: int, n_head: int, T: int) -> int:

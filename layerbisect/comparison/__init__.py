@@ -6,11 +6,11 @@ Entry points: ``compare_captures`` → ``Comparison``; ``detect_all`` → findin
 
 from __future__ import annotations
 
-from layerbisect.compare.comparator import Comparison, ModelInfo, compare_captures
-from layerbisect.compare.findings import Finding, detect_all, sort_findings
-from layerbisect.compare.gate import GateConfig, GateResult, evaluate
-from layerbisect.compare.report import Report, Section
-from layerbisect.compare.results import LogitResult, PointResult, SaturationResult, Thresholds
+from layerbisect.comparison.comparator import Comparison, ModelInfo, compare_captures
+from layerbisect.comparison.findings import Finding, detect_all, sort_findings
+from layerbisect.comparison.gate import GateConfig, GateResult, evaluate
+from layerbisect.comparison.report import Report, Section
+from layerbisect.comparison.results import LogitResult, PointResult, SaturationResult, Thresholds
 
 __all__ = [
     "Comparison",

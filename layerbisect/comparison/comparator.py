@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 
 from layerbisect.capture import Captures, layer_of, layer_point, op_of
-from layerbisect.compare import metrics as M
-from layerbisect.compare.results import LogitResult, PointResult, SaturationResult, Thresholds
+from layerbisect.comparison import metrics as M
+from layerbisect.comparison.results import LogitResult, PointResult, SaturationResult, Thresholds
 
 POINT_COLUMNS: tuple[str, ...] = (
     "point",
