@@ -1,0 +1,235 @@
+"""Tiny random HF checkpoints, one per supported architecture, for fast tests.
+
+A tiny model must be able to *fail* a test, so the random init is chosen to make every
+architecture-specific convention visible in the outputs, not just to be small:
+
+- Norm weights are random, not 1 (or 0 for Gemma). HF Llama/Qwen store the gain ``w`` and
+  compute ``x * w``; HF Gemma stores ``w`` and computes ``x * (1 + w)`` (GGUF stores ``1 + w``).
+  With gains drawn from U(0.5, 1.5) (Llama style) or stored values from U(-0.5, 0.5) (Gemma
+  style), forgetting or doubling the +1 changes the output by tens of percent.
+- Linear weights are N(0, 1/in_features) so activations stay O(1) through the layers, and
+  embeddings are N(0, 0.5²) so logits spread over several units: a softmax that is not
+  nearly uniform, and for Gemma 2 logits large enough that the final softcap (30) bends them.
+- Gemma 2's Q/K are scaled up so attention scores reach the attention softcap (50); without
+  that the softcap is a no-op and a runner that skips it would pass.
+- Gemma 2/3 get a sliding window (8) shorter than a typical test prompt, so the window mask
+  matters; Gemma 3 defaults to 6 layers so llama.cpp's hard-coded pattern (every 6th layer is
+  global) and the HF config agree, and the local rope base (10 000) differs from the global
+  one (1 000 000).
+- Qwen 2 has random q/k/v biases; Qwen 3 and Gemma 3 random q/k-norm gains.
+- Llama optionally carries rope scaling (``linear`` or ``llama3``); "mistral" is a
+  Mistral-style Llama (explicit head_dim != hidden/heads, rope_theta 1e6).
+
+The tokenizer is a byte-level BPE trained with ``tokenizers`` on a fixed corpus up to the
+model's vocab size (padded with ``<unused_N>`` specials if the corpus runs out of merges), so
+its ids are always in range. Ids 0/1/2 are ``<pad>``/``<bos>``/``<eos>`` for every
+architecture, and a post-processor prepends ``<bos>`` as llama.cpp does with add_bos_token.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerbisect.errors import InputError
+
+ARCHS: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
+
+_CORPUS = """\
+The capital of France is Paris, and the capital of Italy is Rome.
+A quantized model stores its weights in fewer bits than the model it was made from.
+Layer by layer, the reference and the candidate should agree to a few parts in a thousand.
+When they do not, the first layer that diverges is where the bug usually lives.
+Rotary position embeddings rotate pairs of query and key features by an angle per position.
+The quick brown fox jumps over the lazy dog while the cat sleeps in the warm afternoon sun.
+Numbers like 3.14159, 2.71828 and 1.41421 appear in mathematics, physics and engineering.
+She sells sea shells by the sea shore; the shells she sells are surely sea shells.
+In the beginning the universe was created, which made a lot of people very angry.
+To be, or not to be, that is the question: whether it is nobler in the mind to suffer.
+def forward(self, x): return self.down(self.act(self.gate(x)) * self.up(x))
+Mixed precision training keeps a master copy of the weights in thirty-two bit floats.
+Attention heads share key and value projections in grouped query attention.
+"""
+
+
+def _arch_config(arch: str, *, n_layers: int | None, hidden: int | None, heads: int, kv_heads: int,
+                 head_dim: int | None, vocab: int, rope_scaling: dict[str, Any] | None) -> Any:
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    common: dict[str, Any] = dict(
+        vocab_size=vocab,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if rope_scaling is not None and arch != "llama":
+        raise InputError(arch, "rope_scaling is only offered for the llama tiny model")
+
+    if arch == "llama":
+        hidden = hidden or 128
+        cfg = LlamaConfig(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers or 2,
+            head_dim=head_dim or hidden // heads, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, **(rope_scaling or {})},
+        )
+    elif arch == "mistral":
+        hidden = hidden or 128
+        # Mistral-style: head_dim set explicitly and not hidden/heads (as in Mistral NeMo / Small).
+        cfg = MistralConfig(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers or 2,
+            head_dim=head_dim or 2 * hidden // heads, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
+    elif arch == "qwen2":
+        hidden = hidden or 128
+        cfg = Qwen2Config(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers or 2,
+            rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
+        if head_dim is not None and head_dim != hidden // heads:
+            raise InputError(arch, "Qwen2 derives head_dim = hidden / heads; pass hidden instead")
+    elif arch == "qwen3":
+        hidden = hidden or 128
+        # head_dim 64 != hidden/heads (32), as in real Qwen3 (128 with hidden 1024 / 16 heads).
+        cfg = Qwen3Config(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers or 2,
+            head_dim=head_dim or 64, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
+    elif arch == "gemma2":
+        hidden = hidden or 128
+        n = n_layers or 2
+        hd = head_dim or 32
+        cfg = Gemma2Config(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n, head_dim=hd,
+            query_pre_attn_scalar=hd, rms_norm_eps=1e-6, sliding_window=8,
+            attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
+    elif arch == "gemma3":
+        hidden = hidden or 128
+        n = n_layers or 6
+        hd = head_dim or 32
+        cfg = Gemma3TextConfig(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n, head_dim=hd,
+            query_pre_attn_scalar=hd, rms_norm_eps=1e-6, sliding_window=8,
+            # llama.cpp hard-codes this pattern for gemma3: every 6th layer is global.
+            layer_types=["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n)],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            },
+        )
+    else:
+        raise InputError(arch, f"unknown tiny architecture; choose one of {', '.join(ARCHS)}")
+    return cfg
+
+
+def _randomize(model: torch.nn.Module, arch: str, seed: int) -> None:
+    """Seeded init that makes conventions visible (see the module notes)."""
+    g = torch.Generator().manual_seed(seed)
+    gemma = arch.startswith("gemma")
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                # Gemma stores w for x*(1+w): draw around 0. Others store the gain: draw around 1.
+                lo, hi = (-0.5, 0.5) if gemma else (0.5, 1.5)
+                p.copy_(torch.empty(p.shape).uniform_(lo, hi, generator=g))
+            elif name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif p.ndim == 2:
+                w = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1])
+                if arch == "gemma2" and name.endswith(("q_proj.weight", "k_proj.weight")):
+                    w *= 6.0  # push scores into the attention softcap's range (~50)
+                p.copy_(w)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def make_tiny_tokenizer(vocab_size: int) -> Any:
+    """A byte-level BPE with exactly ``vocab_size`` tokens, ``<bos>`` prepended on encode."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 256 + len(SPECIALS):
+        raise InputError("vocab_size", f"{vocab_size} is too small for a byte-level BPE (need >= 259)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=1,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    # A short corpus can run out of merges before vocab_size: pad with unused specials so the
+    # tokenizer and the embedding table have the same number of rows.
+    n = tok.get_vocab_size()
+    if n < vocab_size:
+        tok.add_special_tokens([f"<unused_{i}>" for i in range(vocab_size - n)])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    assert tok.get_vocab_size() == vocab_size, (tok.get_vocab_size(), vocab_size)
+    assert [tok.token_to_id(s) for s in SPECIALS] == [0, 1, 2]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS)
+
+
+def make_tiny_hf(
+    arch: str,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    n_layers: int | None = None,
+    hidden: int | None = None,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    vocab: int = 512,
+    rope_scaling: dict[str, Any] | None = None,
+) -> Path:
+    """Write a tiny random HF checkpoint (config, safetensors, tokenizer) of ``arch`` to ``out_dir``.
+
+    ``rope_scaling`` (llama only), e.g. ``{"rope_type": "linear", "factor": 2.0}`` or
+    ``{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64}``. Returns ``out_dir``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError("dtype", f"{dtype!r} is not one of float32, bfloat16, float16")
+    cfg = _arch_config(arch, n_layers=n_layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                       head_dim=head_dim, vocab=vocab, rope_scaling=rope_scaling)
+    torch.manual_seed(seed)  # transformers' own init runs first; ours overwrites every parameter
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    _randomize(model, arch, seed)
+    model = model.to(getattr(torch, dtype)).eval()
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    make_tiny_tokenizer(vocab).save_pretrained(out)
+    return out
