@@ -3,3 +3,16 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The API loads torch and pandas; keep `import layerbisect` light until it is used.
+    if name in ("compare", "CompareOptions"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("run_model", "open_runner"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

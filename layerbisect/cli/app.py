@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 app.command("run")(run)
 
+
+@app.callback()
+def _root() -> None:
+    """layerbisect: find where and why a quantized LLM diverges from its reference."""
+
 _SUBCOMMANDS = {"run"}
 
 

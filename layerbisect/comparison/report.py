@@ -198,6 +198,7 @@ class Report:
         formats: Sequence[str] = DEFAULT_FORMATS,
         *,
         overwrite: bool = False,
+        gate: Any = None,
     ) -> dict[str, Path]:
         """Write the report files; returns format → path. See module notes for the overwrite rule."""
         out = Path(out_dir)
@@ -220,10 +221,10 @@ class Report:
         for fmt in formats:
             if fmt == "md":
                 p = out / FILE_NAMES["md"]
-                p.write_text(markdown.render(self), encoding="utf-8")
+                p.write_text(markdown.render(self, gate), encoding="utf-8")
             elif fmt == "html":
                 p = out / FILE_NAMES["html"]
-                p.write_text(html.render(self), encoding="utf-8")
+                p.write_text(html.render(self, gate), encoding="utf-8")
             elif fmt == "json":
                 p = out / FILE_NAMES["json"]
                 p.write_text(self.to_json(), encoding="utf-8")
@@ -231,7 +232,7 @@ class Report:
                 p = write_points(self.df, out, prefer_parquet=fmt == "parquet")
             elif fmt == "junit":
                 p = out / FILE_NAMES["junit"]
-                p.write_text(junit.render(self), encoding="utf-8")
+                p.write_text(junit.render(self, gate), encoding="utf-8")
             written[fmt] = p
         return written
 

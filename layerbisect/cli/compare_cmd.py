@@ -1,0 +1,105 @@
+"""`bisect REF CAND` (= `bisect compare`): the main job, as a thin layer over ``layerbisect.compare``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .. import api
+from ..errors import InputError
+from ..tokenizer import parse_token_ids
+from . import options as o
+
+
+def compare(
+    ref: Annotated[str, typer.Argument(help="Reference: a GGUF file (any common llama.cpp quant type).")],
+    cand: Annotated[
+        str | None, typer.Argument(help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt).")
+    ] = None,
+    prompt: o.Prompt = o.DEFAULT_PROMPT,
+    tokens: o.Tokens = None,
+    generate: o.Generate = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("bisect-report"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty foreign directory.")] = False,
+    formats: Annotated[str, typer.Option("--formats", help="Comma list of md,html,json,parquet,csv,junit.")] = (
+        "md,html,json,parquet"
+    ),
+    gate: Annotated[Path | None, typer.Option("--gate", help="Gate thresholds (TOML); default gate otherwise.")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="A previous report.json: fail on cosine drops versus it.")
+    ] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML file here.")] = None,
+    candidate_dump: Annotated[
+        Path | None, typer.Option("--candidate-dump", help="An engine activation dump (see docs/ENGINE_CAPTURE.md).")
+    ] = None,
+    select: Annotated[str, typer.Option("--select", help="Capture points (comma-separated globs).")] = "*",
+    device: o.Device = "cpu",
+    ref_device: Annotated[str | None, typer.Option("--ref-device", help="Device of the reference.")] = None,
+    cand_device: Annotated[str | None, typer.Option("--cand-device", help="Device of the candidate.")] = None,
+    act_quant: o.ActQuant = "checkpoint",
+    nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
+    kv_cache_dtype: o.KvCacheDtype = "auto",
+    kv_scales: o.KvScales = "checkpoint",
+    impl: o.Impl = "emulate",
+    localize: Annotated[
+        bool, typer.Option("--localize/--no-localize", help="Activation patching: local vs accumulated error.")
+    ] = True,
+    bisect_modules: Annotated[
+        bool, typer.Option("--bisect/--no-bisect", help="Binary-search the quantized modules that fail the gate.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings and the gate verdict.")] = False,
+) -> None:
+    """Compare a candidate with the reference, point by point; write reports; exit 0 pass / 1 gate failed / 2 bad input."""
+    from ..comparison import gate as gate_mod
+    from ..pipeline import CompareOptions
+    from ..pipeline import compare as run_compare
+    from ..reports import junit as junit_mod
+    from ..reports import terminal
+
+    if cand is None and candidate_dump is None:
+        raise InputError("bisect", "missing the candidate: give CAND_DIR or --candidate-dump DIR")
+    console = Console(stderr=True)
+    gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
+    fmt = [f.strip() for f in formats.split(",") if f.strip()]
+    opts = CompareOptions(
+        prompt=prompt,
+        tokens=parse_token_ids(tokens) if tokens else None,
+        generate=generate,
+        device=device,
+        ref_device=ref_device,
+        cand_device=cand_device,
+        select=select,
+        quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
+        kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+        localize=localize,
+        thresholds=gate_cfg.thresholds_for("*") if hasattr(gate_cfg, "thresholds_for") else None,
+    )
+    with console.status("starting") as status:
+        report = run_compare(
+            ref, cand, candidate_dump=candidate_dump, options=opts, status=lambda s: status.update(s)
+        )
+        if bisect_modules:
+            from ..bisect_modules import bisect_report
+
+            status.update("bisecting quantized modules")
+            bisect_report(report, ref, cand, opts, gate_cfg)
+    result = gate_mod.evaluate(report, gate_cfg, baseline=baseline)
+    written = report.save(out, fmt, overwrite=overwrite, gate=result)
+    if junit:
+        junit_mod.write_junit(report, junit, gate=result)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        junit_mod.write_step_summary(report, gate=result)
+    terminal.render(report, Console(), gate=result) if not quiet else _quiet(report, result)
+    Console().print(f"reports: {', '.join(str(p) for p in written.values())}")
+    raise typer.Exit(result.exit_code)
+
+
+def _quiet(report, result) -> None:
+    c = Console()
+    for f in report.findings[:8]:
+        c.print(f"[{f.severity}] {f.title}")
+    c.print("gate: " + ("PASS" if result.passed else "FAIL"))

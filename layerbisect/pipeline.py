@@ -1,0 +1,293 @@
+"""The main job: run reference and candidate on the same token ids, compare, find, report.
+
+Positions are aligned by construction: the reference greedily continues the prompt, and the
+whole sequence (prompt + reference continuation) is teacher-forced through both runners in
+one pass each. The candidate's own greedy continuation is generated separately, for the
+side-by-side view. The candidate may also be an engine dump (``candidate_dump``), aligned by
+the token ids its manifest records.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .capture import Captures
+from .comparison import Finding, ModelInfo, Report, Thresholds, compare_captures
+from .errors import InputError
+from .runner import ModelRunner
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class CompareOptions:
+    prompt: str | None = "The capital of France is"
+    tokens: Sequence[int] | None = None
+    generate: int = 8
+    device: str = "cpu"
+    ref_device: str | None = None
+    cand_device: str | None = None
+    select: str | Sequence[str] = "*"
+    thresholds: Thresholds | None = None
+    quant_options: Any = None
+    kv_cache: Any = None
+    localize: bool = True
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _tokenizer_fingerprint(runner: ModelRunner) -> str | None:
+    tok = runner.tokenizer
+    try:
+        return tok.fingerprint() if tok is not None else None
+    except Exception:  # a tokenizer without a fingerprint is compared by ids only
+        return None
+
+
+def model_info(runner: ModelRunner) -> ModelInfo:
+    c = runner.config
+    return ModelInfo(
+        arch=c.arch,
+        n_layers=c.n_layers,
+        final_softcap=c.final_softcap,
+        attn_softcap=c.attn_softcap,
+        vocab_size=c.vocab_size,
+    )
+
+
+def compare(
+    ref: str | Path,
+    cand: str | Path | None = None,
+    *,
+    candidate_dump: str | Path | None = None,
+    options: CompareOptions | None = None,
+    progress: ProgressFn | None = None,
+    status: Callable[[str], None] | None = None,
+) -> Report:
+    """Run both sides and return the ``Report`` (findings first; ``report.df`` per point × token)."""
+    from .api import open_runner, resolve_tokens
+
+    o = options or CompareOptions()
+    say = status or (lambda s: None)
+    timings: dict[str, float] = {}
+    if (cand is None) == (candidate_dump is None):
+        raise InputError("candidate", "give exactly one of a candidate checkpoint or --candidate-dump")
+
+    t0 = time.perf_counter()
+    say("loading reference")
+    ref_runner = open_runner(ref, device=o.ref_device or o.device, progress=progress).activate()
+    timings["load_reference"] = time.perf_counter() - t0
+
+    dump_caps: Captures | None = None
+    cand_runner: ModelRunner | None = None
+    if candidate_dump is not None:
+        from .engines.dump import load_dump
+
+        dump_caps = load_dump(candidate_dump)
+    else:
+        t0 = time.perf_counter()
+        say("loading candidate")
+        cand_runner = open_runner(
+            cand,  # type: ignore[arg-type]
+            device=o.cand_device or o.device,
+            progress=progress,
+            options=o.quant_options,
+            kv_cache=o.kv_cache,
+        ).activate()
+        timings["load_candidate"] = time.perf_counter() - t0
+        _check_same_model(ref_runner, cand_runner)
+
+    findings: list[Finding] = []
+    if dump_caps is not None and not o.tokens and dump_caps.token_ids:
+        prompt_ids = list(dump_caps.token_ids)
+        gen = 0
+    else:
+        prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
+        gen = o.generate
+    meta: dict[str, Any] = {
+        "ref_path": str(ref),
+        "cand_path": str(cand if cand is not None else candidate_dump),
+        "arch": ref_runner.config.arch,
+        "prompt": o.prompt if not o.tokens else None,
+    }
+    if cand_runner is not None:
+        findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
+
+    t0 = time.perf_counter()
+    say(f"reference: greedy {gen} tokens")
+    ref_new = ref_runner.generate(prompt_ids, gen) if gen else []
+    cand_new: list[int] = []
+    if cand_runner is not None and gen:
+        say(f"candidate: greedy {gen} tokens")
+        cand_new = cand_runner.generate(prompt_ids, gen)
+    timings["generate"] = time.perf_counter() - t0
+    ids = prompt_ids + ref_new
+
+    t0 = time.perf_counter()
+    say("reference: capture pass")
+    ref_caps = ref_runner.run(ids, select=o.select)
+    timings["run_reference"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if cand_runner is not None:
+        say("candidate: capture pass (teacher-forced)")
+        cand_caps = cand_runner.run(ids, select=o.select)
+    else:
+        assert dump_caps is not None
+        cand_caps = dump_caps
+    timings["run_candidate"] = time.perf_counter() - t0
+    for caps, runner in ((ref_caps, ref_runner), (cand_caps, cand_runner)):
+        if runner is not None:
+            fp = _tokenizer_fingerprint(runner)
+            if fp:
+                caps.meta["tokenizer_fingerprint"] = fp
+
+    t0 = time.perf_counter()
+    say("comparing")
+    info = model_info(ref_runner)
+    comparison = compare_captures(ref_caps, cand_caps, info, thresholds=o.thresholds)
+    timings["compare"] = time.perf_counter() - t0
+
+    tok = ref_runner.tokenizer
+
+    def text(xs: list[int]) -> str:
+        return tok.decode(xs) if tok is not None and xs else ""
+
+    meta.update(
+        {
+            "token_ids": ids,
+            "token_strings": tok.token_strings(ids) if tok is not None else [str(i) for i in ids],
+            "n_prompt_tokens": len(prompt_ids),
+            "continuations": {
+                "ref": {"text": text(ref_new), "ids": ref_new},
+                "cand": {"text": text(cand_new), "ids": cand_new},
+            },
+        }
+    )
+    if cand_runner is not None:
+        findings += _load_findings(cand_runner)
+        meta["candidate_quantization"] = _quant_summary(cand_runner)
+    report = Report(comparison, meta=meta)
+    for f in findings:
+        report.add_finding(f)
+    if o.localize and cand_runner is not None:
+        try:
+            from .localize import localize
+
+            t0 = time.perf_counter()
+            say("localizing (activation patching)")
+            localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
+            timings["localize"] = time.perf_counter() - t0
+        except ImportError:  # pragma: no cover - during development only
+            pass
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    report.meta["timings_s"] = timings
+    report.meta["peak_memory"] = _peak_memory()
+    report.meta.update(o.extra_meta)
+    return report
+
+
+def _peak_memory() -> dict[str, int]:
+    out = {"host_rss_bytes": _peak_rss_bytes()}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            out[f"cuda:{i}_bytes"] = int(torch.cuda.max_memory_allocated(i))
+    return out
+
+
+def _check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
+    a, b = ref.config, cand.config
+    fields = ("arch", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size")
+    diff = [f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)]
+    if diff:
+        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff)})")
+
+
+def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:
+    if o.tokens or not o.prompt or ref.tokenizer is None or cand.tokenizer is None:
+        return []
+    cand_ids = cand.tokenizer.encode(o.prompt)
+    if cand_ids == ids:
+        return []
+    first = next((i for i, (x, y) in enumerate(zip(ids, cand_ids)) if x != y), min(len(ids), len(cand_ids)))
+    return [
+        Finding(
+            severity="error",
+            kind="tokenizer_mismatch",
+            title="The candidate's tokenizer encodes the prompt differently",
+            point=None,
+            layer=None,
+            op=None,
+            token_index=first,
+            detail=f"reference ids {ids} vs candidate ids {cand_ids}; first difference at position {first}. "
+            "Both sides were run on the reference ids.",
+            evidence={"ref_ids": ids, "cand_ids": cand_ids},
+        )
+    ]
+
+
+def _load_findings(cand: ModelRunner) -> list[Finding]:
+    notes = getattr(cand, "load_notes", {}) or {}
+    out: list[Finding] = []
+    missing = notes.get("missing") or []
+    if missing:
+        layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})
+        kinds = sorted({m.split(".", 2)[-1] if m.startswith("layers.") else m for m in missing})
+        out.append(
+            Finding(
+                severity="critical",
+                kind="missing_tensor",
+                title=f"Checkpoint lacks {len(missing)} norm tensors ({', '.join(kinds)}); run with identity norms",
+                point=f"layers.{layers[0]}.{kinds[0].replace('.weight', '')}" if layers else None,
+                layer=layers[0] if layers else None,
+                op=kinds[0].replace(".weight", "") if kinds else None,
+                token_index=None,
+                detail=f"missing in {len(layers)} layers: {', '.join(missing[:6])}"
+                + (" ..." if len(missing) > 6 else ""),
+                evidence={"missing": missing},
+            )
+        )
+    unused = notes.get("unused") or []
+    if unused:
+        out.append(
+            Finding(
+                severity="warning",
+                kind="unused_tensor",
+                title=f"{len(unused)} checkpoint tensors are not used by the graph",
+                point=None,
+                layer=None,
+                op=None,
+                token_index=None,
+                detail=", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""),
+                evidence={"unused": unused},
+            )
+        )
+    return out
+
+
+def _quant_summary(cand: ModelRunner) -> dict[str, Any]:
+    ck = getattr(cand, "checkpoint", None)
+    if ck is None:
+        return {}
+    q = ck.quant
+    schemes: dict[str, int] = {}
+    for hf_name in getattr(cand, "linear_names", {}).values():
+        s = q.scheme_for(hf_name)
+        key = f"{s.weight}/{s.act}"
+        schemes[key] = schemes.get(key, 0) + 1
+    kv = getattr(cand, "kv_quant", None)
+    return {
+        "format": q.format_name,
+        "source": q.source,
+        "linear_schemes": schemes,
+        "kv_cache": None if kv is None else f"fp8_e4m3 ({kv.source} scales)",
+    }
