@@ -1,0 +1,248 @@
+"""Local versus accumulated error: activation patching per layer and per linear module.
+
+The normal comparison shows *accumulated* error: layer i's output differs because of layer i
+and because of everything before it. Patching separates the two:
+- per layer: the candidate's layer i runs on the *reference's* input to layer i; its output
+  error is layer i's own (local) error. A layer whose accumulated error grows far beyond its
+  local error only amplifies what came from earlier.
+- per linear module: the candidate's quantized linear runs on the reference's input of that
+  linear and is compared with the reference linear on the same input: the module's own
+  quantization error, free of everything around it.
+
+Results land in the report as two sections and a ``culprit`` finding (first in the list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .capture import Captures, op_of
+from .comparison import Finding, Report
+from .comparison.metrics import cosine, rel_l2
+from .runner import ModelRunner
+
+LINEAR_INPUTS = {
+    "attn.q_proj": "attn_norm",
+    "attn.k_proj": "attn_norm",
+    "attn.v_proj": "attn_norm",
+    "attn.o_proj": "attn.out",
+    "mlp.gate_proj": "mlp_norm",
+    "mlp.up_proj": "mlp_norm",
+}
+
+
+def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
+    """(min cosine over tokens, max relative L2 over tokens), NaN-aware."""
+    c = cosine(ref, cand)
+    r = rel_l2(ref, cand)
+    cmin = float(torch.nan_to_num(c, nan=-1.0).min())
+    rmax = float(torch.nan_to_num(r, nan=float("inf")).max())
+    return cmin, rmax
+
+
+def _get(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
+    m = model
+    for p in dotted.split("."):
+        m = m[int(p)] if p.isdigit() else getattr(m, p)  # type: ignore[index]
+    return m
+
+
+@torch.no_grad()
+def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) -> list[dict]:
+    """Run each candidate layer on the reference's input; return per-layer local errors and per-op detail."""
+    model = cand_runner.model
+    assert model is not None
+    dev = model.device
+    pos = torch.arange(n_tokens, device=dev)
+    rows = []
+    for i, layer in enumerate(model.layers):
+        x_in = ref_caps["embed"] if i == 0 else ref_caps[f"layers.{i - 1}.out"]
+        caps = Captures(token_ids=list(ref_caps.token_ids))
+        model.rec.captures = caps
+        try:
+            layer(x_in.to(dev), pos, None)
+        finally:
+            model.rec.captures = None
+        ops = []
+        for name in caps.names():
+            if name in ref_caps:
+                cmin, rmax = _agg(ref_caps[name], caps[name])
+                ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax})
+        out_name = f"layers.{i}.out"
+        cmin, rmax = _agg(ref_caps[out_name], caps[out_name])
+        rows.append({"layer": i, "local_cosine": cmin, "local_rel_l2": rmax, "ops": ops})
+    return rows
+
+
+@torch.no_grad()
+def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: ModelRunner) -> list[dict]:
+    """Each candidate linear on the reference's input of that linear, against the reference linear."""
+    rm, cm = ref_runner.model, cand_runner.model
+    assert rm is not None and cm is not None
+    act = cm.layers[0].mlp.act
+    rows = []
+    for i in range(cm.cfg.n_layers):
+        for op, src in (*LINEAR_INPUTS.items(), ("mlp.down_proj", None)):
+            if src is None:
+                g, u = ref_caps.tensors.get(f"layers.{i}.mlp.gate"), ref_caps.tensors.get(f"layers.{i}.mlp.up")
+                if g is None or u is None:
+                    continue
+                x = act(g) * u
+            else:
+                x = ref_caps.tensors.get(f"layers.{i}.{src}")
+                if x is None:
+                    continue
+            name = f"layers.{i}.{op}"
+            r_lin, c_lin = _get(rm, name), _get(cm, name)
+            y_ref = r_lin(x.to(rm.device)).float().cpu()
+            y_cand = c_lin(x.to(cm.device)).float().cpu()
+            cmin, rmax = _agg(y_ref, y_cand)
+            nonfinite = int((~torch.isfinite(y_cand)).sum())
+            # best-fit scale α (cand ≈ α·ref): a scale bug shows as α far from 1 at high cosine
+            yr, yc = y_ref.double().flatten(), torch.nan_to_num(y_cand.double().flatten())
+            alpha = float((yr @ yc) / (yr @ yr)) if float(yr @ yr) > 0 else float("nan")
+            rows.append(
+                {
+                    "module": name,
+                    "layer": i,
+                    "op": op,
+                    "cosine": cmin,
+                    "rel_l2": rmax,
+                    "alpha": alpha,
+                    "nonfinite": nonfinite,
+                    "scheme": getattr(getattr(c_lin, "scheme", None), "weight", "dense"),
+                }
+            )
+    return rows
+
+
+def localize(
+    report: Report,
+    ref_runner: ModelRunner,
+    cand_runner: ModelRunner,
+    ids: Sequence[int],
+    ref_caps: Captures,
+    *,
+    status: Callable[[str], None] | None = None,
+) -> None:
+    """Add the local-vs-accumulated and per-module sections and a culprit finding to ``report``."""
+    need = ["embed"] + [f"layers.{i}.out" for i in range(ref_runner.config.n_layers)]
+    if any(n not in ref_caps.tensors for n in need):
+        return  # a narrowed --select: patching needs every layer's input and output
+    layers = patch_layers(ref_caps, cand_runner, len(ids))
+    modules = patch_linears(ref_caps, ref_runner, cand_runner)
+    acc = {row["layer"]: row for row in _accumulated(report)}
+    table = []
+    prev_acc = 0.0
+    for row in layers:
+        a = acc.get(row["layer"], {})
+        acc_err = a.get("rel_l2", float("nan"))
+        worst_op = max(row["ops"], key=lambda o: _badness(o["rel_l2"]), default=None)
+        amplified = acc_err - prev_acc if acc_err == acc_err else float("nan")
+        table.append(
+            {
+                "layer": row["layer"],
+                "local_cosine": row["local_cosine"],
+                "local_rel_l2": row["local_rel_l2"],
+                "accumulated_cosine": a.get("cosine", float("nan")),
+                "accumulated_rel_l2": acc_err,
+                "added_rel_l2": amplified,
+                "worst_local_op": worst_op["op"] if worst_op else "",
+                "verdict": _verdict(row["local_rel_l2"], acc_err, prev_acc),
+            }
+        )
+        prev_acc = acc_err if acc_err == acc_err else prev_acc
+    report.add_section(
+        "Local vs accumulated error (activation patching)",
+        table,
+        "local: the candidate's layer run on the reference's input to that layer; accumulated: the normal run. "
+        "'amplifies' marks layers whose accumulated error grows far beyond their own local error.",
+    )
+    worst_modules = sorted(modules, key=lambda m: -_badness(m["rel_l2"]))
+    report.add_section(
+        "Per-module local error (each quantized linear on the reference's input)",
+        worst_modules[:24],
+        "alpha is the best-fit scale cand ≈ alpha·ref: far from 1 at high cosine means a scale convention bug.",
+    )
+    report.meta["localization"] = {"layers": table, "modules": worst_modules}
+    if not layers:
+        return
+    worst_layer = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
+    wl = worst_layer["layer"]
+    op_rows = worst_layer["ops"]
+    worst_op = _first_jump(op_rows)
+    in_layer = [m for m in modules if m["layer"] == wl]
+    worst_mod = max(in_layer, key=lambda m: _badness(m["rel_l2"]), default=None)
+    median_local = sorted(r["local_rel_l2"] for r in layers)[len(layers) // 2]
+    severe = _badness(worst_layer["local_rel_l2"]) > max(0.2, 5 * _badness(median_local))
+    detail = (
+        f"Layer {wl} has the largest local error (rel L2 {worst_layer['local_rel_l2']:.3g}, cosine "
+        f"{worst_layer['local_cosine']:.4f}) when run on the reference's own input; median layer: "
+        f"{median_local:.3g}. Inside it, the error first jumps at {worst_op or 'n/a'}."
+    )
+    if worst_mod is not None:
+        detail += (
+            f" Its worst linear is {worst_mod['module']} ({worst_mod['scheme']}; rel L2 {worst_mod['rel_l2']:.3g},"
+            f" alpha {worst_mod['alpha']:.4g})."
+        )
+    report.add_finding(
+        Finding(
+            severity="critical" if severe else "info",
+            kind="culprit",
+            title=f"Culprit: layer {wl}, {worst_op or 'layer output'}"
+            + (" (local error far above the other layers)" if severe else " (largest local error; no outlier)"),
+            point=f"layers.{wl}.{worst_op}" if worst_op else f"layers.{wl}.out",
+            layer=wl,
+            op=worst_op,
+            token_index=None,
+            detail=detail,
+            evidence={
+                "local_rel_l2": worst_layer["local_rel_l2"],
+                "median_local_rel_l2": median_local,
+                "worst_module": worst_mod,
+            },
+        )
+    )
+
+
+def _badness(x: float) -> float:
+    return float("inf") if x != x else x
+
+
+def _first_jump(ops: list[dict]) -> str | None:
+    """The first op (execution order) whose error is at least half the layer's worst op error."""
+    if not ops:
+        return None
+    worst = max(_badness(o["rel_l2"]) for o in ops)
+    for o in ops:
+        if _badness(o["rel_l2"]) >= 0.5 * worst:
+            return o["op"]
+    return None
+
+
+def _verdict(local: float, acc: float, prev_acc: float) -> str:
+    if local != local or local == float("inf"):
+        return "non-finite locally"
+    if acc != acc:
+        return ""
+    if acc - prev_acc > 3 * max(local, 1e-6) and acc > 0.05:
+        return "amplifies earlier error"
+    if local > 0.5 * acc and local > 0.05:
+        return "source of error"
+    return ""
+
+
+def _accumulated(report: Report) -> list[dict]:
+    df = report.df
+    out = []
+    for i in sorted({int(x) for x in df["layer"].dropna().unique()}):
+        sub = df[(df["point"] == f"layers.{i}.out")]
+        if sub.empty:
+            continue
+        out.append({"layer": i, "cosine": float(sub["cosine"].min()), "rel_l2": float(sub["rel_l2"].max())})
+    return out
+
+
+__all__ = ["localize", "patch_layers", "patch_linears"]
