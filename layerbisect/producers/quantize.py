@@ -77,7 +77,7 @@ def quantize_checkpoint(
     cfg = json.loads((hf_dir / "config.json").read_text())
     if cfg.get("quantization_config"):
         # The producer refuses it too, with a less helpful message.
-        raise InputError(hf_dir / "config.json", "already carries a quantization_config; give an unquantized checkpoint")
+        raise InputError(hf_dir / "config.json", "already has a quantization_config; give an unquantized checkpoint")
 
     texts = tuple(calibration_texts)
     key = options_key(kind="candidate", scheme=scheme, ignore=list(ignore), texts=texts, max_seq_length=max_seq_length)
