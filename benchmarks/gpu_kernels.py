@@ -145,19 +145,19 @@ def run(shapes: list[tuple[int, int, int]], check_shape: tuple[int, int, int], r
         flops = 2.0 * m * n * k
         if not has_cuda:
             (a_q, a_s), ab, (b_q, b_s), bb = make_fp8(m, n, k, "rowwise", "cpu")
-            t = time_cpu(lambda: fp8.fp8_gemm(a_q, a_s, ab, b_q, b_s, bb, impl="emulate"), repeats)
+            t = time_cpu(lambda: fp8.fp8_gemm(a_q, a_s, ab, b_q, b_s, bb, impl="emulate"), repeats)  # noqa: B023 - called at once
             rows.append(f"| fp8 rowwise emulate (CPU) | {m}x{n}x{k} | {t * 1e3:.2f} | {flops / t / 1e12:.3f} |")
             continue
         a16 = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         b16 = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
-        t = time_cuda(lambda: a16 @ b16.T, repeats)
+        t = time_cuda(lambda: a16 @ b16.T, repeats)  # noqa: B023 - called at once
         rows.append(f"| bf16 matmul (reference speed) | {m}x{n}x{k} | {t * 1e3:.3f} | {flops / t / 1e12:.1f} |")
         for layout in FP8_LAYOUTS:
             (a_q, a_s), ab, (b_q, b_s), bb = make_fp8(m, n, k, layout, dev)
             for impl in ["scaled_mm"] + (["triton"] if TRITON_AVAILABLE else []):
                 try:
                     fp8.fp8_gemm(a_q, a_s, ab, b_q, b_s, bb, impl=impl)
-                    t = time_cuda(lambda: fp8.fp8_gemm(a_q, a_s, ab, b_q, b_s, bb, impl=impl), repeats)
+                    t = time_cuda(lambda: fp8.fp8_gemm(a_q, a_s, ab, b_q, b_s, bb, impl=impl), repeats)  # noqa: B023 - called at once
                     rows.append(f"| fp8 {layout} {impl} | {m}x{n}x{k} | {t * 1e3:.3f} | {flops / t / 1e12:.1f} |")
                 except Exception as ex:  # noqa: BLE001
                     rows.append(f"| fp8 {layout} {impl} | {m}x{n}x{k} | n/a ({type(ex).__name__}) | - |")
@@ -168,7 +168,7 @@ def run(shapes: list[tuple[int, int, int]], check_shape: tuple[int, int, int], r
 
             args = (a_p, a_s.cuda(), w_p.cuda(), w_s.cuda(), 1.0 / (float(ga) * float(gw)))
             try:
-                t = time_cuda(lambda: triton_nvfp4.nvfp4_gemm(*args), repeats)
+                t = time_cuda(lambda: triton_nvfp4.nvfp4_gemm(*args), repeats)  # noqa: B023 - called at once
                 rows.append(f"| nvfp4 triton fused (GEMM only) | {m}x{n}x{k} | {t * 1e3:.3f} | "
                             f"{flops / t / 1e12:.1f} |")
             except Exception as ex:  # noqa: BLE001

@@ -233,8 +233,7 @@ class FP8Linear(QuantLinear):
             self.w_block = (bh, bw)
         else:
             raise InputError(module_name, f"FP8Linear cannot load weight kind {scheme.weight!r}")
-        if not torch.isfinite(s.float()).all():
-            raise InputError(module_name, "weight_scale has non-finite values")
+        # Non-finite scales are loaded as they are: the run shows where the NaN surfaces, which is the diagnosis.
         self.register_buffer("weight_q", w)
         self.register_buffer("weight_scale", s.to(torch.float32))  # bf16 -> f32 is exact
         static = tensors.get("input_scale")
@@ -271,7 +270,11 @@ class FP8Linear(QuantLinear):
         kind = kfp8.classify_blocks(tuple(a_q.shape), a_block, tuple(self.weight_q.shape), self.w_block)
         if kind is not None and (kfp8.scaled_mm_supports(kind, torch.float32)
                                  or kfp8.scaled_mm_supports(kind, torch.bfloat16)):
-            return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="scaled_mm")
+            try:
+                return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block,
+                                     impl="scaled_mm")
+            except RuntimeError:  # cuBLAS rejects some shapes (e.g. blockwise with M % 128 != 0): use Triton
+                pass
         return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="triton")
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -334,7 +337,8 @@ class NVFP4Linear(QuantLinear):
             raise InputError(module_name, f"{gkey} is {float(g)}: must be finite and non-zero")
         self.register_buffer("weight_packed", packed)
         self.register_buffer("weight_scale", s)
-        self.w_global = knv.GlobalScale(g, "multiply" if modelopt else "divide")
+        self.register_buffer("weight_global", g)  # a buffer so that .to(device) moves it
+        self.w_convention: str = "multiply" if modelopt else "divide"
         # activation global scale as a divisor (compressed-tensors convention): CT input_global_scale, or
         # 1 / ModelOpt input_scale (vLLM modelopt.py: input_global_scale_inv = 1 / input_scale)
         ikey = "input_scale" if modelopt else "input_global_scale"
@@ -356,6 +360,10 @@ class NVFP4Linear(QuantLinear):
         if self.act_mode == "nvfp4":
             self._stats.update(blocks=0, block_scale_overflow=0, last_global_scale=None)
         self._w_dq: torch.Tensor | None = None
+
+    @property
+    def w_global(self) -> knv.GlobalScale:
+        return knv.GlobalScale(self.weight_global, self.w_convention)
 
     def _act_global_scale(self, x2: torch.Tensor) -> torch.Tensor:
         if self.observed_global:

@@ -182,7 +182,9 @@ def dequantize_nvfp4(codes: torch.Tensor, block_scale: torch.Tensor, global_scal
     return (vals * eff.unsqueeze(-1)).flatten(-2)
 
 
-def dequantize_nvfp4_packed(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: GlobalScale) -> torch.Tensor:
+def dequantize_nvfp4_packed(
+    packed: torch.Tensor, block_scale: torch.Tensor, global_scale: GlobalScale
+) -> torch.Tensor:
     """weight_packed (N, K/2) uint8 -> float32 (N, K)."""
     return dequantize_nvfp4(unpack_fp4(packed), block_scale, global_scale)
 

@@ -105,7 +105,8 @@ def test_fp8_act_quant_switches():
 
 def test_static_what_if_needs_static_scale():
     with pytest.raises(InputError, match="act_quant='static' needs tensor 'input_scale'"):
-        build_linear("m", _fp8_tensors(block=(128, 128), input_scale=None), FP8_BLOCK, QuantOptions(act_quant="static"))
+        build_linear("m", _fp8_tensors(block=(128, 128), input_scale=None), FP8_BLOCK,
+                     QuantOptions(act_quant="static"))
 
 
 def test_nvfp4_observed_global_scale_fixes_overflow():
