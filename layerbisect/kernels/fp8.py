@@ -201,7 +201,7 @@ def _scaled_mm_native(
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scaled_mm_supports(kind: ScaledMMKind, out_dtype: torch.dtype = torch.float32) -> bool:
     """Probe once whether this torch + GPU accept a scaled_mm recipe with this output dtype."""
     if not torch.cuda.is_available():
