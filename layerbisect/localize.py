@@ -205,6 +205,10 @@ def localize(
             },
         )
     )
+    # why, not only where: static-scale and weight audits, then a cause category on the culprit
+    from .audit import after_localize
+
+    after_localize(report, ref_runner, cand_runner, ref_caps)
 
 
 def _badness(x: float) -> float:

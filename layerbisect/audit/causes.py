@@ -1,0 +1,170 @@
+"""From evidence to a cause category on the top ``culprit`` finding.
+
+Design notes
+- The localizer says *where* (layer, op); the audits say *why*. Evidence comes as small
+  records ``Evidence(cause, layer, op, source, why)`` from: the weight audit (scale powers,
+  layout checks, missing tensors), the static-scale audit (activation overflow, KV-cache
+  scales), the loader's notes (norms filled with the identity) and the per-module local
+  errors of activation patching (α far from 1 or non-finite output of one linear).
+- ``choose`` is pure: evidence in the culprit's own layer wins; otherwise the earliest layer
+  (a fault early in the network explains what comes after); model-wide evidence (layer None)
+  comes last. Within a layer, the order of ``PRIORITY`` decides (a non-finite or overflowing
+  input explains a large local error better than an α a few percent off).
+- No evidence means ``quantization_noise``: the divergence is what the format costs.
+- The category lands in ``finding.evidence["cause"]`` and in the title, and a fault category
+  raises the culprit to ``critical`` so it heads the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CAUSES = (
+    "act_scale_overflow",
+    "kv_cache_scale",
+    "missing_norm",
+    "nibble_order",
+    "layout_permutation",
+    "transposed",
+    "scale_inverted",
+    "double_scale",
+    "global_scale_ignored",
+    "scale_ignored",
+    "nonfinite",
+    "scale_mismatch",
+    "garbage",
+    "missing_tensor",
+    "shape_mismatch",
+    "quantization_noise",
+)
+PRIORITY = {c: i for i, c in enumerate(CAUSES)}
+DESCRIPTION = {
+    "act_scale_overflow": "a static activation scale too small for the activations (clipping; NaN in non-saturating kernels)",
+    "kv_cache_scale": "FP8 KV-cache scales far too small for the keys/values (saturation in the cache)",
+    "missing_norm": "a norm tensor absent from the checkpoint, run as the identity",
+    "nibble_order": "FP4 nibble order swapped in weight_packed",
+    "layout_permutation": "Q/K rows in the wrong rope layout",
+    "transposed": "a weight stored transposed",
+    "scale_inverted": "a scale used as multiplier instead of divisor (or stored as its reciprocal)",
+    "double_scale": "a scale applied twice",
+    "global_scale_ignored": "an NVFP4 global scale ignored",
+    "scale_ignored": "a weight scale ignored",
+    "nonfinite": "non-finite values in a dequantized tensor or a module's output",
+    "scale_mismatch": "a weight scaled by a factor no stored scale explains",
+    "garbage": "a weight that matches the reference under no layout",
+    "missing_tensor": "a tensor absent from the checkpoint",
+    "shape_mismatch": "a tensor with the wrong shape",
+    "quantization_noise": "no fault found: the divergence is the format's own quantization error",
+}
+ALPHA_TOL = 0.10
+
+
+@dataclass(frozen=True)
+class Evidence:
+    cause: str
+    layer: int | None
+    op: str | None
+    source: str  # weight_audit / act_scale_audit / kv_scale_audit / load_notes / patching
+    why: str
+
+
+def choose(evidence: Sequence[Evidence], culprit_layer: int | None) -> Evidence | None:
+    """The evidence that best explains a culprit at ``culprit_layer`` (pure)."""
+    if not evidence:
+        return None
+
+    def key(e: Evidence) -> tuple[int, float, int]:
+        here = 0 if (culprit_layer is not None and e.layer == culprit_layer) else 1
+        layer = e.layer if e.layer is not None else math.inf
+        return here, layer, PRIORITY.get(e.cause, len(PRIORITY))
+
+    return min(evidence, key=key)
+
+
+def from_weight_audit(audit: Any) -> list[Evidence]:
+    out = []
+    for cause, rows in audit.by_cause().items():
+        if cause == "extra_tensor":
+            continue
+        for r in rows:
+            out.append(Evidence(cause, r.layer, r.op, "weight_audit", f"{r.name}: {r.note}"))
+    return out
+
+
+def from_findings(findings: Iterable[Any]) -> list[Evidence]:
+    out = []
+    for f in findings:
+        cause = (f.evidence or {}).get("cause")
+        if f.kind in ("act_scale_overflow", "kv_cache_scale") and f.severity == "critical" and cause:
+            out.append(Evidence(cause, f.layer, f.op, f.kind, f.title))
+    return out
+
+
+def from_load_notes(notes: dict[str, list[str]] | None) -> list[Evidence]:
+    out = []
+    for m in (notes or {}).get("missing", []):
+        parts = m.split(".")
+        if parts[0] == "layers":
+            out.append(Evidence("missing_norm", int(parts[1]), ".".join(parts[2:-1]), "load_notes",
+                                f"{m} is not in the checkpoint; the loader used the identity"))
+        else:
+            out.append(Evidence("missing_norm", None, parts[0], "load_notes", f"{m} missing"))
+    return out
+
+
+def from_modules(modules: Iterable[dict[str, Any]]) -> list[Evidence]:
+    """Per-module patching rows: non-finite output, or α far from 1 at high cosine."""
+    out = []
+    for m in modules:
+        if m.get("nonfinite"):
+            out.append(Evidence("nonfinite", m["layer"], m["op"], "patching",
+                                f"{m['module']} gives {m['nonfinite']} non-finite outputs on the reference's input"))
+        a, c = m.get("alpha", float("nan")), m.get("cosine", float("nan"))
+        if a == a and c == c and c > 0.9 and abs(a - 1) > ALPHA_TOL:
+            out.append(Evidence("scale_mismatch", m["layer"], m["op"], "patching",
+                                f"{m['module']} output ≈ {a:.4g}× the reference's at cosine {c:.4f}"))
+    return out
+
+
+def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
+    """Put the chosen cause on the top culprit finding (adds one if localization made none); returns the cause."""
+    culprits = [f for f in report.findings if f.kind == "culprit"]
+    top = culprits[0] if culprits else None
+    best = choose(evidence, top.layer if top is not None else None)
+    cause = best.cause if best is not None else "quantization_noise"
+    if top is None:
+        from ..comparison.findings import Finding
+
+        top = Finding(severity="info", kind="culprit", title="Culprit", layer=best.layer if best else None,
+                      op=best.op if best else None)
+        report.add_finding(top)
+    top.evidence["cause"] = cause
+    top.evidence["cause_description"] = DESCRIPTION.get(cause, cause)
+    if best is not None:
+        top.evidence["cause_evidence"] = asdict(best)
+        top.evidence["cause_layer"], top.evidence["cause_op"] = best.layer, best.op
+        where = f"layer {best.layer}, {best.op}" if best.layer is not None else str(best.op)
+        top.detail = (top.detail + " " if top.detail else "") + f"Cause: {DESCRIPTION.get(cause, cause)} — {best.why}" + (
+            f" (evidence at {where}, from the {best.source.replace('_', ' ')})")
+        if top.severity in ("info", "warning", "error"):
+            top.severity = "critical"
+    top.title = f"[{cause}] {top.title}"
+    return cause
+
+
+def collect(report: Any, cand_runner: Any = None, weight_audit: Any = None) -> list[Evidence]:
+    ev: list[Evidence] = []
+    if weight_audit is not None:
+        ev += from_weight_audit(weight_audit)
+    ev += from_findings(report.findings)
+    if cand_runner is not None and weight_audit is None:
+        ev += from_load_notes(getattr(cand_runner, "load_notes", None))
+    loc = report.meta.get("localization") or {}
+    ev += from_modules(loc.get("modules", []))
+    return ev
+
+
+__all__ = ["CAUSES", "Evidence", "annotate_culprit", "choose", "collect"]

@@ -1,0 +1,277 @@
+"""Automatic bisect over the candidate's quantized modules: the smallest set whose quantization fails the gate.
+
+Design notes
+- ``ModuleBisect`` is a pure state machine (Polygraphy ``debug precision`` style): ``query()``
+  is the set of modules to keep quantized in the next run (every other module runs at
+  reference precision), ``step(ok)`` feeds back whether that run passed the gate and returns
+  ``done``, ``remaining()`` bounds the runs left. No I/O; the driver does the runs.
+- Search (monotone assumption: quantizing more modules never repairs a failure):
+    1. nothing quantized must pass (else the failure is not in the linears: a norm, the KV
+       cache, the loader) and everything quantized must fail (else nothing to find);
+    2. binary search for the shortest failing prefix ``pool[:k]`` (execution order) with the
+       culprits found so far kept quantized: ``pool[k-1]`` is a culprit; ceil(log2 M) runs;
+    3. if the culprits alone fail, stop: the set is minimal in this sense; otherwise search
+       again in ``pool[:k-1]``. One culprit among M modules costs 2 + ceil(log2 M) runs.
+- Switching a module to reference precision swaps in the reference's own FP32 linear (both
+  graphs use canonical module names; the candidate's Q/K rows are already in the GGUF layout),
+  so "reference precision" means the reference's weights, not our dequantization of the
+  candidate's.
+- The driver judges each run with the same gate as the report (thresholds per point,
+  softcap saturation, critical findings of the comparison detectors), without localization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+
+class ModuleBisect:
+    """Pure state machine; see the module notes."""
+
+    def __init__(self, names: Sequence[str], *, check_ends: bool = True):
+        if not names:
+            raise InputError("bisect", "no quantized modules to bisect")
+        self.names = list(names)
+        self.culprits: list[str] = []
+        self.runs = 0
+        self.verdict = ""  # set when done: "culprits", "not_in_linears", "all_pass"
+        self._pool = list(self.names)
+        self._lo, self._hi = 1, len(self._pool)
+        self._phase = "none" if check_ends else "search"
+        self.done = False
+
+    # -- what to run next ------------------------------------------------------------------------------------------
+    def query(self) -> list[str]:
+        """Modules to keep quantized in the next run (the rest at reference precision)."""
+        if self.done:
+            raise RuntimeError("bisect is done")
+        if self._phase == "none":
+            return []
+        if self._phase == "all":
+            return list(self.names)
+        if self._phase == "check":
+            return list(self.culprits)
+        mid = (self._lo + self._hi) // 2
+        return self._pool[:mid] + self.culprits
+
+    def remaining(self) -> int:
+        """Upper bound on the runs still needed to find the next culprit (0 when done)."""
+        if self.done:
+            return 0
+        search = math.ceil(math.log2(max(self._hi - self._lo + 1, 1))) if self._hi >= self._lo else 0
+        return {"none": 2 + search, "all": 1 + search, "check": 1 + search, "search": search + 1}[self._phase]
+
+    # -- feedback --------------------------------------------------------------------------------------------------
+    def step(self, ok: bool) -> bool:
+        """Record whether the run of ``query()`` passed the gate; return ``done``."""
+        if self.done:
+            raise RuntimeError("bisect is done")
+        self.runs += 1
+        if self._phase == "none":
+            if not ok:
+                return self._finish("not_in_linears")
+            self._phase = "all"
+            return False
+        if self._phase == "all":
+            if ok:
+                return self._finish("all_pass")
+            self._phase = "search"
+            return self._settle()
+        if self._phase == "check":
+            if not ok:
+                return self._finish("culprits")
+            self._phase = "search"
+            return self._settle()
+        mid = (self._lo + self._hi) // 2
+        if ok:
+            self._lo = mid + 1
+        else:
+            self._hi = mid
+        return self._settle()
+
+    def _settle(self) -> bool:
+        """Search phase: when the interval closed, take the culprit and decide what comes next."""
+        if self._lo < self._hi:
+            return False
+        k = self._lo
+        self.culprits.insert(0, self._pool[k - 1])
+        self._pool = self._pool[: k - 1]
+        if not self._pool:
+            return self._finish("culprits")
+        self._lo, self._hi = 1, len(self._pool)
+        self._phase = "check"
+        return False
+
+    def _finish(self, verdict: str) -> bool:
+        self.verdict, self.done = verdict, True
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# driver: real runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BisectResult:
+    culprits: list[str]
+    verdict: str
+    runs: int
+    n_modules: int
+    before: dict[str, float]  # metrics with every module quantized
+    after: dict[str, float]  # with the culprits at reference precision
+    after_passed: bool | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _get(root: Any, dotted: str) -> Any:
+    m = root
+    for p in dotted.split("."):
+        m = m[int(p)] if p.isdigit() else getattr(m, p)
+    return m
+
+
+def _set(root: Any, dotted: str, new: Any) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(_get(root, parent) if parent else root, leaf, new)
+
+
+def quantized_module_names(cand_runner: Any) -> list[str]:
+    """Canonical names of the candidate's linears that are actually quantized, in execution order."""
+    return [n for n, m in cand_runner.quant_linears().items() if getattr(getattr(m, "scheme", None), "weight", "dense")
+            != "dense"]
+
+
+def metrics(report: Any) -> dict[str, float]:
+    """Small summary of a comparison: min residual cosine over layers, mean logit KL, top-1 agreement."""
+    cmp = report.comparison
+    cos = [r.min_cosine for n, r in cmp.points.items() if n.startswith("layers.") and n.endswith(".out")]
+    out = {"min_residual_cosine": min(cos) if cos else float("nan")}
+    lg = cmp.logits
+    if lg is not None:
+        out["logit_mean_kl"] = float(lg.mean_kl)
+        out["top1_agreement"] = float(lg.top1_agreement)
+    return out
+
+
+def bisect_runners(
+    ref_runner: Any,
+    cand_runner: Any,
+    ids: Sequence[int],
+    *,
+    gate_cfg: Any = None,
+    select: str | Sequence[str] = "*",
+    ref_caps: Any = None,
+) -> BisectResult:
+    """Run the bisect on two activated runners; restores the candidate's modules afterwards."""
+    from .comparison import Report, compare_captures
+    from .comparison.gate import GateConfig, evaluate
+    from .pipeline import model_info
+
+    gate_cfg = gate_cfg or GateConfig.builtin()
+    ref_caps = ref_caps if ref_caps is not None else ref_runner.run(ids, select=select)
+    info = model_info(ref_runner)
+    names = quantized_module_names(cand_runner)
+    quant = {n: _get(cand_runner.model, n) for n in names}
+    dense = {n: _get(ref_runner.model, n) for n in names}
+    history: list[dict[str, Any]] = []
+
+    def run(keep: Sequence[str]) -> tuple[bool, dict[str, float]]:
+        keep_set = set(keep)
+        for n in names:
+            _set(cand_runner.model, n, quant[n] if n in keep_set else dense[n])
+        caps = cand_runner.run(ids, select=select)
+        rep = Report(compare_captures(ref_caps, caps, info, thresholds=gate_cfg.thresholds_for("*")))
+        res = evaluate(rep, gate_cfg)
+        m = metrics(rep)
+        history.append({"quantized": len(keep_set), "passed": bool(res.passed), **m})
+        return bool(res.passed), m
+
+    try:
+        b = ModuleBisect(names)
+        before: dict[str, float] = {}
+        while not b.done:
+            q = b.query()
+            ok, m = run(q)
+            if len(q) == len(names):
+                before = m
+            b.step(ok)
+        after: dict[str, float] = {}
+        after_ok: bool | None = None
+        if b.culprits:
+            after_ok, after = run([n for n in names if n not in set(b.culprits)])
+        if not before:
+            _, before = run(names)
+    finally:
+        for n in names:
+            _set(cand_runner.model, n, quant[n])
+    return BisectResult(b.culprits, b.verdict, len(history), len(names), before, after, after_ok, history)
+
+
+def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: Any = None) -> BisectResult:
+    """Re-open both runners, bisect, and add a ``culprit`` finding and a section to ``report``."""
+    from .api import open_runner
+    from .comparison.findings import Finding
+    from .pipeline import CompareOptions
+
+    o = opts or CompareOptions()
+    ref_runner = open_runner(ref, device=o.ref_device or o.device).activate()
+    cand_runner = open_runner(cand, device=o.cand_device or o.device, options=o.quant_options,
+                              kv_cache=o.kv_cache).activate()
+    ids = list(report.meta.get("token_ids") or [])
+    if not ids:
+        from .api import resolve_tokens
+
+        ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
+    res = bisect_runners(ref_runner, cand_runner, ids, gate_cfg=gate_cfg, select=o.select)
+
+    def fmt(m: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+
+    if res.verdict == "culprits":
+        names = ", ".join(res.culprits)
+        first = res.culprits[0].split(".")
+        layer = int(first[1]) if first[0] == "layers" else None
+        report.add_finding(Finding(
+            severity="critical",
+            kind="culprit",
+            title=f"bisect: module {names} (quantized, it alone fails the gate)",
+            point=res.culprits[0],
+            layer=layer,
+            op=".".join(first[2:]) if layer is not None else first[0],
+            detail=f"{res.runs} runs over {res.n_modules} quantized modules. With every module quantized: "
+            f"{fmt(res.before)}; with {names} at reference precision: {fmt(res.after)} "
+            f"(gate {'passes' if res.after_passed else 'still fails: other modules fail too'}).",
+            evidence={"culprits": res.culprits, "runs": res.runs, "before": res.before, "after": res.after,
+                      "after_passed": res.after_passed, "source": "bisect"},
+        ))
+    else:
+        msg = {
+            "not_in_linears": "the gate fails even with every quantized linear at reference precision: the fault is "
+                              "outside the linears (norms, KV cache, loader)",
+            "all_pass": "with this gate every module quantized passes: nothing to bisect",
+        }[res.verdict]
+        report.add_finding(Finding(
+            severity="warning" if res.verdict == "not_in_linears" else "info",
+            kind="bisect",
+            title=f"bisect: {msg}",
+            detail=f"{res.runs} runs over {res.n_modules} quantized modules; all quantized: {fmt(res.before)}.",
+            evidence={"verdict": res.verdict, "runs": res.runs, "before": res.before},
+        ))
+    report.add_section(
+        "Module bisect (quantized modules vs reference precision)",
+        res.history,
+        f"verdict: {res.verdict}; culprits: {', '.join(res.culprits) or '-'}; {res.runs} runs over "
+        f"{res.n_modules} modules. Each row is one run: how many modules stayed quantized and whether the gate passed.",
+    )
+    report.meta["bisect"] = {"culprits": res.culprits, "verdict": res.verdict, "runs": res.runs,
+                             "before": res.before, "after": res.after}
+    return res
+
+
+__all__ = ["BisectResult", "ModuleBisect", "bisect_report", "bisect_runners", "quantized_module_names"]

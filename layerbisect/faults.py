@@ -1,0 +1,446 @@
+"""Fault injection: broken candidates derived from correct ones made by the real producer.
+
+Design notes
+- A fault case starts from a checkpoint that llmcompressor wrote (``quantize_checkpoint``) and
+  edits a *copy* with safetensors' own API (``load_file``/``save_file``, metadata kept) and
+  plain JSON for config.json. We never write a quantized format by hand: the clean checkpoint
+  is someone else's reading of the format, the edit is the one bug we plant.
+- Each planted bug mirrors a real one (docs/FAULTS.md names the seed):
+    double_scale_norms      seed 000: absorbed scales applied again; residual norms blow up, the
+                            final logits pin at the softcap (Gemma 2, FP8_BLOCK)
+    input_scale_overflow    seed 002: an NVFP4 static ``input_global_scale`` far too large for the
+                            activations; block scales overflow FP8; NaN from layer 0 in a kernel
+                            that casts without saturating (``non_saturating_block_scales``)
+    kv_scales_garbage       seed 003: FP8 KV-cache scales calibrated on garbage (far too small)
+    dropped_norms           seed 004: a loader that drops a norm tensor in every layer
+    global_scale_inverted   NVFP4 ``weight_global_scale`` stored as its reciprocal (multiplier vs divisor)
+    nibble_swap             FP4 nibbles swapped in ``weight_packed`` (element 0 in the high nibble)
+- Engine faults (how a kernel behaves, not what the checkpoint holds) are context managers
+  that patch our emulation for the duration of a run: ``non_saturating_block_scales``.
+- ``python -m layerbisect.faults --write-docs docs/FAULTS.md`` builds every case on tiny models,
+  runs ``compare`` (and ``audit``) and writes the diagnoses into the doc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+TensorEdit = Callable[[str, torch.Tensor], "torch.Tensor | None"]  # None drops the tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# primitives: copy, edit tensors, edit config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise InputError(src, "not a checkpoint directory: no config.json")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_tensors(ckpt: str | Path, edit: TensorEdit, extra: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Rewrite every safetensors file of ``ckpt`` through ``edit``; returns the names changed or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt = Path(ckpt)
+    files = sorted(ckpt.glob("*.safetensors"))
+    if not files:
+        raise InputError(ckpt, "no *.safetensors files")
+    changed: list[str] = []
+    weight_map: dict[str, str] = {}
+    for n, p in enumerate(files):
+        with safe_open(p, "pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        out: dict[str, torch.Tensor] = {}
+        for k, t in tensors.items():
+            new = edit(k, t)
+            if new is None:
+                changed.append(k)
+                continue
+            if new is not t:
+                changed.append(k)
+            out[k] = new.contiguous()
+        if n == 0 and extra:
+            out.update({k: v.contiguous() for k, v in extra.items()})
+            changed += list(extra)
+        save_file(out, str(p), metadata=meta)
+        weight_map.update({k: p.name for k in out})
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = weight_map
+        index.write_text(json.dumps(data, indent=2))
+    return changed
+
+
+def edit_config(ckpt: str | Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    p = Path(ckpt) / "config.json"
+    cfg = json.loads(p.read_text())
+    edit(cfg)
+    p.write_text(json.dumps(cfg, indent=2))
+
+
+def _layer_of(name: str) -> int | None:
+    parts = name.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoint faults
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def double_scale_norms(src: str | Path, dst: str | Path, factor: float = 8.0) -> Path:
+    """Seed 000: a scale already absorbed into the residual-writing norm gains is applied again.
+
+    Gemma stores ``w`` and uses ``1 + w``; the effective gain becomes ``factor · (1 + w)`` on the
+    post-attention and post-feedforward norms of every layer and on the final norm. Each layer
+    then writes ``factor``× too much into the residual (norm blow-up) and the final logits are
+    ``factor``× too large (softcap saturation).
+    """
+    out = copy_checkpoint(src, dst)
+    offset = 1.0 if _is_gemma(out) else 0.0
+    targets = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        if k.endswith(targets) or k.endswith("model.norm.weight") or k == "norm.weight":
+            return ((t.float() + offset) * factor - offset).to(t.dtype)
+        return t
+
+    _require(edit_tensors(out, edit), out, "norm tensors to rescale")
+    return out
+
+
+def input_scale_overflow(src: str | Path, dst: str | Path, layer: int = 0, factor: float = 1000.0) -> Path:
+    """Seed 002: layer ``layer``'s NVFP4 ``input_global_scale`` (a divisor, 448·6/amax) ``factor``× too large.
+
+    The activations then need block scales ``factor``× beyond E4M3's 448: the producer saturates
+    (values clip to ±6·448/gs); a kernel that casts without saturating makes NaN.
+    """
+    out = copy_checkpoint(src, dst)
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        if k.endswith(".input_global_scale") and _layer_of(k) == layer:
+            return t * factor
+        return t
+
+    _require(edit_tensors(out, edit), out, f"input_global_scale tensors in layer {layer}")
+    return out
+
+
+def kv_scales_garbage(
+    src: str | Path, dst: str | Path, prompt_ids: list[int], layer: int = 1, shrink: float = 200.0
+) -> Path:
+    """Seed 003: an FP8 KV-cache checkpoint whose ``layer`` scales were calibrated on garbage.
+
+    Correct per-layer ``k_scale``/``v_scale`` (amax/448 on ``prompt_ids``, as engines calibrate)
+    are written for every layer, with ``kv_cache_scheme`` in the config (llmcompressor's FP8 KV
+    layout: ``self_attn.k_scale``); layer ``layer``'s are ``shrink``× too small, as if calibrated
+    on near-zero activations. Keys and values of that layer saturate in the cache.
+    """
+    from .candidates.runner import CandidateRunner
+    from .kv_cache import KVCacheOptions
+
+    out = copy_checkpoint(src, dst)
+    runner = CandidateRunner(out, kv_cache=KVCacheOptions(dtype="fp8_e4m3", scales="calibrate")).activate()
+    runner.run(prompt_ids, select=[])
+    kvq = runner.kv_quant
+    assert kvq is not None
+    prefix = _layer_prefix(out)
+    extra: dict[str, torch.Tensor] = {}
+    for i in range(runner.config.n_layers):
+        f = 1.0 / shrink if i == layer else 1.0
+        extra[f"{prefix}{i}.self_attn.k_scale"] = torch.tensor([kvq.k_scale[i] * f], dtype=torch.float32)
+        extra[f"{prefix}{i}.self_attn.v_scale"] = torch.tensor([kvq.v_scale[i] * f], dtype=torch.float32)
+    edit_tensors(out, lambda k, t: t, extra=extra)
+
+    def cfg_edit(cfg: dict[str, Any]) -> None:
+        cfg["quantization_config"]["kv_cache_scheme"] = {
+            "type": "float", "num_bits": 8, "strategy": "tensor", "dynamic": False, "symmetric": True,
+        }
+
+    edit_config(out, cfg_edit)
+    return out
+
+
+def dropped_norms(src: str | Path, dst: str | Path, norm: str = "pre_feedforward_layernorm") -> Path:
+    """Seed 004: the ``norm`` weight is missing in every layer (a loader that never maps it)."""
+    out = copy_checkpoint(src, dst)
+    _require(edit_tensors(out, lambda k, t: None if k.endswith(f".{norm}.weight") else t), out, f"{norm} tensors")
+    return out
+
+
+def global_scale_inverted(src: str | Path, dst: str | Path, module: str = "layers.1.mlp.gate_proj") -> Path:
+    """NVFP4 ``weight_global_scale`` of ``module`` stored as its reciprocal (a multiplier where a divisor belongs)."""
+    out = copy_checkpoint(src, dst)
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        if k.endswith(f"{module}.weight_global_scale"):
+            return 1.0 / t
+        return t
+
+    _require(edit_tensors(out, edit), out, f"{module}.weight_global_scale")
+    return out
+
+
+def swap_nibbles(src: str | Path, dst: str | Path, layer: int = 1) -> Path:
+    """FP4 codes of every linear in ``layer`` packed with element 0 in the *high* nibble."""
+    out = copy_checkpoint(src, dst)
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        if k.endswith(".weight_packed") and _layer_of(k) == layer:
+            return (t >> 4) | ((t & 0x0F) << 4)
+        return t
+
+    _require(edit_tensors(out, edit), out, f"weight_packed tensors in layer {layer}")
+    return out
+
+
+def _require(changed: list[str], where: Path, what: str) -> None:
+    if not changed:
+        raise InputError(where, f"fault injection found no {what} to edit")
+
+
+def _is_gemma(ckpt: Path) -> bool:
+    return str(json.loads((ckpt / "config.json").read_text()).get("model_type", "")).startswith("gemma")
+
+
+def _layer_prefix(ckpt: Path) -> str:
+    from safetensors import safe_open
+
+    for p in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(p, "pt") as f:
+            for k in f.keys():
+                i = k.find("layers.")
+                if i >= 0:
+                    return k[: i + len("layers.")]
+    raise InputError(ckpt, "no layer tensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engine faults
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cast_no_saturation(x: torch.Tensor) -> torch.Tensor:
+    # E4M3FN has no infinity: an unsaturated cast of anything past the largest finite value
+    # (448, rounding boundary 464) is NaN, as in CUDA's __nv_cvt_float_to_fp8 with __NV_NOSAT.
+    over = x.abs() >= 464.0
+    return torch.where(over, torch.full_like(x, float("nan")), x).to(torch.float8_e4m3fn)
+
+
+@contextlib.contextmanager
+def non_saturating_block_scales() -> Iterator[None]:
+    """Engine fault: NVFP4 activation block scales cast to E4M3 without saturation (overflow → NaN).
+
+    What FlashInfer's CUTLASS NVFP4 path does with a static global scale that is too large
+    (seed 002); our emulation, like the producer, saturates instead.
+    """
+    from .kernels import nvfp4 as knv
+
+    saved = knv.cast_to_fp8
+    knv.cast_to_fp8 = _cast_no_saturation
+    try:
+        yield
+    finally:
+        knv.cast_to_fp8 = saved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the suite
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultCase:
+    name: str
+    seed: str
+    arch: str
+    scheme: str
+    summary: str
+    expect_cause: str
+    expect_layer: int | None
+    expect_op: str | None  # an op name the diagnosis must mention (prefix match)
+    engine: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+    compare_kw: dict[str, Any] = field(default_factory=dict)
+
+
+CASES: dict[str, FaultCase] = {
+    c.name: c
+    for c in (
+        FaultCase("double_scale_norms", "000", "gemma2", "FP8_BLOCK",
+                  "absorbed scales applied again to the residual-writing norm gains (x8)",
+                  "double_scale", 0, "attn.post_norm"),
+        FaultCase("input_scale_overflow", "002", "gemma2", "NVFP4",
+                  "layer 0 NVFP4 input_global_scale 1000x too large; non-saturating block-scale cast",
+                  "act_scale_overflow", 0, "attn.q", engine=non_saturating_block_scales),
+        FaultCase("kv_scales_garbage", "003", "gemma2", "FP8",
+                  "FP8 KV-cache k_scale/v_scale of layer 1 calibrated on garbage (200x too small)",
+                  "kv_cache_scale", 1, "attn.k"),
+        FaultCase("dropped_norms", "004", "gemma2", "FP8_DYNAMIC",
+                  "pre_feedforward_layernorm dropped in every layer",
+                  "missing_norm", 0, "mlp_norm"),
+        FaultCase("global_scale_inverted", "-", "llama", "NVFP4A16",
+                  "layers.1.mlp.gate_proj weight_global_scale stored as its reciprocal",
+                  "scale_inverted", 1, "mlp.gate"),
+        FaultCase("nibble_swap", "-", "llama", "NVFP4A16",
+                  "FP4 nibble order swapped in every weight_packed of layer 1",
+                  "nibble_order", 1, None),
+    )
+}
+
+
+def build_case(name: str, clean: Path, out: Path, prompt_ids: list[int]) -> Path:
+    """The broken checkpoint of case ``name``, derived from the producer's ``clean`` checkpoint."""
+    if name == "double_scale_norms":
+        return double_scale_norms(clean, out)
+    if name == "input_scale_overflow":
+        return input_scale_overflow(clean, out)
+    if name == "kv_scales_garbage":
+        return kv_scales_garbage(clean, out, prompt_ids)
+    if name == "dropped_norms":
+        return dropped_norms(clean, out)
+    if name == "global_scale_inverted":
+        return global_scale_inverted(clean, out)
+    if name == "nibble_swap":
+        return swap_nibbles(clean, out)
+    raise InputError("fault", f"unknown fault case {name!r}; choose one of {', '.join(CASES)}")
+
+
+PROMPT = "The capital of France is Paris, and the capital of Italy is"
+
+
+def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
+    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}."""
+    from .producers.gguf_writer import write_gguf_from_hf
+    from .producers.tiny import make_tiny_hf
+
+    out: dict[str, dict[str, Path]] = {}
+    for arch in archs:
+        hf = root / f"{arch}-hf"
+        if not (hf / "config.json").is_file():
+            make_tiny_hf(arch, hf, dtype="bfloat16")
+        gguf = root / f"{arch}.gguf"
+        if not gguf.is_file():
+            write_gguf_from_hf(hf, gguf, tensor_type="F32")
+        out[arch] = {"hf": hf, "gguf": gguf}
+    return out
+
+
+def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str) -> Path:
+    from .producers.quantize import quantize_checkpoint
+
+    return quantize_checkpoint(src["hf"], scheme, root / f"{arch}-{scheme}")
+
+
+def prompt_ids_for(hf_dir: Path) -> list[int]:
+    from .candidates.checkpoint import Checkpoint
+
+    return list(Checkpoint(hf_dir).tokenizer().encode(PROMPT))
+
+
+def run_case(name: str, root: Path, *, audit: bool = True) -> dict[str, Any]:
+    """Build case ``name`` under ``root`` and diagnose it: compare (+ audit); returns report and audit."""
+    from .pipeline import CompareOptions, compare
+
+    case = CASES[name]
+    srcs = tiny_sources(root, (case.arch,))
+    clean = clean_candidate(root, srcs[case.arch], case.arch, case.scheme)
+    ids = prompt_ids_for(clean)
+    broken = build_case(name, clean, root / f"fault-{name}", ids)
+    opts = CompareOptions(prompt=None, tokens=ids, generate=4, **case.compare_kw)
+    ctx = case.engine() if case.engine else contextlib.nullcontext()
+    with ctx:
+        report = compare(srcs[case.arch]["gguf"], broken, options=opts)
+    result: dict[str, Any] = {"case": case, "report": report, "broken": broken, "ref": srcs[case.arch]["gguf"]}
+    if audit:
+        from .audit.weights import audit_weights
+
+        result["audit"] = audit_weights(srcs[case.arch]["gguf"], broken)
+    return result
+
+
+def diagnosis_text(report: Any, n: int = 4) -> str:
+    lines = []
+    for f in report.findings[:n]:
+        lines.append(f"[{f.severity}] {f.kind}: {f.title}")
+        if f.detail:
+            lines.append(f"    {f.detail}")
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, root: Path) -> None:
+    """Regenerate docs/FAULTS.md from real runs of every case."""
+    parts = [_DOC_HEAD]
+    for name, case in CASES.items():
+        res = run_case(name, root)
+        aud = res["audit"]
+        parts.append(
+            f"## {name} (seed {case.seed})\n\n{case.summary}. Tiny {case.arch}, producer scheme {case.scheme}"
+            + (f"; engine fault `{case.engine.__name__}`" if case.engine else "")
+            + f". Expected cause: `{case.expect_cause}`.\n\n"
+            f"```\n$ python -m layerbisect.faults --case {name}\n{diagnosis_text(res['report'])}\n```\n\n"
+            f"Weight audit (`bisect audit REF.gguf CAND/`):\n\n```\n{aud.summary_text()}\n```\n"
+        )
+    path.write_text("\n".join(parts))
+
+
+_DOC_HEAD = """# Fault-injection suite
+
+Each case derives a broken candidate from a correct one written by the real producer
+(llmcompressor `quantize_checkpoint` on a tiny model; `layerbisect/faults.py`), runs
+`layerbisect.compare(ref.gguf, broken/)` and `bisect audit`, and checks that the top findings
+name the right layer, op and cause category (`tests/faults/`). The text below is the terminal
+text of the top findings, regenerated by
+
+    python -m layerbisect.faults --write-docs docs/FAULTS.md
+
+Cause categories (`layerbisect/audit/causes.py`): double_scale, scale_inverted,
+global_scale_ignored, scale_ignored, act_scale_overflow, kv_cache_scale, missing_norm,
+nibble_order, layout_permutation, transposed, quantization_noise.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(prog="python -m layerbisect.faults", description=__doc__.splitlines()[0])
+    ap.add_argument("--write-docs", type=Path, help="write the diagnoses of every case to this markdown file")
+    ap.add_argument("--case", choices=list(CASES), help="build and diagnose one case")
+    ap.add_argument("--workdir", type=Path, help="where to build (default: a temporary directory)")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = a.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        if a.write_docs:
+            write_docs(a.write_docs, root)
+            print(f"wrote {a.write_docs}")
+        for name in [a.case] if a.case else ([] if a.write_docs else list(CASES)):
+            res = run_case(name, root)
+            print(f"== {name}\n{diagnosis_text(res['report'])}\n{res['audit'].summary_text()}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
