@@ -60,11 +60,13 @@ class ModuleBisect:
         return self._pool[:mid] + self.culprits
 
     def remaining(self) -> int:
-        """Upper bound on the runs still needed to find the next culprit (0 when done)."""
+        """Runs still needed if no further culprit turns up (exact for a single culprit; 0 when done)."""
         if self.done:
             return 0
-        search = math.ceil(math.log2(max(self._hi - self._lo + 1, 1))) if self._hi >= self._lo else 0
-        return {"none": 2 + search, "all": 1 + search, "check": 1 + search, "search": search + 1}[self._phase]
+        if self._phase == "check":
+            return 1
+        search = math.ceil(math.log2(self._hi - self._lo + 1))
+        return {"none": 2, "all": 1, "search": 0}[self._phase] + search + 1
 
     # -- feedback --------------------------------------------------------------------------------------------------
     def step(self, ok: bool) -> bool:
@@ -267,7 +269,8 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
         "Module bisect (quantized modules vs reference precision)",
         res.history,
         f"verdict: {res.verdict}; culprits: {', '.join(res.culprits) or '-'}; {res.runs} runs over "
-        f"{res.n_modules} modules. Each row is one run: how many modules stayed quantized and whether the gate passed.",
+        f"{res.n_modules} modules. Each row is one run: how many modules stayed quantized and whether the gate "
+        "passed.",
     )
     report.meta["bisect"] = {"culprits": res.culprits, "verdict": res.verdict, "runs": res.runs,
                              "before": res.before, "after": res.after}

@@ -99,7 +99,7 @@ def edit_config(ckpt: str | Path, edit: Callable[[dict[str, Any]], None]) -> Non
 
 def _layer_of(name: str) -> int | None:
     parts = name.split(".")
-    for a, b in zip(parts, parts[1:]):
+    for a, b in zip(parts, parts[1:], strict=False):
         if a == "layers" and b.isdigit():
             return int(b)
     return None

@@ -8,7 +8,8 @@ Design notes
   errors of activation patching (α far from 1 or non-finite output of one linear).
 - ``choose`` is pure: evidence in the culprit's own layer wins; otherwise the earliest layer
   (a fault early in the network explains what comes after); model-wide evidence (layer None)
-  comes last. Within a layer, the order of ``PRIORITY`` decides (a non-finite or overflowing
+  comes last. A cause found in several layers is reported at its earliest one. Within a
+  layer, the order of ``PRIORITY`` decides (a non-finite or overflowing
   input explains a large local error better than an α a few percent off).
 - No evidence means ``quantization_noise``: the divergence is what the format costs.
 - The category lands in ``finding.evidence["cause"]`` and in the title, and a fault category
@@ -42,7 +43,8 @@ CAUSES = (
 )
 PRIORITY = {c: i for i, c in enumerate(CAUSES)}
 DESCRIPTION = {
-    "act_scale_overflow": "a static activation scale too small for the activations (clipping; NaN in non-saturating kernels)",
+    "act_scale_overflow": "a static activation scale too small for the activations "
+    "(clipping; NaN in non-saturating kernels)",
     "kv_cache_scale": "FP8 KV-cache scales far too small for the keys/values (saturation in the cache)",
     "missing_norm": "a norm tensor absent from the checkpoint, run as the identity",
     "nibble_order": "FP4 nibble order swapped in weight_packed",
@@ -81,7 +83,10 @@ def choose(evidence: Sequence[Evidence], culprit_layer: int | None) -> Evidence 
         layer = e.layer if e.layer is not None else math.inf
         return here, layer, PRIORITY.get(e.cause, len(PRIORITY))
 
-    return min(evidence, key=key)
+    best = min(evidence, key=key)
+    # the same fault in many layers (a norm dropped everywhere) starts at its earliest layer
+    same = [e for e in evidence if e.cause == best.cause and e.layer is not None]
+    return min(same, key=lambda e: (e.layer, PRIORITY.get(e.cause, 0))) if same else best
 
 
 def from_weight_audit(audit: Any) -> list[Evidence]:
@@ -147,8 +152,9 @@ def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
         top.evidence["cause_evidence"] = asdict(best)
         top.evidence["cause_layer"], top.evidence["cause_op"] = best.layer, best.op
         where = f"layer {best.layer}, {best.op}" if best.layer is not None else str(best.op)
-        top.detail = (top.detail + " " if top.detail else "") + f"Cause: {DESCRIPTION.get(cause, cause)} — {best.why}" + (
-            f" (evidence at {where}, from the {best.source.replace('_', ' ')})")
+        because = f"Cause: {DESCRIPTION.get(cause, cause)} — {best.why}"
+        because += f" (evidence at {where}, from the {best.source.replace('_', ' ')})"
+        top.detail = (top.detail + " " if top.detail else "") + because
         if top.severity in ("info", "warning", "error"):
             top.severity = "critical"
     top.title = f"[{cause}] {top.title}"

@@ -68,7 +68,7 @@ def to_markdown(result) -> str:  # noqa: ANN001 - WeightAudit
              f"**{'No fault' if result.ok else f'{len(result.faults)} fault(s)'}** in {len(result.rows)} tensors.\n"]
     for f in result.findings():
         lines.append(f"- **[{f.severity}] {f.title}** — {f.detail}")
-    lines += ["", "| tensor | scheme | cosine | rel err | alpha | status | cause | note |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| tensor | scheme | cosine | rel err | alpha | status | cause | note |", "|---" * 8 + "|"]
     for r in result.rows:
         lines.append(f"| {r.name} | {r.scheme} | {_f(r.cosine)} | {_f(r.rel_err)} | {_f(r.alpha)} | {r.status} | "
                      f"{r.cause} | {r.note} |")
