@@ -19,11 +19,13 @@ Design notes:
   that flatten the batch already give ``(T, ...)``. A point with fewer rows than the step has
   tokens covers the *trailing* positions (HF ``logits_to_keep``, vLLM logits of the sampled
   token only); ``positions`` keeps only the requested absolute positions.
-- **Overhead.** Per hook: row selection on the device, one synchronous copy to the host in
-  the engine's dtype (no FP32 upcast on the device, no extra GPU memory). The copy must be
-  synchronous and a real copy even on the CPU: vLLM's fused norms and rope work in place,
-  so a deferred or aliased copy would record a later value. FP32 conversion happens in
-  ``load_dump``. No other host sync happens per hook; the token ids are read once per step.
+- **Overhead.** Per hook: row selection on the device, one copy to the host in the engine's
+  dtype (no FP32 upcast, no extra GPU memory). On CUDA the copy is asynchronous into pinned
+  memory: it is ordered on the stream before later kernels, so the in-place work of vLLM's
+  fused norms and rope cannot change what was recorded, and the host waits once per flush,
+  not per hook. On the CPU it is a real copy (``.to("cpu")`` would alias). FP32 conversion
+  happens in ``load_dump``. The token ids are read once per step. The cost then scales with
+  the bytes captured: choose ``patterns``/``positions`` for long prompts and big vocabularies.
 - **Failures inside hooks** (a tensor of unexpected shape) are recorded as ``problems`` in
   the manifest instead of raised: an exception would kill the engine's forward. Bad user
   input (batch > 1, an unknown map) is raised before anything runs or at exit.
@@ -155,6 +157,7 @@ class ActivationCapture:
         self._step = step
         self._step_open = False
         self._depth = 0
+        self._pending_event = False
         self._reset_step_state()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -330,8 +333,17 @@ class ActivationCapture:
             return
         if idx is not None:
             x = x.index_select(0, idx)
-        # A real, synchronous copy: engines mutate buffers in place after the hook.
-        x = x.to("cpu", copy=True).contiguous()
+        if x.is_cuda:
+            # Async copy into pinned host memory: ordered on the stream before any later
+            # in-place kernel (vLLM's fused norms, rope), so it records this value without a
+            # host sync here; the flush waits on one event for the whole buffer.
+            host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            host.copy_(x, non_blocking=True)
+            self._pending_event = True
+            x = host
+        else:
+            # A real copy: on the CPU .to("cpu") would alias, and engines mutate in place.
+            x = x.to("cpu", copy=True).contiguous()
         self._buffer[name] = x
         self._buffer_rows[name] = pos
         self._buffer_bytes += x.numel() * x.element_size()
@@ -387,6 +399,9 @@ class ActivationCapture:
 
     def _flush(self, *, final: bool) -> None:
         """Write the buffered tensors as one shard; on ``final`` close the step in the manifest."""
+        if self._pending_event:
+            torch.cuda.synchronize()  # the async copies of this buffer have landed
+            self._pending_event = False
         if self._buffer:
             part = len(self._step_shards)
             fname = f"{SHARD_PREFIX}{self._step:05d}" + (f"-{part:03d}" if part else "") + ".safetensors"
