@@ -93,7 +93,7 @@ def compare(
     if candidate_dump is not None:
         from .engines.dump import load_dump
 
-        dump_caps = load_dump(candidate_dump)
+        dump_caps = load_dump(candidate_dump, token_ids=list(o.tokens) if o.tokens else None)
     else:
         t0 = time.perf_counter()
         say("loading candidate")
@@ -142,8 +142,12 @@ def compare(
         say("candidate: capture pass (teacher-forced)")
         cand_caps = cand_runner.run(ids, select=o.select)
     else:
+        from .engines.dump import align_to_dump
+
         assert dump_caps is not None
         cand_caps = dump_caps
+        # A dump may hold only some positions: compare the reference rows at those positions.
+        ref_caps = align_to_dump(ref_caps, dump_caps)
     timings["run_candidate"] = time.perf_counter() - t0
     for caps, runner in ((ref_caps, ref_runner), (cand_caps, cand_runner)):
         if runner is not None:

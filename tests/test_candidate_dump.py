@@ -1,0 +1,48 @@
+"""`bisect REF.gguf --candidate-dump DIR`: an engine's own activations through the same comparator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+IDS = [2] + list(range(5, 25))
+
+
+def _dump(hf_dir, out, *, break_layer: int | None = None):
+    transformers = pytest.importorskip("transformers")
+    from layerbisect.engines import capture_activations
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if break_layer is not None:  # a loader that dropped one layer's MLP input norm
+        model.model.layers[break_layer].post_attention_layernorm.forward = lambda x: x
+    with capture_activations(model, out, name_map="auto", token_ids=IDS), torch.no_grad():
+        model(torch.tensor([IDS]))
+    return out
+
+
+def _bisect(*args):
+    return subprocess.run([sys.executable, "-m", "layerbisect.cli.app", *args], capture_output=True, text=True)
+
+
+def test_dump_matches_reference(tiny_models, tmp_path):
+    m = tiny_models["qwen3"]
+    dump = _dump(m["hf"], tmp_path / "dump")
+    res = _bisect(str(m["gguf"]), "--candidate-dump", str(dump), "--tokens", ",".join(map(str, IDS)),
+                  "--out", str(tmp_path / "rep"), "-n", "0")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def test_dump_with_dropped_norm_names_layer(tiny_models, tmp_path):
+    import layerbisect
+    from layerbisect.pipeline import CompareOptions
+
+    m = tiny_models["qwen3"]
+    dump = _dump(m["hf"], tmp_path / "dump", break_layer=1)
+    report = layerbisect.compare(m["gguf"], candidate_dump=dump, options=CompareOptions(tokens=IDS, generate=0))
+    first = [f for f in report.findings if f.kind == "first_divergence"]
+    assert first and first[0].layer == 1 and first[0].op == "mlp_norm", [
+        (f.kind, f.layer, f.op) for f in report.findings
+    ]
