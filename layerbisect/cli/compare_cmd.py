@@ -76,7 +76,7 @@ def compare(
         quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
         kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
         localize=localize,
-        thresholds=gate_cfg.thresholds_for("*") if hasattr(gate_cfg, "thresholds_for") else None,
+        thresholds=gate_cfg.default,
     )
     with console.status("starting") as status:
         report = run_compare(

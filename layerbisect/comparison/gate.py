@@ -65,8 +65,27 @@ class GateConfig:
 
     @classmethod
     def builtin(cls) -> GateConfig:
-        """Defaults that catch the bugs we have seen (docs/GATE.md explains each number)."""
-        return cls(rules=[Rule("logits*", {"max_kl": 0.1, "min_top1": 0.9})])
+        """Defaults that catch the bugs we have seen (docs/GATE.md explains each number).
+
+        Sub-op points (a post-norm, one projection) of a healthy FP8 model dip to a per-token
+        cosine of ~0.985 on Gemma 3 270M, so they get 0.97; the residual stream after each
+        layer (``layers.N.out``; ``?`` patterns because ``*`` would also match
+        ``layers.3.attn.out``) and the logits are held to the tighter bounds.
+        """
+        residual = {"min_cosine": 0.99, "max_rel_l2": 0.2}
+        return cls(
+            default=Thresholds(min_cosine=0.97, max_rel_l2=0.35),
+            rules=[
+                *cls._base_rules(),
+                Rule("layers.?.out", residual),
+                Rule("layers.??.out", residual),
+                Rule("layers.???.out", residual),
+            ],
+        )
+
+    @staticmethod
+    def _base_rules() -> list[Rule]:
+        return [Rule("logits*", {"max_kl": 0.1, "min_top1": 0.9})]
 
     @classmethod
     def from_toml(cls, path: str | Path) -> GateConfig:
@@ -89,7 +108,9 @@ class GateConfig:
         extra = sorted(set(data) - known)
         if extra:
             raise InputError(where, f"unknown section(s) {extra}; expected {sorted(known)}")
-        base = cls.builtin()
+        # A TOML config starts from the plain Thresholds defaults plus the logits rule, so its
+        # [default] section is not silently overridden by built-in per-pattern rules.
+        base = cls(rules=cls._base_rules())
         default = base.default.updated(**_thresholds(data.get("default", {}), f"{where} [default]"))
         rules = list(base.rules)
         raw_rules = data.get("rule", [])
