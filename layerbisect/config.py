@@ -113,6 +113,12 @@ class ModelConfig:
     attn_scale: float | None = None  # None → 1/sqrt(head_dim)
     tied_embeddings: bool = True
     context_length: int = 8192
+    local_rope_base: float | None = None  # overrides ArchSpec.local_rope_base (GGUF rope.freq_base_swa)
+    sliding_layers: tuple[bool, ...] | None = None  # per-layer flags when the model states them
+
+    def __post_init__(self) -> None:
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
+            object.__setattr__(self, "sliding_layers", None)
 
     @property
     def spec(self) -> ArchSpec:
@@ -123,12 +129,17 @@ class ModelConfig:
         return self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
 
     def is_sliding(self, layer: int) -> bool:
+        if not self.sliding_window:
+            return False
+        if self.sliding_layers is not None:
+            return self.sliding_layers[layer]
         p = self.spec.sliding_pattern
         return bool(self.sliding_window) and p > 0 and (layer + 1) % p != 0
 
     def rope_base_for(self, layer: int) -> float:
-        if self.is_sliding(layer) and self.spec.local_rope_base is not None:
-            return self.spec.local_rope_base
+        local = self.local_rope_base if self.local_rope_base is not None else self.spec.local_rope_base
+        if self.is_sliding(layer) and local is not None:
+            return local
         return self.rope_base
 
     def rope_scaling_for(self, layer: int) -> RopeScaling:
@@ -179,6 +190,13 @@ def config_from_gguf(fields: dict[str, Any], n_vocab: int, has_output: bool, pat
     attn_scale = None
     if arch in ("gemma2", "gemma3"):
         attn_scale = _gemma_attn_scale(arch, n_layers, d_model, n_heads, head_dim)
+    pattern = get("attention.sliding_window_pattern")
+    sliding_layers = None
+    if isinstance(pattern, list) and len(pattern) == n_layers:
+        sliding_layers = tuple(bool(x) for x in pattern)
+    elif isinstance(pattern, int) and pattern > 0:
+        sliding_layers = tuple((i + 1) % pattern != 0 for i in range(n_layers))
+    swa_base = get("rope.freq_base_swa")
     return ModelConfig(
         arch=arch,
         n_layers=n_layers,
@@ -197,6 +215,8 @@ def config_from_gguf(fields: dict[str, Any], n_vocab: int, has_output: bool, pat
         attn_scale=attn_scale,
         tied_embeddings=not has_output,
         context_length=int(get("context_length", 8192)),
+        local_rope_base=float(swa_base) if swa_base is not None and spec.local_rope_base is not None else None,
+        sliding_layers=sliding_layers if spec.sliding_pattern else None,
     )
 
 
@@ -239,6 +259,12 @@ def config_from_hf(cfg: dict[str, Any], path: str = "") -> ModelConfig:
     if "query_pre_attn_scalar" in cfg and cfg["query_pre_attn_scalar"]:
         attn_scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
     sliding = cfg.get("sliding_window") if spec.sliding_pattern else None
+    lt = cfg.get("layer_types")
+    sliding_layers = tuple(t == "sliding_attention" for t in lt) if isinstance(lt, list) and spec.sliding_pattern else None
+    local_base = cfg.get("rope_local_base_freq")
+    full_rs = cfg.get("rope_parameters") or {}
+    if isinstance(full_rs, dict) and isinstance(full_rs.get("sliding_attention"), dict):
+        local_base = full_rs["sliding_attention"].get("rope_theta", local_base)
     return ModelConfig(
         arch=arch,
         n_layers=int(cfg["num_hidden_layers"]),
@@ -257,6 +283,8 @@ def config_from_hf(cfg: dict[str, Any], path: str = "") -> ModelConfig:
         attn_scale=attn_scale,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         context_length=int(cfg.get("max_position_embeddings", 8192)),
+        local_rope_base=float(local_base) if local_base is not None and spec.local_rope_base is not None else None,
+        sliding_layers=sliding_layers,
     )
 
 

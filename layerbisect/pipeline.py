@@ -158,7 +158,12 @@ def compare(
     t0 = time.perf_counter()
     say("comparing")
     info = model_info(ref_runner)
-    comparison = compare_captures(ref_caps, cand_caps, info, thresholds=o.thresholds)
+    thresholds = o.thresholds
+    if thresholds is None:
+        from .comparison.gate import GateConfig
+
+        thresholds = GateConfig.builtin().default
+    comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds)
     timings["compare"] = time.perf_counter() - t0
 
     tok = ref_runner.tokenizer
