@@ -1,0 +1,27 @@
+"""`bisect run CHECKPOINT_DIR` runs the candidate alone, like the reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_run_candidate_dir(tiny_quantized):
+    _, cand = tiny_quantized("gemma3", "NVFP4")
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10,11,12", "-n", "3",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "calibrate"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "generated ids" in res.stdout and "residual stream per layer" in res.stdout
+
+
+def test_kv_scales_checkpoint_without_scales_is_input_error(tiny_quantized):
+    _, cand = tiny_quantized("gemma3", "FP8")
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "checkpoint"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2 and "k_scale" in res.stderr and "Traceback" not in res.stderr, res.stderr
