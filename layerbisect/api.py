@@ -51,12 +51,20 @@ def open_runner(
     raise InputError(p, "neither a GGUF file nor a checkpoint directory (config.json + *.safetensors)")
 
 
+def use_tokenizer(runner: ModelRunner, tokenizer: str | Path | None) -> None:
+    """Replace the runner's own tokenizer by a HF tokenizer.json (file or directory) when one is given."""
+    if tokenizer:
+        from .tokenizer import tokenizer_from_hf
+
+        runner.tokenizer = tokenizer_from_hf(tokenizer)
+
+
 def resolve_tokens(runner: ModelRunner, prompt: str | None, tokens: Sequence[int] | None) -> list[int]:
     if tokens:
         ids = list(tokens)
     else:
         if runner.tokenizer is None:
-            raise InputError(runner.path, "has no tokenizer: pass --tokens")
+            raise InputError(runner.path, "has no tokenizer: pass --tokens or --tokenizer")
         ids = runner.tokenizer.encode(prompt if prompt is not None else "")
     vocab = runner.config.vocab_size
     bad = [t for t in ids if not 0 <= t < vocab]
@@ -89,10 +97,12 @@ def run_model(
     progress: ProgressFn | None = None,
     options: Any = None,
     kv_cache: Any = None,
+    tokenizer: str | Path | None = None,
 ) -> RunResult:
     """Run one model alone: greedy continuation plus per-layer residual norms and non-finite counts."""
     runner = open_runner(path, device=device, progress=progress, options=options, kv_cache=kv_cache)
     runner.activate()
+    use_tokenizer(runner, tokenizer)
     ids = resolve_tokens(runner, prompt, tokens)
     caps = Captures(summary_only=True, selector=_residual_selector(), token_ids=list(ids))
     new = runner.generate(ids, generate, captures=caps) if generate else []

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from .. import api
 from ..errors import InputError
+from ..streaming import parse_bytes
 from ..tokenizer import parse_token_ids
 from . import options as o
 
@@ -40,6 +41,18 @@ def compare(
     device: o.Device = "cpu",
     ref_device: Annotated[str | None, typer.Option("--ref-device", help="Device of the reference.")] = None,
     cand_device: Annotated[str | None, typer.Option("--cand-device", help="Device of the candidate.")] = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--resident",
+            help="Stream weights one layer at a time from the mapped files, or hold the whole model. "
+            "Default: stream a side whose FP32 size exceeds its memory budget.",
+        ),
+    ] = None,
+    memory_cap: Annotated[
+        str | None,
+        typer.Option("--memory-cap", help="Weight memory per side, e.g. 8GB or 6GiB (default: free device memory)."),
+    ] = None,
     act_quant: o.ActQuant = "checkpoint",
     nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
     kv_cache_dtype: o.KvCacheDtype = "auto",
@@ -52,6 +65,7 @@ def compare(
         bool, typer.Option("--bisect/--no-bisect", help="Binary-search the quantized modules that fail the gate.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings and the gate verdict.")] = False,
+    tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Compare a candidate with the reference, point by point; write reports; exit 0 pass / 1 gate failed / 2 bad input."""
     from ..comparison import gate as gate_mod
@@ -76,16 +90,30 @@ def compare(
         quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
         kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
         localize=localize,
+        tokenizer=tokenizer,
+        stream=stream,
+        memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
     )
-    with console.status("starting") as status:
-        report = run_compare(
-            ref, cand, candidate_dump=candidate_dump, options=opts, status=lambda s: status.update(s)
-        )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"loading {name}", completed=done, total=total)
+
+        def status(msg: str) -> None:
+            bar.update(task, description=msg, completed=0, total=None)
+
+        report = run_compare(ref, cand, candidate_dump=candidate_dump, options=opts, progress=progress, status=status)
         if bisect_modules:
             from ..bisect_modules import bisect_report
 
-            status.update("bisecting quantized modules")
+            status("bisecting quantized modules")
             bisect_report(report, ref, cand, opts, gate_cfg)
     result = gate_mod.evaluate(report, gate_cfg, baseline=baseline)
     written = report.save(out, fmt, overwrite=overwrite, gate=result)

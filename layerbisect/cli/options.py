@@ -40,3 +40,7 @@ KvScales = Annotated[
 Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]
 
 DEFAULT_PROMPT = "The capital of France is"
+TokenizerPath = Annotated[
+    str | None,
+    typer.Option("--tokenizer", help="A HF tokenizer.json (or a directory with one) instead of the GGUF's vocabulary."),
+]

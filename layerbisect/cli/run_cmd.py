@@ -25,6 +25,7 @@ def run(
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
     impl: o.Impl = "emulate",
+    tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
     console = Console(stderr=True)
@@ -42,6 +43,7 @@ def run(
             model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
             options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
             kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+            tokenizer=tokenizer,
         )
     out = Console()
     out.print(f"[bold]{res.path}[/] ({res.arch}), loaded in {res.load_seconds:.1f}s")

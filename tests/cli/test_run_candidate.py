@@ -25,3 +25,17 @@ def test_kv_scales_checkpoint_without_scales_is_input_error(tiny_quantized):
         capture_output=True, text=True,
     )
     assert res.returncode == 2 and "k_scale" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_run_with_hf_tokenizer(tiny_models):
+    m = tiny_models["llama"]
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(m["gguf"]), "--tokenizer", str(m["hf"]),
+         "--prompt", "the quick brown fox", "-n", "2"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    from layerbisect.tokenizer import tokenizer_from_hf
+
+    ids = tokenizer_from_hf(m["hf"]).encode("the quick brown fox")
+    assert f"prompt ids: {ids}" in res.stdout.replace("\n", "")
