@@ -39,6 +39,7 @@ class CompareOptions:
     quant_options: Any = None
     kv_cache: Any = None
     localize: bool = True
+    tokenizer: str | None = None  # a HF tokenizer.json used for the reference instead of the GGUF vocabulary
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,7 +76,7 @@ def compare(
     status: Callable[[str], None] | None = None,
 ) -> Report:
     """Run both sides and return the ``Report`` (findings first; ``report.df`` per point × token)."""
-    from .api import open_runner, resolve_tokens
+    from .api import open_runner, resolve_tokens, use_tokenizer
 
     o = options or CompareOptions()
     say = status or (lambda s: None)
@@ -86,6 +87,7 @@ def compare(
     t0 = time.perf_counter()
     say("loading reference")
     ref_runner = open_runner(ref, device=o.ref_device or o.device, progress=progress).activate()
+    use_tokenizer(ref_runner, o.tokenizer)
     timings["load_reference"] = time.perf_counter() - t0
 
     dump_caps: Captures | None = None
