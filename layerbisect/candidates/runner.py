@@ -102,6 +102,7 @@ class CandidateRunner(ModelRunner):
             if self.progress:
                 self.progress(name, n, total)
             tensors = {suffix: ck.get(key) for suffix, key in groups[name].items()}
+            _check_primary_shape(hf_module[name], tensors, _linear_shape(cfg, name))
             lin = build_linear(hf_module[name], tensors, quant.scheme_for(hf_module[name]), self.options)
             if spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
                 heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
@@ -156,6 +157,36 @@ class CandidateRunner(ModelRunner):
     def quant_linears(self) -> dict[str, nn.Module]:
         assert self.model is not None
         return {n: _get_module(self.model, n) for n in self.linear_names}
+
+
+def _linear_shape(cfg, name: str) -> tuple[int, int]:
+    """(out, in) the config implies for a canonical linear module."""
+    d, hd = cfg.d_model, cfg.head_dim
+    return {
+        "attn.q_proj": (cfg.n_heads * hd, d),
+        "attn.k_proj": (cfg.n_kv_heads * hd, d),
+        "attn.v_proj": (cfg.n_kv_heads * hd, d),
+        "attn.o_proj": (d, cfg.n_heads * hd),
+        "mlp.gate_proj": (cfg.d_ff, d),
+        "mlp.up_proj": (cfg.d_ff, d),
+        "mlp.down_proj": (d, cfg.d_ff),
+        "lm_head": (cfg.vocab_size, d),
+    }[name.split(".", 2)[-1] if name.startswith("layers.") else name]
+
+
+def _check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+    """The packed/quantized weight must match config.json before any scale is checked against it."""
+    out_f, in_f = shape
+    t = tensors.get("weight_packed")
+    if t is None and "weight" in tensors and tensors["weight"].dtype == torch.uint8:
+        t = tensors["weight"]  # ModelOpt NVFP4 stores packed nibbles under "weight"
+    if t is not None:
+        want = (out_f, in_f // 2)
+        if tuple(t.shape) != want:
+            name = "weight_packed" if "weight_packed" in tensors else "weight"
+            raise InputError(module, f"{name} has shape {tuple(t.shape)}, expected (out, in/2) = {want} from config.json")
+    elif "weight" in tensors and tuple(tensors["weight"].shape) != shape:
+        raise InputError(module, f"weight has shape {tuple(tensors['weight'].shape)}, expected {shape} from config.json")
 
 
 class _TiedHead(nn.Module):
