@@ -6,7 +6,9 @@ f32 subnormals skew the timing. Throughput counts the bytes a dequantizer must m
 input bytes read + FP32 output written, divided by the median time of `--repeats` runs.
 "copy %" relates it to a device copy of the output-sized buffer measured in the same run
 (`dst.copy_(src)`, counting read + write), the ceiling for a memory-bound kernel. GPU timing
-uses CUDA events around the call with the input already on the device (no host transfer).
+uses CUDA events around the call with the input already on the device (no host transfer);
+"ours CUDA" is the eager torch path (impl="torch"), "Triton" the Triton kernels (impl="triton",
+``layerbisect/kernels/gguf_triton.py``, "-" for the types it does not cover).
 The "x gguf-py" columns are ratios within this one run. The CPU columns use torch's
 current intra-op thread count (`--threads` sets it); numpy is single-threaded.
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
 
+from layerbisect.kernels import gguf_triton
 from layerbisect.references.gguf_dequant import dequantize
 
 TYPES = [
@@ -122,7 +125,7 @@ def main() -> None:
     if not args.no_cpu:
         header += ["ours CPU GB/s", "CPU copy %"]
     if has_cuda:
-        header += ["ours CUDA GB/s", "CUDA copy %"]
+        header += ["ours CUDA GB/s", "CUDA copy %", "Triton GB/s", "Triton copy %"]
     if not args.no_ref:
         header += ["gguf-py GB/s"]
         if not args.no_cpu:
@@ -141,8 +144,13 @@ def main() -> None:
             row += [f"{moved / t_cpu / 1e9:.2f}", f"{100 * moved / t_cpu / 1e9 / cpu_copy:.0f}%"]
         if has_cuda:
             on_gpu = torch.from_numpy(np.ascontiguousarray(data)).cuda()
-            t_gpu = time_cuda(lambda d=on_gpu, q=qtype: dequantize(d, q), max(args.repeats, 20))
+            t_gpu = time_cuda(lambda d=on_gpu, q=qtype: dequantize(d, q, impl="torch"), max(args.repeats, 20))
             row += [f"{moved / t_gpu / 1e9:.1f}", f"{100 * moved / t_gpu / 1e9 / gpu_copy:.0f}%"]
+            if gguf_triton.usable(qtype, on_gpu.device):
+                t_tr = time_cuda(lambda d=on_gpu, q=qtype: dequantize(d, q, impl="triton"), max(args.repeats, 20))
+                row += [f"{moved / t_tr / 1e9:.1f}", f"{100 * moved / t_tr / 1e9 / gpu_copy:.0f}%"]
+            else:
+                row += ["-", "-"]
             del on_gpu
         if not args.no_ref:
             with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -41,6 +41,9 @@ class CompareOptions:
     localize: bool = True
     tokenizer: str | None = None  # a HF tokenizer.json used for the reference instead of the GGUF vocabulary
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    stream: bool | None = None  # None: stream a side whose FP32 size exceeds its memory budget (streaming.py)
+    memory_cap: int | None = None  # bytes of weights per side on its device; default: free device memory
+    concurrent: bool | None = None  # run both sides' passes in two threads; None: when their devices differ
 
 
 def _peak_rss_bytes() -> int:
@@ -86,7 +89,12 @@ def compare(
 
     t0 = time.perf_counter()
     say("loading reference")
-    ref_runner = open_runner(ref, device=o.ref_device or o.device, progress=progress).activate()
+    ref_dev, cand_dev = o.ref_device or o.device, o.cand_device or o.device
+    share = 2 if cand is not None and torch.device(ref_dev) == torch.device(cand_dev) else 1
+    concurrent = o.concurrent if o.concurrent is not None else cand is not None and share == 1
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    ref_runner = _memory_mode(open_runner(ref, device=ref_dev, progress=progress), o, share).activate()
     use_tokenizer(ref_runner, o.tokenizer)
     timings["load_reference"] = time.perf_counter() - t0
 
@@ -99,12 +107,16 @@ def compare(
     else:
         t0 = time.perf_counter()
         say("loading candidate")
-        cand_runner = open_runner(
-            cand,  # type: ignore[arg-type]
-            device=o.cand_device or o.device,
-            progress=progress,
-            options=o.quant_options,
-            kv_cache=o.kv_cache,
+        cand_runner = _memory_mode(
+            open_runner(
+                cand,  # type: ignore[arg-type]
+                device=cand_dev,
+                progress=progress,
+                options=o.quant_options,
+                kv_cache=o.kv_cache,
+            ),
+            o,
+            share,
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
         _check_same_model(ref_runner, cand_runner)
@@ -126,23 +138,35 @@ def compare(
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
 
     t0 = time.perf_counter()
-    say(f"reference: greedy {gen} tokens")
-    ref_new = ref_runner.generate(prompt_ids, gen) if gen else []
-    cand_new: list[int] = []
-    if cand_runner is not None and gen:
-        say(f"candidate: greedy {gen} tokens")
-        cand_new = cand_runner.generate(prompt_ids, gen)
+    say(f"greedy {gen} tokens" + (" (both sides at once)" if concurrent else ""))
+    ref_new, cand_new = _both(
+        lambda: ref_runner.generate(prompt_ids, gen) if gen else [],
+        (lambda: cand_runner.generate(prompt_ids, gen)) if cand_runner is not None and gen else (lambda: []),
+        concurrent,
+    )
     timings["generate"] = time.perf_counter() - t0
     ids = prompt_ids + ref_new
 
     t0 = time.perf_counter()
-    say("reference: capture pass")
-    ref_caps = ref_runner.run(ids, select=o.select)
-    timings["run_reference"] = time.perf_counter() - t0
+    both = cand_runner is not None and concurrent
+    if both:
+        say("capture passes (both sides at once, teacher-forced)")
+        (ref_caps, timings["run_reference"]), (cand_caps, timings["run_candidate"]) = _both(
+            lambda: _timed(ref_runner.run, ids, select=o.select),
+            lambda: _timed(cand_runner.run, ids, select=o.select),  # type: ignore[union-attr]
+            True,
+        )
+        timings["run_both_wall"] = time.perf_counter() - t0
+    else:
+        say("reference: capture pass")
+        ref_caps = ref_runner.run(ids, select=o.select)
+        timings["run_reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if cand_runner is not None:
-        say("candidate: capture pass (teacher-forced)")
-        cand_caps = cand_runner.run(ids, select=o.select)
+        if not both:
+            say("candidate: capture pass (teacher-forced)")
+            cand_caps = cand_runner.run(ids, select=o.select)
+            timings["run_candidate"] = time.perf_counter() - t0
     else:
         from .engines.dump import align_to_dump
 
@@ -150,7 +174,7 @@ def compare(
         cand_caps = dump_caps
         # A dump may hold only some positions: compare the reference rows at those positions.
         ref_caps = align_to_dump(ref_caps, dump_caps)
-    timings["run_candidate"] = time.perf_counter() - t0
+        timings["run_candidate"] = time.perf_counter() - t0
     for caps, runner in ((ref_caps, ref_runner), (cand_caps, cand_runner)):
         if runner is not None:
             fp = _tokenizer_fingerprint(runner)
@@ -201,12 +225,41 @@ def compare(
         except ImportError:  # pragma: no cover - during development only
             pass
     timings = {k: round(v, 3) for k, v in timings.items()}
-    report.meta["runtime"] = {"timings_s": timings, "peak_memory": _peak_memory()}
+    peak = _peak_memory()
+    from .streaming import streaming_meta
+
+    for side, runner in (("reference", ref_runner), ("candidate", cand_runner)):
+        if runner is not None:
+            peak[side] = streaming_meta(runner)
+    report.meta["runtime"] = {"timings_s": timings, "peak_memory": peak, "concurrent": concurrent}
     report.meta.update(o.extra_meta)
     return report
 
 
-def _peak_memory() -> dict[str, int]:
+def _memory_mode(runner: ModelRunner, o: CompareOptions, share: int) -> ModelRunner:
+    """Resident or streamed (``streaming.py``): set before ``activate``, which decides."""
+    runner.stream, runner.memory_cap, runner.memory_share = o.stream, o.memory_cap, share
+    return runner
+
+
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _both(fa: Callable[[], Any], fb: Callable[[], Any], concurrent: bool) -> tuple[Any, Any]:
+    """fa() and fb(), in two threads when ``concurrent`` (torch releases the GIL in its kernels)."""
+    if not concurrent:
+        return fa(), fb()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bisect-side") as pool:
+        a, b = pool.submit(fa), pool.submit(fb)
+        return a.result(), b.result()
+
+
+def _peak_memory() -> dict[str, Any]:
     out = {"host_rss_bytes": _peak_rss_bytes()}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

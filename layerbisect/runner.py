@@ -3,6 +3,10 @@
 A runner owns a built ``Decoder`` and its tokenizer; ``run`` does one whole-sequence pass
 with captures on, ``generate`` greedy-decodes through the KV cache. Reference and candidate
 runners only differ in how ``_build`` makes the model.
+
+``stream`` (None = auto, True, False) and ``memory_cap`` (bytes) choose between the resident
+model and a ``streaming.StreamedDecoder`` that reads, runs and frees one layer at a time;
+both have the same interface, so ``run``/``generate`` do not care (see ``streaming.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class ModelRunner:
         self.model: Decoder | None = None
         self.tokenizer: Any = None
         self.load_seconds = 0.0
+        self.stream: bool | None = None  # None: decide from the FP32 size vs the memory budget
+        self.memory_cap: int | None = None  # bytes of weights allowed on the device at once
+        self.memory_share = 1  # runners sharing this device's memory (the auto budget is split)
+        self.stream_reason = ""
 
     # -- lifecycle -------------------------------------------------------------------------
     def _build(self) -> None:  # sets self.model and self.tokenizer
@@ -35,9 +43,26 @@ class ModelRunner:
     def activate(self) -> ModelRunner:
         if self.model is None:
             t0 = time.perf_counter()
-            self._build()
+            from . import streaming
+
+            stream, self.stream_reason = False, ""
+            if self.kind in ("reference", "candidate") and self.stream is not False:
+                cfg = streaming.peek_config(self) if self.stream is None else None
+                stream, self.stream_reason = streaming.decide_stream(
+                    self.stream, cfg, self.device, self.memory_cap, self.memory_share
+                )
+            if stream:
+                streaming.build_streamed(self)
+            else:
+                self._build()
             self.load_seconds = time.perf_counter() - t0
         return self
+
+    @property
+    def streaming(self) -> bool:
+        from .streaming import StreamedDecoder
+
+        return isinstance(self.model, StreamedDecoder)
 
     def deactivate(self) -> None:
         self.model = None

@@ -10,7 +10,8 @@ engine loader does silently, and what the comparator must then be able to point 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,27 +49,36 @@ class CandidateRunner(ModelRunner):
         self.kv_quant: FP8KVQuant | None = None
 
     def _build(self) -> None:
+        plan = self._plan()
+        with torch.device("meta"):
+            model = Decoder(plan.cfg)
+        state, linears = self._materialize(plan, "")
+        for name, lin in linears.items():
+            _set_module(model, name, lin)
+        model.load_state_dict(state, strict=False, assign=True)
+        if plan.cfg.tied_embeddings:
+            model.lm_head = _TiedHead(model.embed)
+        model = model.to(self.device)
+        self._setup_kv_cache(model, plan.quant, plan.kv_scales)
+        self.model = model.eval()
+        self.tokenizer = self.checkpoint.tokenizer()
+
+    def _plan(self) -> _Plan:
+        """Map every checkpoint key to the graph and check completeness; reads only small tensors (KV scales)."""
         ck = self.checkpoint = Checkpoint(self.path)
         cfg = config_from_hf(ck.config, path=str(ck.dir / "config.json"))
         spec = cfg.spec
-        quant = ck.quant
-        with torch.device("meta"):
-            model = Decoder(cfg)
         norms = hf_map.norms_for(spec.sandwich_norms)
-        state: dict[str, torch.Tensor] = {}
-        groups: dict[str, dict[str, str]] = defaultdict(dict)  # canonical module → suffix → key
-        hf_module: dict[str, str] = {}
-        kv_scales: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+        plan = _Plan(cfg=cfg, quant=ck.quant)
         unused: list[str] = []
         for key in ck.keys():
             s = hf_map.strip_prefix(key)
             if s in hf_map.GLOBAL:
-                w = ck.get(key).float()
-                state[hf_map.GLOBAL[s]] = w + spec.hf_norm_offset if s == "norm.weight" else w
+                plan.dense[hf_map.GLOBAL[s]] = (key, spec.hf_norm_offset if s == "norm.weight" else None)
                 continue
             if key.startswith("lm_head."):
-                groups["lm_head"][key[len("lm_head.") :]] = key
-                hf_module["lm_head"] = "lm_head"
+                plan.groups["lm_head"][key[len("lm_head.") :]] = key
+                plan.hf_module["lm_head"] = "lm_head"
                 continue
             li = hf_map.split_layer(key)
             if li is None:
@@ -76,62 +86,73 @@ class CandidateRunner(ModelRunner):
                 continue
             i, rest = li
             if rest in norms:
-                state[f"layers.{i}.{norms[rest]}"] = ck.get(key).float() + spec.hf_norm_offset
+                plan.dense[f"layers.{i}.{norms[rest]}"] = (key, spec.hf_norm_offset)
                 continue
             if rest in hf_map.KV_SCALES:
-                kv_scales[i][hf_map.KV_SCALES[rest]] = ck.get(key).float()
+                plan.kv_scales[i][hf_map.KV_SCALES[rest]] = ck.get(key).float()
                 continue
             for hf_lin, canon in hf_map.LINEARS.items():
                 if rest.startswith(hf_lin + "."):
                     name = f"layers.{i}.{canon}"
-                    groups[name][rest[len(hf_lin) + 1 :]] = key
-                    hf_module[name] = key[: len(key) - len(rest)] + hf_lin
+                    plan.groups[name][rest[len(hf_lin) + 1 :]] = key
+                    plan.hf_module[name] = key[: len(key) - len(rest)] + hf_lin
                     break
             else:
                 if not hf_map.IGNORABLE.search(key):
                     unused.append(key)
 
-        expected_linears = [f"layers.{i}.{c}" for i in range(cfg.n_layers) for c in hf_map.LINEARS.values()]
+        plan.linears = [f"layers.{i}.{c}" for i in range(cfg.n_layers) for c in hf_map.LINEARS.values()]
         if not cfg.tied_embeddings:
-            expected_linears.append("lm_head")
-        absent = [n for n in expected_linears if n not in groups]
+            plan.linears.append("lm_head")
+        absent = [n for n in plan.linears if n not in plan.groups]
         if absent:
             raise InputError(ck.dir, f"no tensors for {len(absent)} linear modules (e.g. {', '.join(absent[:3])})")
-        total = len(expected_linears)
-        for n, name in enumerate(expected_linears):
-            if self.progress:
-                self.progress(name, n, total)
-            tensors = {suffix: ck.get(key) for suffix, key in groups[name].items()}
-            _check_primary_shape(hf_module[name], tensors, _linear_shape(cfg, name))
-            lin = build_linear(hf_module[name], tensors, quant.scheme_for(hf_module[name]), self.options)
-            if spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
-                heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
-                lin.permute_out_rows(qk_permutation(heads, cfg.head_dim))
-            _set_module(model, name, lin)
-            self.linear_names[name] = hf_module[name]
-        if self.progress:
-            self.progress("done", total, total)
-
-        params = {k for k, _ in model.named_parameters()} | {k for k, _ in model.named_buffers()}
-        wanted = {k for k in params if not any(k.startswith(lin + ".") for lin in expected_linears)}
+        with torch.device("meta"):
+            params = [k for k, _ in Decoder(cfg).named_parameters()]
+        wanted = {k for k in params if not any(k.startswith(lin + ".") for lin in plan.linears)}
         if cfg.tied_embeddings:
             wanted.discard("lm_head.weight")
-        for k in sorted(wanted - set(state)):
+        self.load_notes = {"missing": [], "unused": unused}
+        for k in sorted(wanted - set(plan.dense)):
             if k.endswith("norm.weight"):
                 # An engine that never maps this norm runs with the identity; record it, keep going.
-                shape = cfg.head_dim if ".attn.q_norm" in k or ".attn.k_norm" in k else cfg.d_model
-                state[k] = torch.ones(shape)
                 self.load_notes["missing"].append(k)
             else:
                 raise InputError(ck.dir, f"checkpoint has no tensor for {k}")
-        self.load_notes["unused"] = unused
-        model.load_state_dict(state, strict=False, assign=True)
-        if cfg.tied_embeddings:
-            model.lm_head = _TiedHead(model.embed)
-        model = model.to(self.device)
-        self._setup_kv_cache(model, quant, kv_scales)
-        self.model = model.eval()
-        self.tokenizer = ck.tokenizer()
+        self.linear_names = {n: plan.hf_module[n] for n in plan.linears}
+        return plan
+
+    def _materialize(self, plan: _Plan, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
+        """FP32 dense tensors and built QuantLinears of the graph names under ``prefix`` ("" = all), on CPU.
+
+        Names are relative to ``prefix``, so a streamed layer loads them into a ``Layer`` as is.
+        """
+        ck, cfg, n = self.checkpoint, plan.cfg, len(prefix)
+        state: dict[str, torch.Tensor] = {}
+        for name, (key, offset) in plan.dense.items():
+            if name.startswith(prefix):
+                w = ck.get(key).float()
+                state[name[n:]] = w if offset is None else w + offset
+        for name in self.load_notes["missing"]:
+            if name.startswith(prefix):
+                shape = cfg.head_dim if ".attn.q_norm" in name or ".attn.k_norm" in name else cfg.d_model
+                state[name[n:]] = torch.ones(shape)
+        linears: dict[str, nn.Module] = {}
+        todo = [x for x in plan.linears if x.startswith(prefix)]
+        for j, name in enumerate(todo):
+            if self.progress and not prefix:
+                self.progress(name, j, len(todo))
+            tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
+            _check_primary_shape(plan.hf_module[name], tensors, _linear_shape(cfg, name))
+            hf_name = plan.hf_module[name]
+            lin = build_linear(hf_name, tensors, plan.quant.scheme_for(hf_name), self.options)
+            if cfg.spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
+                heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
+                lin.permute_out_rows(qk_permutation(heads, cfg.head_dim))
+            linears[name[n:]] = lin
+        if self.progress and not prefix:
+            self.progress("done", len(todo), len(todo))
+        return state, linears
 
     def _setup_kv_cache(self, model: Decoder, quant: Any, kv_scales: dict[int, dict[str, torch.Tensor]]) -> None:
         o = self.kv_options
@@ -154,9 +175,26 @@ class CandidateRunner(ModelRunner):
         self.kv_quant = kvq
         model.set_kv_quant(kvq)
 
-    def quant_linears(self) -> dict[str, nn.Module]:
+    def quant_linears(self) -> Mapping[str, nn.Module]:
         assert self.model is not None
+        if self.streaming:  # built layer by layer as the mapping is walked (streaming.py)
+            from ..streaming import LazyModules
+
+            return LazyModules(self.model, list(self.linear_names))  # type: ignore[arg-type]
         return {n: _get_module(self.model, n) for n in self.linear_names}
+
+
+@dataclass
+class _Plan:
+    """Where each graph tensor of a candidate lives: filled without reading the weights."""
+
+    cfg: Any
+    quant: Any
+    dense: dict[str, tuple[str, float | None]] = field(default_factory=dict)  # graph name → (key, norm offset)
+    groups: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # module → suffix → key
+    hf_module: dict[str, str] = field(default_factory=dict)
+    kv_scales: dict[int, dict[str, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
+    linears: list[str] = field(default_factory=list)
 
 
 def _linear_shape(cfg, name: str) -> tuple[int, int]:

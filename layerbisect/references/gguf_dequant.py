@@ -548,6 +548,7 @@ def dequantize(
     *,
     device: torch.device | str | None = None,
     name: str = "tensor",
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Dequantize one GGUF tensor to float32 on `device` (default: where `data` is).
 
@@ -555,6 +556,9 @@ def dequantize(
     float array itself for F32/F16) or a torch tensor of the same. The result has the logical
     shape in numpy order (a 2-D weight: `(ne1, ne0)` = `(out_features, in_features)`), or
     `shape` where given (same element count). Bit-exact with `gguf.quants.dequantize`.
+
+    `impl`: "torch" (the classes above), "triton" (`layerbisect.kernels.gguf_triton`, CUDA, the
+    types it covers), or "auto" (Triton on CUDA where it covers the type, else torch). Same bits.
     """
     cls = _resolve_type(qtype, name)
     raw = _as_torch(data, name)
@@ -591,6 +595,16 @@ def dequantize(
     dev = torch.device(device) if device is not None else raw.device
     blocks = raw.reshape(-1, cls.type_size).to(dev)  # only this tensor's bytes are read / moved
     n_blocks = blocks.shape[0]
+
+    if impl not in ("auto", "torch", "triton"):
+        raise InputError(name, f"impl {impl!r} is not one of auto, torch, triton")
+    if impl != "torch" and n_blocks:
+        from layerbisect.kernels import gguf_triton
+
+        if gguf_triton.usable(cls.qtype, dev):
+            return gguf_triton.dequantize_blocks(blocks, cls.qtype).reshape(logical)
+        if impl == "triton":
+            raise InputError(name, f"no Triton dequantization for {cls.qtype.name} on {dev} ({gguf_triton.why_not()})")
 
     chunk = max(1, _CHUNK_ELEMS.get(dev.type, 1 << 26) // cls.block_size)
     if n_blocks <= chunk:

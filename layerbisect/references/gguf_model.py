@@ -63,6 +63,45 @@ def read_config(f: GGUFFile) -> ModelConfig:
     return config_from_gguf(f.fields, f.vocab_size(), has_output="output.weight" in f.tensors, path=str(f.path))
 
 
+def map_tensors(f: GGUFFile, cfg: ModelConfig, expected: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """Graph parameter name → GGUF tensor name (plus ``rope_freqs`` if present), checked from metadata only.
+
+    Shapes come from the file's header, so a whole model is validated without reading one weight
+    (the streaming runner relies on this); every error names what was left over on either side.
+    """
+    mapping: dict[str, str] = {}
+    unmapped: list[str] = []
+    for name, t in f.tensors.items():
+        if name == "rope_freqs.weight":
+            mapping["rope_freqs"] = name
+            continue
+        target = canonical_name(name)
+        if target is None or target not in expected:
+            unmapped.append(name)
+            continue
+        shape = tuple(reversed([int(x) for x in t.shape]))
+        if shape != tuple(expected[target]):
+            raise InputError(f.path, f"tensor {name!r} has shape {shape}, expected {tuple(expected[target])}")
+        mapping[target] = name
+    missing = sorted(set(expected) - set(mapping))
+    if missing or unmapped:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors for {len(missing)} parameters (e.g. {', '.join(missing[:4])})")
+        if unmapped:
+            parts.append(f"{len(unmapped)} tensors the {cfg.arch} graph does not use (e.g. {', '.join(unmapped[:4])})")
+        raise InputError(f.path, "; ".join(parts))
+    return mapping
+
+
+def expected_shapes(model: Decoder) -> dict[str, tuple[int, ...]]:
+    """Parameter name → shape the GGUF must provide (``lm_head`` is ``token_embd`` when tied)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.cfg.tied_embeddings:
+        expected.pop("lm_head.weight")
+    return expected
+
+
 def load_reference_model(
     path: str | Path,
     *,
@@ -74,37 +113,14 @@ def load_reference_model(
     cfg = read_config(f)
     with torch.device("meta"):
         model = Decoder(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if cfg.tied_embeddings:
-        expected.pop("lm_head.weight")
+    mapping = map_tensors(f, cfg, expected_shapes(model))
     state: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    names = list(f.tensors)
-    for n, name in enumerate(names):
+    for n, (target, name) in enumerate(mapping.items()):
         if progress:
-            progress(name, n, len(names))
-        t = f.tensors[name]
-        if name == "rope_freqs.weight":
-            state["rope_freqs"] = dequantize_reader_tensor(t, device=device)
-            continue
-        target = canonical_name(name)
-        if target is None or target not in expected:
-            unmapped.append(name)
-            continue
-        w = dequantize_reader_tensor(t, device=device)
-        if tuple(w.shape) != tuple(expected[target]):
-            raise InputError(f.path, f"tensor {name!r} has shape {tuple(w.shape)}, expected {tuple(expected[target])}")
-        state[target] = w
+            progress(name, n, len(mapping))
+        state[target] = dequantize_reader_tensor(f.tensors[name], device=device)
     if progress:
-        progress("done", len(names), len(names))
-    missing = sorted(set(expected) - set(state))
-    if missing or unmapped:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors for {len(missing)} parameters (e.g. {', '.join(missing[:4])})")
-        if unmapped:
-            parts.append(f"{len(unmapped)} tensors the {cfg.arch} graph does not use (e.g. {', '.join(unmapped[:4])})")
-        raise InputError(f.path, "; ".join(parts))
+        progress("done", len(mapping), len(mapping))
     rope_freqs = state.pop("rope_freqs", None)
     if cfg.tied_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
