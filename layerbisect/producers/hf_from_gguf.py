@@ -44,9 +44,9 @@ PROMPT = "The capital of France is"
 
 
 def _read_gguf_tokenizer(gguf_path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
+    from layerbisect.references.fast_reader import FastGGUFReader
 
-    r = GGUFReader(gguf_path)
+    r = FastGGUFReader(gguf_path)
 
     def field(name: str) -> Any:
         f = r.fields.get(name)

@@ -1,6 +1,7 @@
 """Opening a GGUF file: memory-mapped, metadata as plain Python values, clear errors.
 
-``gguf.GGUFReader`` maps the file and parses the header; tensor data stays on disk until a
+``gguf.GGUFReader`` (through ``FastGGUFReader``, which parses large metadata arrays lazily)
+maps the file and parses the header; tensor data stays on disk until a
 tensor is dequantized. A truncated file, a file that is not GGUF, or a tensor whose data
 runs past the end of the file becomes one ``InputError`` naming the file.
 """
@@ -12,10 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from ..errors import InputError
+from .fast_reader import FastGGUFReader
 
 GGUF_MAGIC = b"GGUF"
 
@@ -32,7 +33,7 @@ class GGUFFile:
         if magic != GGUF_MAGIC:
             raise InputError(self.path, f"not a GGUF file (magic {magic!r}, expected b'GGUF')")
         try:
-            self.reader = gguf.GGUFReader(self.path, "r")
+            self.reader = FastGGUFReader(self.path, "r")
         except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad headers
             raise InputError(self.path, f"unreadable GGUF header ({type(e).__name__}: {e})") from None
         size = os.path.getsize(self.path)
