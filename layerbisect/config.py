@@ -260,7 +260,9 @@ def config_from_hf(cfg: dict[str, Any], path: str = "") -> ModelConfig:
         attn_scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
     sliding = cfg.get("sliding_window") if spec.sliding_pattern else None
     lt = cfg.get("layer_types")
-    sliding_layers = tuple(t == "sliding_attention" for t in lt) if isinstance(lt, list) and spec.sliding_pattern else None
+    sliding_layers = None
+    if isinstance(lt, list) and spec.sliding_pattern:
+        sliding_layers = tuple(t == "sliding_attention" for t in lt)
     local_base = cfg.get("rope_local_base_freq")
     full_rs = cfg.get("rope_parameters") or {}
     if isinstance(full_rs, dict) and isinstance(full_rs.get("sliding_attention"), dict):

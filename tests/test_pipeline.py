@@ -45,7 +45,8 @@ def test_fp8_candidate_is_close_and_reported(tiny_quantized, tmp_path):
     written = report.save(tmp_path / "rep")
     data = json.loads(Path(written["json"]).read_text())
     assert data["findings"], "JSON must carry the findings"
-    assert any(s["title"].startswith("Local vs accumulated") for s in data.get("sections", data.get("extra_sections", [])))
+    sections = data.get("sections", data.get("extra_sections", []))
+    assert any(s["title"].startswith("Local vs accumulated") for s in sections)
 
 
 def test_planted_nan_names_layer_and_op(tiny_quantized, tmp_path):

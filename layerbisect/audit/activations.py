@@ -31,14 +31,10 @@ E2M1_MAX = 6.0
 WARN_RATIO = 1.25  # a static scale calibrated on other text clips the prompt by a few percent: not worth a line
 CRITICAL_RATIO = 4.0  # a calibration on other text overshoots by tens of percent, not by 4x
 
-_INPUTS = {
-    "attn.q_proj": "attn_norm",
-    "attn.k_proj": "attn_norm",
-    "attn.v_proj": "attn_norm",
-    "attn.o_proj": "attn.out",
-    "mlp.gate_proj": "mlp_norm",
-    "mlp.up_proj": "mlp_norm",
-}
+def _linear_inputs() -> dict[str, str]:
+    from ..localize import LINEAR_INPUTS  # the capture point each linear reads (localize owns the table)
+
+    return LINEAR_INPUTS
 
 
 _OP_ORDER = {op: i for i, op in enumerate(
@@ -51,7 +47,8 @@ def _linear_input(caps: Any, layer: int, op: str, act: Any) -> torch.Tensor | No
     if op == "mlp.down_proj":
         g, u = t.get(f"layers.{layer}.mlp.gate"), t.get(f"layers.{layer}.mlp.up")
         return None if g is None or u is None else act(g.float()) * u.float()
-    return t.get(f"layers.{layer}.{_INPUTS[op]}") if op in _INPUTS else None
+    inputs = _linear_inputs()
+    return t.get(f"layers.{layer}.{inputs[op]}") if op in inputs else None
 
 
 def static_limit(lin: Any) -> tuple[str, float] | None:

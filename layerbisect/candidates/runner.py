@@ -222,9 +222,11 @@ def _check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: t
         want = (out_f, in_f // 2)
         if tuple(t.shape) != want:
             name = "weight_packed" if "weight_packed" in tensors else "weight"
-            raise InputError(module, f"{name} has shape {tuple(t.shape)}, expected (out, in/2) = {want} from config.json")
+            got = tuple(t.shape)
+            raise InputError(module, f"{name} has shape {got}, expected (out, in/2) = {want} from config.json")
     elif "weight" in tensors and tuple(tensors["weight"].shape) != shape:
-        raise InputError(module, f"weight has shape {tuple(tensors['weight'].shape)}, expected {shape} from config.json")
+        got = tuple(tensors["weight"].shape)
+        raise InputError(module, f"weight has shape {got}, expected {shape} from config.json")
 
 
 class _TiedHead(nn.Module):

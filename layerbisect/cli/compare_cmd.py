@@ -19,7 +19,8 @@ from . import options as o
 def compare(
     ref: Annotated[str, typer.Argument(help="Reference: a GGUF file (any common llama.cpp quant type).")],
     cand: Annotated[
-        str | None, typer.Argument(help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt).")
+        str | None,
+        typer.Argument(help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt)."),
     ] = None,
     prompt: o.Prompt = o.DEFAULT_PROMPT,
     tokens: o.Tokens = None,
@@ -29,7 +30,9 @@ def compare(
     formats: Annotated[str, typer.Option("--formats", help="Comma list of md,html,json,parquet,csv,junit.")] = (
         "md,html,json,parquet"
     ),
-    gate: Annotated[Path | None, typer.Option("--gate", help="Gate thresholds (TOML); default gate otherwise.")] = None,
+    gate: Annotated[
+        Path | None, typer.Option("--gate", help="Gate thresholds (TOML); default gate otherwise.")
+    ] = None,
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="A previous report.json: fail on cosine drops versus it.")
     ] = None,
@@ -67,7 +70,7 @@ def compare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings and the gate verdict.")] = False,
     tokenizer: o.TokenizerPath = None,
 ) -> None:
-    """Compare a candidate with the reference, point by point; write reports; exit 0 pass / 1 gate failed / 2 bad input."""
+    """Compare a candidate with the reference point by point; write reports; exit 0 pass, 1 gate fail, 2 bad input."""
     from ..comparison import gate as gate_mod
     from ..pipeline import CompareOptions
     from ..pipeline import compare as run_compare
@@ -95,20 +98,10 @@ def compare(
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
     )
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from .progress import progress_display
 
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=f"loading {name}", completed=done, total=total)
-
-        def status(msg: str) -> None:
-            bar.update(task, description=msg, completed=0, total=None)
-
+    with progress_display(console) as shown:
+        progress, status = shown.progress, shown.status
         report = run_compare(ref, cand, candidate_dump=candidate_dump, options=opts, progress=progress, status=status)
         if bisect_modules:
             from ..bisect_modules import bisect_report

@@ -42,5 +42,5 @@ Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (e
 DEFAULT_PROMPT = "The capital of France is"
 TokenizerPath = Annotated[
     str | None,
-    typer.Option("--tokenizer", help="A HF tokenizer.json (or a directory with one) instead of the GGUF's vocabulary."),
+    typer.Option("--tokenizer", help="A HF tokenizer.json (or a directory with one) instead of the GGUF vocabulary."),
 ]

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .. import api
 from ..tokenizer import parse_token_ids
 from . import options as o
+from .progress import progress_display
 
 
 def run(
@@ -30,15 +30,8 @@ def run(
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
     console = Console(stderr=True)
     ids = parse_token_ids(tokens) if tokens else None
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("loading", total=None)
-
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=f"dequantizing {name}", completed=done, total=total)
-
+    with progress_display(console, "loading") as shown:
+        progress = shown.progress
         res = api.run_model(
             model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
             options=api.candidate_options(act_quant, nvfp4_act_scale, impl),

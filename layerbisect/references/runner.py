@@ -27,7 +27,6 @@ class ReferenceRunner(ModelRunner):
         self.gguf = None
 
     def _build(self) -> None:
-        from ..tokenizer import tokenizer_from_gguf
 
         self.model, self.gguf = load_reference_model(self.path, device=self.device, progress=self.progress)
         self._tokenizer_reader = self.gguf.reader
