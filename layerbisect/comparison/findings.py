@@ -169,9 +169,18 @@ def detect_first_divergence(cmp: Comparison) -> list[Finding]:
             continue
         if math.isnan(r.min_cosine) or r.min_cosine < t:
             below = cmp.df[(cmp.df["point"] == name) & ~(cmp.df["cosine"] >= t)]
+            # A sub-op whose error the residual stream absorbs (a post-norm of a tiny MLP output, say)
+            # is worth a look, not an alarm: only an error when the layer's output diverges too.
+            res_name = cmp.residual_point(r.layer) if r.layer is not None else None
+            res = cmp.points.get(res_name) if res_name and res_name != name else None
+            absorbed = res is not None and res.full and not math.isnan(res.min_cosine) and res.min_cosine >= t
+            note = (
+                f" The residual stream after layer {r.layer} stays at cosine {res.min_cosine:.4f}: "
+                "the error is absorbed there." if absorbed else ""
+            )
             return [
                 Finding(
-                    "error",
+                    "warning" if absorbed else "error",
                     "first_divergence",
                     f"First divergent point: {name} (cosine {r.min_cosine:.4f} < {t})",
                     point=name,
@@ -181,7 +190,7 @@ def detect_first_divergence(cmp: Comparison) -> list[Finding]:
                     detail=(
                         f"Earliest point in execution order whose per-token cosine falls below {t}: "
                         f"{len(below)}/{r.n_tokens} token(s), worst token {r.worst_token}. "
-                        "Everything before it matched; look at this op's weights, scales and kernel."
+                        "Everything before it matched; look at this op's weights, scales and kernel." + note
                     ),
                     evidence={
                         "min_cosine": r.min_cosine,

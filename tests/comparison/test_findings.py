@@ -160,3 +160,28 @@ def test_sort_findings_severity_then_execution_order():
     assert [f.title for f in sort_findings(fs, order)] == ["d", "c", "e", "b", "a"]
     with pytest.raises(ValueError):
         Finding("fatal", "x", "bad")
+
+
+def test_sub_op_error_absorbed_by_residual_is_a_warning():
+    """A noisy post-norm whose error the residual stream absorbs is flagged, but not as an error."""
+    from layerbisect.capture import Captures
+    from layerbisect.comparison import ModelInfo, compare_captures
+    from layerbisect.comparison.findings import detect_first_divergence
+
+    g = torch.Generator().manual_seed(0)
+    ref, cand = Captures(token_ids=[1, 2, 3, 4]), Captures(token_ids=[1, 2, 3, 4])
+    for name in ("embed", "layers.0.mlp.post_norm", "layers.0.out"):
+        x = torch.randn(4, 32, generator=g)
+        ref.record(name, x)
+        noisy = x + (2.0 if name.endswith("post_norm") else 1e-4) * torch.randn(4, 32, generator=g)
+        cand.record(name, noisy)
+    cmp = compare_captures(ref, cand, ModelInfo(arch="llama", n_layers=1))
+    f = detect_first_divergence(cmp)[0]
+    assert f.point == "layers.0.mlp.post_norm" and f.severity == "warning", f
+    assert "absorbed" in f.detail
+    # the same divergence reaching the residual stream stays an error
+    cand2 = Captures(token_ids=[1, 2, 3, 4])
+    for name in ref.names():
+        cand2.record(name, ref[name] + 2.0 * torch.randn(4, 32, generator=g) if name != "embed" else ref[name])
+    f2 = detect_first_divergence(compare_captures(ref, cand2, ModelInfo(arch="llama", n_layers=1)))[0]
+    assert f2.severity == "error"
