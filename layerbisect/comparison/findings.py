@@ -216,9 +216,13 @@ def detect_norm_blowup(cmp: Comparison) -> list[Finding]:
                     if rows["norm_ratio"].notna().any()
                     else None
                 )
+                res_name = cmp.residual_point(r.layer) if r.layer is not None else None
+                res = cmp.points.get(res_name) if res_name and res_name != name else None
+                # A single token's sub-op ratio that the layer output does not share is noise, not a blow-up.
+                absorbed = res is not None and not math.isnan(res.max_norm_ratio) and res.max_norm_ratio <= t
                 out.append(
                     Finding(
-                        "error",
+                        "warning" if absorbed else "error",
                         "norm_blowup",
                         f"Norm blow-up starts at {name} (‖cand‖/‖ref‖ = {r.max_norm_ratio:.3g})",
                         point=name,
@@ -229,6 +233,11 @@ def detect_norm_blowup(cmp: Comparison) -> list[Finding]:
                             f"First point in execution order whose candidate norm exceeds {t}× the reference "
                             f"(mean over tokens {r.mean_norm_ratio:.3g}). A scale applied twice or a missing norm "
                             "shows up as exactly this."
+                            + (
+                                f" The layer output stays at ratio {res.max_norm_ratio:.3g}: absorbed there."
+                                if absorbed and res is not None
+                                else ""
+                            )
                         ),
                         evidence={
                             "max_norm_ratio": r.max_norm_ratio,
