@@ -54,11 +54,8 @@ def run_demo(
 
 
 def most_divergent_layer(report: Report) -> tuple[int, float] | None:
-    """The layer whose output lost the most residual cosine relative to the layer before it."""
-    lt = report.comparison.layer_table()
-    if lt is None or len(lt) == 0:
-        return None
-    cos = list(lt["residual_mean_cosine"])
-    drops = [(1.0 if i == 0 else cos[i - 1]) - c for i, c in enumerate(cos)]
-    i = max(range(len(drops)), key=lambda k: drops[k])
-    return int(lt["layer"].iloc[i]), float(cos[i])
+    """(layer, residual cosine after it) from the comparator's own most-divergent-layer finding."""
+    for f in report.findings:
+        if f.kind == "most_divergent_layer" and f.layer is not None:
+            return f.layer, float(f.evidence.get("cosine_after", float("nan")))
+    return None
