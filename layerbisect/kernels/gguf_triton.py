@@ -44,6 +44,8 @@ except Exception as e:  # noqa: BLE001 - any import failure means "no Triton"
 
 __all__ = ["SUPPORTED", "TRITON_AVAILABLE", "dequantize_blocks", "usable", "why_not"]
 
+NUM_WARPS = 4  # benchmarks/triton_dequant_sweep.py measures the alternatives
+
 # qtype → (kernel id, block_size, type_size, blocks per program)
 SUPPORTED: dict[QT, tuple[int, int, int, int]] = {
     QT.Q4_0: (0, 32, 18, 64),
@@ -214,6 +216,6 @@ def dequantize_blocks(blocks: torch.Tensor, qtype: QT, out: torch.Tensor | None 
     if n == 0:
         return out
     grid = (triton.cdiv(n, bpp),)
-    extra = {} if _interpret() else {"enable_fp_fusion": False, "num_warps": 4}
+    extra = {} if _interpret() else {"enable_fp_fusion": False, "num_warps": NUM_WARPS}
     _dequant_kernel[grid](blocks, out, n, KIND=kind, BS=bs, TS=ts, BPP=bpp, **extra)
     return out
