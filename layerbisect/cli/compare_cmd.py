@@ -82,6 +82,8 @@ def compare(
     console = Console(stderr=True)
     gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
+    if bisect_modules and stream:
+        raise InputError("--bisect", "swaps modules in a resident model; it cannot run with --stream")
     opts = CompareOptions(
         prompt=prompt,
         tokens=parse_token_ids(tokens) if tokens else None,
@@ -94,7 +96,7 @@ def compare(
         kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
         localize=localize,
         tokenizer=tokenizer,
-        stream=stream,
+        stream=False if bisect_modules else stream,  # the bisect swaps modules in a resident model
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
     )
