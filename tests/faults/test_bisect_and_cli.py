@@ -82,3 +82,21 @@ def test_audit_cli_exit_codes_and_files(llama_nvfp4, fault_root, tmp_path) -> No
     assert r.exit_code == 2
     r = CliRunner().invoke(app, ["audit", str(fault_root / "gemma2.gguf"), str(clean)])
     assert r.exit_code == 2  # not the same model
+
+
+def test_bisect_from_the_cli(llama_nvfp4, fault_root, tmp_path) -> None:
+    """`bisect REF CAND --bisect` as a user runs it: names the module, fails the gate (exit 1)."""
+    from layerbisect.cli.app import app
+
+    ref, clean, ids = llama_nvfp4
+    broken = faults.global_scale_inverted(clean, fault_root / "cli-bisect", module="layers.1.mlp.gate_proj")
+    gate = tmp_path / "gate.toml"
+    gate.write_text("[default]\nmin_cosine = 0.5\nmax_rel_l2 = false\nmax_norm_ratio = 10.0\nmax_saturation = false\n"
+                    "[[rule]]\npattern = \"logits*\"\nmax_kl = false\nmin_top1 = false\n")
+    args = ["compare", str(ref), str(broken), "--tokens", ",".join(map(str, ids)), "-n", "0", "--no-localize",
+            "--bisect", "--gate", str(gate), "--out", str(tmp_path / "rep")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    titles = [f["title"] for f in data["findings"]]
+    assert any(t.startswith("bisect: module layers.1.mlp.gate_proj") for t in titles), titles[:5]
