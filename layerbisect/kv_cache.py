@@ -14,15 +14,15 @@ from typing import Literal
 
 import torch
 
-FP8_MAX = 448.0
+from .kernels.fp8 import FP8_MAX, cast_to_fp8
+
 ScaleSource = Literal["checkpoint", "calibrate", "unit"]
 
 
 def fp8_roundtrip(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """x → E4M3 (saturating, round-to-nearest-even) → FP32, with x ≈ q · scale."""
     s = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
-    q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q.float() * s
+    return cast_to_fp8(x.float() / s).float() * s
 
 
 @dataclass
