@@ -23,5 +23,5 @@ def test_demo_writes_reports_and_names_most_divergent_layer(gemma_gguf, tmp_path
         for name in ("report.md", "report.html", "report.json"):
             assert (out / scheme / name).is_file(), f"{scheme}/{name} missing"
         data = json.loads((out / scheme / "report.json").read_text())
-        assert data["meta"]["demo_scheme"].lower() == scheme
+        assert dict(data["run"]["labels"])["scheme"].lower() == scheme
         assert f"{scheme.upper()}: most divergent layer:" in res.stdout, res.stdout[-2000:]
