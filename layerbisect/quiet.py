@@ -56,7 +56,17 @@ def output_to(log: str | Path) -> Iterator[Path]:
 
 
 def terminal_file(fd: int) -> IO[str]:
-    """A text stream on a duplicate of ``fd`` (1 or 2): still the terminal while ``output_to`` is active."""
+    """A text stream on a duplicate of ``fd`` (1 or 2): still the terminal while ``output_to`` is active.
+
+    When ``sys.stdout``/``sys.stderr`` is not that descriptor (a test runner captured it in memory)
+    it is returned as it is: the capture then sees our output, and no redirection reaches it.
+    """
+    stream = sys.stdout if fd == 1 else sys.stderr
+    try:
+        if stream.fileno() != fd:
+            return stream
+    except (AttributeError, OSError, ValueError):
+        return stream
     return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
 
 

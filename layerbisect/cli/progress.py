@@ -28,34 +28,42 @@ def terminal(stderr: bool = False) -> Console:
 
 @dataclass
 class Reporter:
+    """Two rows of one display: the current step (a pulsing bar), and a loader's count while it runs."""
+
     bar: Progress
-    task: Any
+    step: Any
+    load: Any
     log: Path | None = None
 
     def progress(self, name: str, done: int, total: int) -> None:
         """Loader callback: one tick per tensor or module."""
-        self.bar.update(self.task, description=f"loading {name}", completed=done, total=total)
+        self.bar.update(self.load, description=f"loading {name}", completed=done, total=total,
+                        count=f"{done}/{total}", visible=done < total)  # fmt: skip
 
     def status(self, msg: str) -> None:
-        self.bar.update(self.task, description=msg, completed=0, total=None)
+        self.bar.update(self.step, description=msg)
+        self.bar.update(self.load, visible=False)
 
 
 @contextmanager
 def progress_display(console: Console, first: str = "starting", *, quiet_others: bool = True) -> Iterator[Reporter]:
     """The display; with ``quiet_others`` third-party output goes to a fresh log file meanwhile."""
     log = run_log_path() if quiet_others else None
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:  # fmt: skip
-        rep = Reporter(bar, bar.add_task(first, total=None), log)
-        if log is None:
-            yield rep
-        else:
-            with output_to(log):
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+            TimeElapsedColumn(), console=console, transient=True,
+        ) as bar:  # fmt: skip
+            rep = Reporter(bar, bar.add_task(first, total=None, count=""), bar.add_task("", visible=False, count=""),
+                           log)  # fmt: skip
+            if log is None:
                 yield rep
-    if log is not None:
-        if log.exists() and log.stat().st_size > 0:
-            console.print(f"[dim]third-party output (progress bars, warnings): {log}[/]", highlight=False)
-        elif log.exists():
-            log.unlink()
+            else:
+                with output_to(log):
+                    yield rep
+    finally:  # also after an error: its cause may be in the log
+        if log is not None and log.exists():
+            if log.stat().st_size > 0:
+                console.print(f"[dim]third-party output (progress bars, warnings): {log}[/]", highlight=False)
+            else:
+                log.unlink()

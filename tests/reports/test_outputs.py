@@ -72,8 +72,8 @@ def make_report(bug: str = "nan") -> Report:
     rep = Report(compare_captures(ref, cand, info), record=make_record())
     rep.add_finding(Finding("error", "culprit", "Weight scale of layers.2.mlp.down_proj is 1e4× off",
                             point="layers.2.mlp.down", layer=2, op="mlp.down", evidence={"scale": 1e4}))  # fmt: skip
-    rep.add_section(Section.from_records("local-vs-accumulated-extra", "Local vs accumulated (extra)",
-                                         pd.DataFrame({"layer": [0, 1], "local_cos": [0.999, 0.5]}).to_dict("records")))
+    rows = pd.DataFrame({"layer": [0, 1], "local_cos": [0.999, 0.5]}).to_dict("records")
+    rep.add_section(Section.from_records("local-vs-accumulated-extra", "Local vs accumulated (extra)", rows))
     return rep
 
 
