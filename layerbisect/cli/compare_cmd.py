@@ -118,7 +118,7 @@ def compare(
         junit_mod.write_step_summary(report, gate=result)
     out = terminal()
     report_view.render(report, out, gate=result) if not quiet else _quiet(out, report, result)
-    out.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False)
+    out.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 

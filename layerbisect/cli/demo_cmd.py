@@ -45,4 +45,4 @@ def demo(
         mdl = most_divergent_layer(report)
         if mdl:
             con.print(f"[bold]{scheme}: most divergent layer: {mdl[0]}[/] (residual cosine {mdl[1]:.5f})")
-        con.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False)
+        con.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

@@ -53,6 +53,8 @@ def progress_display(console: Console, first: str = "starting", *, quiet_others:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
             TimeElapsedColumn(), console=console, transient=True,
+            # rich would route sys.stdout/sys.stderr writes (tqdm's bars) above the display: they go to the log
+            redirect_stdout=False, redirect_stderr=False,
         ) as bar:  # fmt: skip
             rep = Reporter(bar, bar.add_task(first, total=None, count=""), bar.add_task("", visible=False, count=""),
                            log)  # fmt: skip
@@ -64,6 +66,7 @@ def progress_display(console: Console, first: str = "starting", *, quiet_others:
     finally:  # also after an error: its cause may be in the log
         if log is not None and log.exists():
             if log.stat().st_size > 0:
-                console.print(f"[dim]third-party output (progress bars, warnings): {log}[/]", highlight=False)
+                console.print(f"[dim]third-party output (progress bars, warnings): {log}[/]", highlight=False,
+                              soft_wrap=True)  # a path cut in two cannot be pasted
             else:
                 log.unlink()

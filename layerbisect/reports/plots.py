@@ -37,10 +37,10 @@ AXIS = {"showline": True, "linecolor": "#999", "gridcolor": "#eee", "zeroline": 
 BASE_LAYOUT = {
     "template": "none",
     "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
-    "height": 360,
+    "height": 440,
     "margin": {"l": 70, "r": 20, "t": 44, "b": 50},
     "hovermode": "closest",
-    "legend": {"orientation": "v", "x": 1.02, "y": 1, "font": {"size": 11}},
+    "legend": {"orientation": "h", "x": 0, "y": -0.18, "yanchor": "top", "font": {"size": 11}},
     "paper_bgcolor": "#fff",
     "plot_bgcolor": "#fff",
 }
@@ -162,7 +162,8 @@ def depth_plots(report: Report) -> dict[str, dict[str, Any]]:
         ticks = ([-1] if "embed" in cmp.points else []) + layers[:: max(1, math.ceil(len(layers) / 24))]
         fig.update_layout(_layout(
             title, "layer", y_title,
-            xaxis={"tickmode": "array", "tickvals": ticks, "ticktext": ["embed" if v < 0 else str(v) for v in ticks]},
+            xaxis={"tickmode": "array", "tickvals": ticks, "ticktext": ["embed" if v < 0 else str(v) for v in ticks],
+                   "tickangle": 0},
             yaxis={"type": "log" if log else "linear", "exponentformat": "power"},
             yaxis2={"overlaying": "y", "range": [0, 1.05], "visible": False, "fixedrange": True},
             shapes=shapes, annotations=notes,
@@ -220,8 +221,18 @@ def _heat_z(cos: float) -> float:
     return max(math.log10(max(1.0 - cos, 10**HEAT_MIN_LOG)), HEAT_MIN_LOG)
 
 
-def _colorbar() -> dict[str, Any]:
-    vals = list(range(int(HEAT_MIN_LOG), 1))
+def _z_range(z: list[list[float | None]]) -> tuple[float, float]:
+    """The decades the data spans (at least two), so a run whose every cosine sits near 0.99 still shows contrast."""
+    vals = [v for row in z for v in row if v is not None]
+    if not vals:
+        return HEAT_MIN_LOG, 0.0
+    lo, hi = math.floor(min(vals)), math.ceil(max(vals))
+    lo = max(min(lo, hi - 2), HEAT_MIN_LOG)
+    return float(lo), float(min(max(hi, lo + 2), 0))
+
+
+def _colorbar(lo: float, hi: float) -> dict[str, Any]:
+    vals = list(range(int(lo), int(hi) + 1))
     return {"title": {"text": "1 − cos"}, "tickvals": vals, "ticktext": [f"1e{v}" if v else "1" for v in vals]}
 
 
@@ -249,9 +260,10 @@ def heatmap_ops(report: Report) -> dict[str, dict[str, Any]]:
             cr.append([i, r.point, fmt_hover(r.min_cosine), fmt_hover(r.max_rel_l2), fmt_hover(r.max_norm_ratio), nf])
         z.append(zr)
         custom.append(cr)
+    lo, hi = _z_range(z)
     fig = go.Figure(go.Heatmap(
-        z=z, x=ops, y=layers, customdata=custom, colorscale="YlOrRd", zmin=HEAT_MIN_LOG, zmax=0,
-        colorbar=_colorbar(), hoverongaps=False, xgap=1, ygap=1,
+        z=z, x=ops, y=layers, customdata=custom, colorscale="YlOrRd", zmin=lo, zmax=hi,
+        colorbar=_colorbar(lo, hi), hoverongaps=False, xgap=1, ygap=1,
         hovertemplate="<b>%{customdata[1]}</b><br>min cosine %{customdata[2]}<br>max rel err %{customdata[3]}"
                       "<br>max norm ratio %{customdata[4]}<br>%{customdata[5]}<extra></extra>",
     ))  # fmt: skip
@@ -288,9 +300,10 @@ def heatmap_tokens(report: Report) -> dict[str, dict[str, Any]]:
         custom.append(cr)
     n_prompt = report.record.tokens.n_prompt if report.record.tokens is not None else None
     x_labels = [_tok_label(report, j) for j in cols]
+    lo, hi = _z_range(z)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(len(cols))), y=layers, customdata=custom, colorscale="YlOrRd", zmin=HEAT_MIN_LOG,
-        zmax=0, colorbar=_colorbar(), xgap=1, ygap=1,
+        z=z, x=list(range(len(cols))), y=layers, customdata=custom, colorscale="YlOrRd", zmin=lo,
+        zmax=hi, colorbar=_colorbar(lo, hi), xgap=1, ygap=1,
         hovertemplate="<b>layer %{customdata[0]}</b> · token %{customdata[1]}<br>cosine %{customdata[2]}"
                       "<br>rel err %{customdata[3]}<br>norm ratio %{customdata[4]}<extra></extra>",
     ))  # fmt: skip
@@ -330,7 +343,8 @@ def saturation_plots(report: Report) -> dict[str, dict[str, Any]]:
         shapes, notes = _threshold(limit, "max_saturation")
         fig.update_layout(_layout(f"Final softcap saturation per token (share of vocab at |y| ≥ 0.99·{s.cap:g})",
                                   "token", "share at the wall", barmode="group", shapes=shapes,
-                                  annotations=notes, xaxis={"tickangle": -40}))  # fmt: skip
+                                  annotations=notes, xaxis={"tickangle": -40},
+                                  margin={"l": 70, "r": 20, "t": 44, "b": 150}))  # fmt: skip
         out["plot-saturation"] = _spec(fig)
     attn = [s for s in cmp.saturation if s.kind == "attention"]
     if attn:
@@ -370,7 +384,8 @@ def logits_plot(report: Report) -> dict[str, dict[str, Any]]:
     shapes, notes = _threshold(limit, "max_kl")
     fig.update_layout(_layout("Logits: KL(ref‖cand) per position (red: top-1 differs)", "position (next token "
                               "predicted after it)", "KL (nats)", shapes=shapes, annotations=notes,
-                              xaxis={"tickangle": -40}, showlegend=False))  # fmt: skip
+                              xaxis={"tickangle": -40}, showlegend=False, height=400,
+                              margin={"l": 70, "r": 20, "t": 44, "b": 120}))  # fmt: skip
     return {"plot-logits": _spec(fig)}
 
 
