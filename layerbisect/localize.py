@@ -23,16 +23,8 @@ from .capture import Captures, op_of
 from .comparison import Finding, Report
 from .comparison.metrics import cosine, rel_l2
 from .comparison.record import Localization
+from .graph.probe import linear_inputs
 from .runner import ModelRunner
-
-LINEAR_INPUTS = {
-    "attn.q_proj": "attn_norm",
-    "attn.k_proj": "attn_norm",
-    "attn.v_proj": "attn_norm",
-    "attn.o_proj": "attn.out",
-    "mlp.gate_proj": "mlp_norm",
-    "mlp.up_proj": "mlp_norm",
-}
 
 
 def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
@@ -80,23 +72,19 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
 
 @torch.no_grad()
 def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: ModelRunner) -> list[dict]:
-    """Each candidate linear on the reference's input of that linear, against the reference linear."""
+    """Each candidate linear on the reference's input of that linear, against the reference linear.
+
+    The inputs come from running each reference layer on its captured input with hooks on its
+    linears (``graph.probe.linear_inputs``): MoE experts get the tokens routed to them.
+    """
     rm, cm = ref_runner.model, cand_runner.model
     assert rm is not None and cm is not None
-    act = cm.layers[0].mlp.act
     rows = []
     for i in range(cm.cfg.n_layers):
-        for op, src in (*LINEAR_INPUTS.items(), ("mlp.down_proj", None)):
-            if src is None:
-                g, u = ref_caps.tensors.get(f"layers.{i}.mlp.gate"), ref_caps.tensors.get(f"layers.{i}.mlp.up")
-                if g is None or u is None:
-                    continue
-                x = act(g) * u
-            else:
-                x = ref_caps.tensors.get(f"layers.{i}.{src}")
-                if x is None:
-                    continue
-            name = f"layers.{i}.{op}"
+        x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
+        if x_in is None:
+            continue
+        for name, x in linear_inputs(rm, i, x_in).items():
             r_lin, c_lin = _get(rm, name), _get(cm, name)
             y_ref = r_lin(x.to(rm.device)).float().cpu()
             y_cand = c_lin(x.to(cm.device)).float().cpu()
@@ -109,11 +97,12 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
                 {
                     "module": name,
                     "layer": i,
-                    "op": op,
+                    "op": name.split(".", 2)[2],
                     "cosine": cmin,
                     "rel_l2": rmax,
                     "alpha": alpha,
                     "nonfinite": nonfinite,
+                    "rows": int(x.shape[0]),
                     "scheme": getattr(getattr(c_lin, "scheme", None), "weight", "dense"),
                 }
             )

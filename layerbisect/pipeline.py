@@ -73,11 +73,12 @@ def _tokenizer_fingerprint(runner: ModelRunner) -> str | None:
 
 def model_info(runner: ModelRunner) -> ModelInfo:
     c = runner.config
+    caps = [m.softcap for m in (ls.mixer for ls in c.layers) if getattr(m, "softcap", None) is not None]
     return ModelInfo(
         arch=c.arch,
         n_layers=c.n_layers,
         final_softcap=c.final_softcap,
-        attn_softcap=c.attn_softcap,
+        attn_softcap=caps[0] if caps else None,
         vocab_size=c.vocab_size,
     )
 
@@ -132,7 +133,7 @@ def compare(
             share,
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
-        _check_same_model(ref_runner, cand_runner)
+        check_same_model(ref_runner, cand_runner)
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -212,7 +213,7 @@ def compare(
             str(cand if cand is not None else candidate_dump),
             "checkpoint" if cand is not None else "engine dump",
         ),
-        model=ModelSummary.from_config(ref_runner.config),
+        model=ModelSummary.from_spec(ref_runner.config),
         tokens=Tokens(
             ids=tuple(ids),
             strings=tuple(tok.token_strings(ids)) if tok is not None else tuple(str(i) for i in ids),
@@ -291,12 +292,13 @@ def _peak_memory() -> dict[str, int]:
     return out
 
 
-def _check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
-    a, b = ref.config, cand.config
-    fields = ("arch", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size")
-    diff = [f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)]
+def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
+    """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
+    a, b = ref.config.shape_signature(), cand.config.shape_signature()
+    diff = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
     if diff:
-        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff)})")
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")
 
 
 def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from .capture import Captures, Selector
-from .config import ModelConfig
-from .model import Decoder, KVCache
+from .graph import Decoder, KVCache
+from .spec import ModelSpec
 
 
 class ModelRunner:
@@ -74,7 +74,7 @@ class ModelRunner:
         self.deactivate()
 
     @property
-    def config(self) -> ModelConfig:
+    def config(self) -> ModelSpec:
         assert self.model is not None, "runner not activated"
         return self.model.cfg
 

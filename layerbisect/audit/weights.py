@@ -17,7 +17,7 @@ Design notes
   A uniform α ≠ 1 on dense tensors (norm gains) with no scale to explain it is reported as
   ``double_scale`` when it repeats across tensors (a factor applied again), else ``scale_mismatch``.
 - Low cosine is a layout question: the audit tries the candidate transposed, Q/K rows
-  permuted for rope either way (``config.permute_qk``), FP4 nibbles swapped; the first that
+  permuted for rope either way (``families.base.permute_qk``), FP4 nibbles swapped; the first that
   restores the cosine names the cause (``transposed``, ``layout_permutation``, ``nibble_order``).
 - Inventory: tensors on one side only. The reference loader refuses unmapped GGUF tensors;
   the candidate loader fills missing norms with the identity and lists them (``load_notes``),
@@ -196,11 +196,11 @@ class WeightAudit:
             report.add_finding(f)
 
 
-def _kind_op(name: str) -> tuple[str, int | None, str | None]:
+def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:
     parts = name.split(".")
     if parts[0] == "layers":
         op = ".".join(parts[2:-1])
-        return ("linear" if op.endswith("_proj") else "norm"), int(parts[1]), op
+        return ("linear" if name.rsplit(".", 1)[0] in linears else "norm"), int(parts[1]), op
     if name.startswith("embed"):
         return "embedding", None, "embed"
     if name.startswith("lm_head"):
@@ -211,7 +211,6 @@ def _kind_op(name: str) -> tuple[str, int | None, str | None]:
 def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
     """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint)."""
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
-    from ..config import permute_qk
 
     rm, cm = ref_runner.model, cand_runner.model
     ref_sd = rm.state_dict()
@@ -223,7 +222,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
     for name, r in ref_sd.items():
         if name == "lm_head.weight" and cfg.tied_embeddings:
             continue
-        kind, layer, op = _kind_op(name)
+        kind, layer, op = _kind_op(name, lins)
         module = name.rsplit(".", 1)[0]
         lin = lins.get(module)
         if lin is not None:
@@ -255,7 +254,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             continue
         if row.cosine < COS_OK:
             row.status = "fault"
-            row.cause, row.note, restored = _layout(name, r, c, lin, cfg, permute_qk, NVFP4Linear)
+            row.cause, row.note, restored = _layout(name, r, c, lin, cfg, NVFP4Linear)
             row.evidence["restored_cosine"] = restored
             continue
         scale, conv = _stored_scale(lin, FP8Linear, NVFP4Linear)
@@ -302,15 +301,16 @@ def _repeated_dense_scale(rows: list[TensorAudit]) -> None:
                       "dense tensors: a scale applied again (e.g. absorbed scales re-applied)")
 
 
-def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any, permute_qk: Any,
+def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
             nv_cls: type) -> tuple[str, str, float]:
     tries: list[tuple[str, str, torch.Tensor]] = []
     if r.ndim == 2 and tuple(c.T.shape) == tuple(r.shape):
         tries.append(("transposed", "candidate is the reference transposed", c.T))
     if name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
-        heads = cfg.n_heads if ".q_proj" in name else cfg.n_kv_heads
+        attn = cfg.layers[int(name.split(".")[1])].mixer
+        heads = attn.n_heads if ".q_proj" in name else attn.n_kv_heads
         if r.shape[0] % (2 * heads) == 0:
-            from ..config import qk_permutation
+            from ..families.base import qk_permutation
 
             perm = qk_permutation(heads, r.shape[0] // heads)
             inv = torch.argsort(perm)
@@ -344,9 +344,9 @@ def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> 
         raise InputError(cand, "the candidate must be a checkpoint directory")
     ref_runner.activate()
     cand_runner.activate()
-    from ..pipeline import _check_same_model
+    from ..pipeline import check_same_model
 
-    _check_same_model(ref_runner, cand_runner)
+    check_same_model(ref_runner, cand_runner)
     return audit_runners(ref_runner, cand_runner)
 
 

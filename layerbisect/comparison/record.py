@@ -37,24 +37,73 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class LayerKind:
+    kind: str  # LayerSpec.kind, e.g. "attention(sliding)+dense"
+    layers: int
+
+
+@dataclass(frozen=True)
 class ModelSummary:
-    """The shared shape of both models (the pipeline refuses a candidate of another shape)."""
+    """The shared shape of both models (the pipeline refuses a candidate of another shape).
+
+    Per-layer sizes that differ between layers are listed as their distinct values ("4, 8").
+    """
 
     arch: str
     n_layers: int
+    family: str = ""
     d_model: int | None = None
-    n_heads: int | None = None
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
-    d_ff: int | None = None
     vocab_size: int | None = None
+    attention: str = ""  # e.g. "heads 4, kv heads 1, head_dim 256"
+    ffn: str = ""  # e.g. "dense d_ff 2048" or "moe 64 experts × d_ff 1408, top-8"
+    layer_kinds: tuple[LayerKind, ...] = ()
     final_softcap: float | None = None
-    attn_softcap: float | None = None
 
     @classmethod
-    def from_config(cls, c: Any) -> ModelSummary:
-        kw = {f.name: getattr(c, f.name, None) for f in dataclasses.fields(cls)}
-        return cls(**{k: (v if isinstance(v, (int, float, str)) or v is None else None) for k, v in kw.items()})
+    def from_spec(cls, spec: Any) -> ModelSummary:
+        """From a ``spec.ModelSpec`` (per-layer mixer and FFN specs)."""
+        layers = list(getattr(spec, "layers", ()) or ())
+        mixers = [ls.mixer for ls in layers]
+        ffns = [ls.ffn for ls in layers]
+
+        def distinct(objs: list[Any], name: str) -> str:
+            vals = list(dict.fromkeys(getattr(o, name) for o in objs if getattr(o, name, None) is not None))
+            return ", ".join(str(v) for v in vals)
+
+        att = ", ".join(
+            f"{label} {v}"
+            for label, v in (
+                ("heads", distinct(mixers, "n_heads")),
+                ("kv heads", distinct(mixers, "n_kv_heads")),
+                ("head_dim", distinct(mixers, "head_dim")),
+                ("softcap", distinct(mixers, "softcap")),
+            )
+            if v
+        )
+        ffn_parts = []
+        dense = [f for f in ffns if getattr(f, "kind", "") == "dense"]
+        moe = [f for f in ffns if getattr(f, "kind", "") == "moe"]
+        if dense:
+            ffn_parts.append(f"dense d_ff {distinct(dense, 'd_ff')}")
+        if moe:
+            top_k = ", ".join(str(k) for k in dict.fromkeys(f.router.top_k for f in moe))
+            ffn_parts.append(f"moe {distinct(moe, 'n_experts')} experts × d_ff {distinct(moe, 'd_ff_expert')}, "
+                             f"top-{top_k}")  # fmt: skip
+        kinds: dict[str, int] = {}
+        for ls in layers:
+            k = str(getattr(ls, "kind", ""))
+            kinds[k] = kinds.get(k, 0) + 1
+        return cls(
+            arch=str(getattr(spec, "arch", "")),
+            n_layers=len(layers) if layers else int(getattr(spec, "n_layers", 0)),
+            family=str(getattr(spec, "family", "")),
+            d_model=getattr(spec, "d_model", None),
+            vocab_size=getattr(spec, "vocab_size", None),
+            attention=att,
+            ffn="; ".join(ffn_parts),
+            layer_kinds=tuple(LayerKind(k, n) for k, n in kinds.items()),
+            final_softcap=getattr(spec, "final_softcap", None),
+        )
 
 
 @dataclass(frozen=True)
@@ -429,6 +478,7 @@ __all__ = [
     "Column",
     "Continuation",
     "Continuations",
+    "LayerKind",
     "LayerLocal",
     "Localization",
     "MemoryMode",

@@ -95,20 +95,16 @@ def run_rows(report: Report, *, full: bool = True) -> list[tuple[str, str]]:
         rows.append((f"candidate ({r.paths.candidate_kind})", r.paths.candidate))
     m = r.model
     if m is not None:
-        shape = ", ".join(
-            f"{label} {v}"
-            for label, v in (
-                ("layers", m.n_layers),
-                ("d_model", m.d_model),
-                ("heads", m.n_heads),
-                ("kv heads", m.n_kv_heads),
-                ("head_dim", m.head_dim),
-                ("d_ff", m.d_ff),
-                ("vocab", m.vocab_size),
-            )
-            if v is not None
-        )
-        rows.append(("model", f"{m.arch}: {shape}"))
+        sizes = ", ".join(f"{label} {v}" for label, v in (("layers", m.n_layers), ("d_model", m.d_model),
+                                                          ("vocab", m.vocab_size)) if v is not None)  # fmt: skip
+        rows.append(("model", f"{m.arch}" + (f" ({m.family})" if m.family and m.family != m.arch else "")
+                     + f": {sizes}"))  # fmt: skip
+        if m.attention:
+            rows.append(("attention", m.attention))
+        if m.ffn:
+            rows.append(("FFN", m.ffn))
+        if len(m.layer_kinds) > 1:
+            rows.append(("layer kinds", ", ".join(f"{k.kind} ×{k.layers}" for k in m.layer_kinds)))
     else:
         rows.append(("model", f"{cmp.info.arch}: layers {cmp.info.n_layers}"))
     if cmp.info.final_softcap:
