@@ -161,8 +161,8 @@ def test_no_dict_reprs_in_markdown_or_html():
     rep.add_finding(Finding("critical", "weight_audit", "nested evidence", layer=1,
                             evidence={"first": {"name": "x", "cos": 0.5}, "rows": [{"a": 1}], "n": 3}))  # fmt: skip
     rep.add_section("Routing agreement", [{"layer": 1, "expert_overlap": 0.75, "module": "layers.1.mlp.router"}])
-    md, page = markdown.render(rep), html.render(rep)
-    for name, text in (("report.md", md), ("report.html", _visible(page))):
+    md, page, term = markdown.render(rep), html.render(rep), terminal.render_text(rep, width=200)
+    for name, text in (("report.md", md), ("report.html", _visible(page)), ("terminal", term)):
         m = DICT_REPR.search(text)
         assert m is None, f"{name} shows a Python container repr: ...{text[max(0, m.start() - 80) : m.end() + 80]}..."
     assert "Routing agreement" in md and "layers.1.mlp.router" in md and "0.75" in md
@@ -188,7 +188,8 @@ def test_terminal_fits_80_columns_and_never_cuts_names():
     txt = terminal.render_text(rep, width=80)
     long = [line for line in txt.splitlines() if len(line) > 80]
     assert not long, long[:3]
-    for name in ("layers.3.mlp.down_proj", "layers.2.mlp.down_proj.weight", "attn_residual"):
+    ops = [o for o in rep.comparison.layer_table()["worst_op"] if o]
+    for name in ("layers.3.mlp.down_proj", "layers.2.mlp.down_proj.weight", *ops):
         assert name in txt, f"{name} missing or cut in the 80-column terminal report"
     assert not re.search(r"layers\.…|\w…\s", txt), "a name or header was cut with an ellipsis"
     for header in ("cos min", "norm ratio", "rel err", "worst op", "NaN/Inf"):
