@@ -132,6 +132,12 @@ class Report:
             else:
                 rows = data.to_dict(orient="records") if isinstance(data, pd.DataFrame) else list(data or [])
                 section = Section.from_records(key, section, rows, note=note)
+        taken = {s.key for s in self.sections}
+        if section.key in taken:  # keys are HTML ids and JSON keys: unique
+            n = 2
+            while f"{section.key}-{n}" in taken:
+                n += 1
+            section = dataclasses.replace(section, key=f"{section.key}-{n}")
         self.put(extra=(*self.record.extra, section))
         return section
 
