@@ -222,18 +222,23 @@ def _heat_z(cos: float) -> float:
 
 
 def _z_range(z: list[list[float | None]]) -> tuple[float, float]:
-    """The decades the data spans (at least two), so a run whose every cosine sits near 0.99 still shows contrast."""
-    vals = [v for row in z for v in row if v is not None]
+    """The decades the bulk of the data spans (5th percentile up; at least two decades): contrast where the cells are.
+
+    Cells below the range take its lightest colour (the colour bar says "≤"); hover gives every exact value.
+    """
+    vals = sorted(v for row in z for v in row if v is not None)
     if not vals:
         return HEAT_MIN_LOG, 0.0
-    lo, hi = math.floor(min(vals)), math.ceil(max(vals))
+    lo, hi = math.floor(vals[len(vals) // 20]), math.ceil(vals[-1])
     lo = max(min(lo, hi - 2), HEAT_MIN_LOG)
     return float(lo), float(min(max(hi, lo + 2), 0))
 
 
 def _colorbar(lo: float, hi: float) -> dict[str, Any]:
     vals = list(range(int(lo), int(hi) + 1))
-    return {"title": {"text": "1 − cos"}, "tickvals": vals, "ticktext": [f"1e{v}" if v else "1" for v in vals]}
+    text = [f"1e{v}" if v else "1" for v in vals]
+    text[0] = "≤" + text[0]
+    return {"title": {"text": "1 − cos"}, "tickvals": vals, "ticktext": text}
 
 
 def heatmap_ops(report: Report) -> dict[str, dict[str, Any]]:
