@@ -21,7 +21,7 @@ import torch
 from .capture import Captures
 from .comparison import Finding, ModelInfo, Report, Thresholds, compare_captures
 from .errors import InputError
-from .runner import ModelRunner
+from .runner import ModelRunner, check_same_model
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -266,15 +266,6 @@ def _peak_memory() -> dict[str, Any]:
         for i in range(torch.cuda.device_count()):
             out[f"cuda:{i}_bytes"] = int(torch.cuda.max_memory_allocated(i))
     return out
-
-
-def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
-    """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
-    a, b = ref.config.shape_signature(), cand.config.shape_signature()
-    diff = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
-    if diff:
-        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")
 
 
 def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:

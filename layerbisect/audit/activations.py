@@ -140,6 +140,8 @@ def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_ru
     out = findings_from_rows(rows, "act_scale_overflow") + findings_from_rows(kv, "kv_cache_scale")
     for f in out:
         report.add_finding(f)
+    # which modules' inputs clip: their output is smaller than the reference's for that reason alone
+    report.meta["clipped_inputs"] = {r["module"]: r["ratio"] for r in rows if r["ratio"] > 1.0}
     if rows or kv:
         report.add_section(
             "Static scale headroom (reference activations vs what each static scale can represent)",
