@@ -172,7 +172,10 @@ def load_dump(
         meta["row_positions"] = row_positions
     if qk_layout == "hf":
         _permute_qk(tensors, config, meta)
-    return Captures(tensors=tensors, token_ids=[tokens.get(p, -1) for p in positions], meta=meta)
+    # A dump without any token ids (SGLang's per-pass dump of a model not given a ForwardBatch) has none:
+    # the comparison then takes the ids from --tokens / the prompt.
+    ids = [tokens.get(p, -1) for p in positions] if tokens else []
+    return Captures(tensors=tensors, token_ids=ids, meta=meta)
 
 
 def _read_ours(

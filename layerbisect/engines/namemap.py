@@ -29,7 +29,8 @@ Format::
 
 Key placeholders: ``{i}`` is the layer; ``{i+K}`` / ``{i-K}`` when the number in the module
 name is the layer plus K (TensorRT-LLM's call counters put decoder layer i at call i+2 of the
-model); ``{*}`` any number (a call counter the map does not care about). Canonical names take
+model); ``{*}`` any one name part (letters, digits, ``_``: a call counter or class name the map
+does not care about). Canonical names take
 ``{i}``, ``{i-1}`` (SGLang's ``model.layers.{i}.input_layernorm`` returns the *previous* layer's
 output as its residual; an entry whose layer falls outside the model is dropped) and ``{last}``
 (``model.norm``'s residual is the last layer's output). Keys are tried in file
@@ -82,13 +83,13 @@ _PLACEHOLDER = re.compile(r"\{(i(?:[+-]\d+)?|\*)\}")
 
 
 def _key_pattern(key: str) -> tuple[re.Pattern[str], int | None]:
-    """Compile a map key: literal text, ``{i}``/``{i+K}``/``{i-K}`` (the layer, offset K) and ``{*}``."""
+    """Compile a map key: literal text, ``{i}``/``{i+K}``/``{i-K}`` (the layer, offset K), ``{*}`` (one name part)."""
     out, pos, offset = [], 0, None
     for m in _PLACEHOLDER.finditer(key):
         out.append(re.escape(key[pos : m.start()]))
         tok = m.group(1)
         if tok == "*":
-            out.append(r"\d+")
+            out.append(r"[A-Za-z0-9_]+")
         elif offset is not None:
             raise InputError(f"name map key {key!r}", "the layer placeholder {i} may appear only once")
         else:
@@ -225,7 +226,8 @@ class NameMap:
         """The binding for one engine module name, or None when the map does not use it.
 
         ``n_layers`` resolves ``{last}`` in canonical names; without it those entries are left out.
-        A key whose layer offset puts the entry's layer below 0 does not bind.
+        A key whose layer falls outside the model (below 0, or ``n_layers`` and above) does not
+        bind, and the next key is tried.
         """
         m_name = self.canonical_module_name(module)
         for pat, offset, key in self._patterns:
@@ -234,7 +236,7 @@ class NameMap:
                 continue
             layer = int(m.group("i")) - offset if offset is not None else None
             if layer is not None and (layer < 0 or (n_layers is not None and layer >= n_layers)):
-                return None
+                continue  # not a layer of this model: a later, more general key may still match
             ents = []
             for e in self.entries[key]:
                 name = _resolve_name(e.name, layer, n_layers)
