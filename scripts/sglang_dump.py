@@ -38,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
-
     from sglang.srt.debug_utils import dumper as dumper_mod
     from sglang.srt.debug_utils.tensor_dump_forward_hook import register_forward_hook_for_model
+    from transformers import AutoModelForCausalLM
 
     out = Path(args.out)
     model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=getattr(torch, args.dtype)).eval()

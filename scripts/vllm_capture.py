@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--name-map", default="auto", help="built-in map name or TOML (default: auto → vllm_llama)")
     ap.add_argument("--select", default="*", help="comma-separated canonical-name globs")
+    ap.add_argument("--modules-out", help="also write the model's module names (name, class per line) here")
     args = ap.parse_args(argv)
 
     import torch
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = llm.llm_engine.model_executor.driver_worker
     model = getattr(worker, "worker", worker).model_runner.model
 
+    if args.modules_out:
+        lines = [f"# {type(model).__qualname__} from vllm {__import__('vllm').__version__} ({args.checkpoint})"]
+        lines += [f"{n}\t{type(m).__name__}" for n, m in model.named_modules()]
+        Path(args.modules_out).write_text("\n".join(lines) + "\n")
     if args.tokens:
         ids = [int(t) for t in args.tokens.split(",")]
     else:

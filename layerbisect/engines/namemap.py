@@ -267,8 +267,7 @@ class NameMap:
         """Every canonical name the map can produce for an n-layer model (after splits)."""
         out: list[str] = []
         for _pat, offset, key in self._patterns:
-            k = offset or 0
-            layers: list[int | None] = list(range(max(0, -k), n_layers - max(k, 0))) if offset is not None else [None]
+            layers: list[int | None] = list(range(n_layers)) if offset is not None else [None]
             for e in self.entries[key]:
                 for i in layers:
                     name = _resolve_name(e.name, i, n_layers)
