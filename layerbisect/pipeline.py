@@ -21,7 +21,7 @@ import torch
 from .capture import Captures
 from .comparison import Finding, ModelInfo, Report, Thresholds, compare_captures
 from .errors import InputError
-from .runner import ModelRunner
+from .runner import ModelRunner, check_same_model
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -61,11 +61,12 @@ def _tokenizer_fingerprint(runner: ModelRunner) -> str | None:
 
 def model_info(runner: ModelRunner) -> ModelInfo:
     c = runner.config
+    caps = [m.softcap for m in (ls.mixer for ls in c.layers) if getattr(m, "softcap", None) is not None]
     return ModelInfo(
         arch=c.arch,
         n_layers=c.n_layers,
         final_softcap=c.final_softcap,
-        attn_softcap=c.attn_softcap,
+        attn_softcap=caps[0] if caps else None,
         vocab_size=c.vocab_size,
     )
 
@@ -125,7 +126,7 @@ def compare(
             share,
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
-        _check_same_model(ref_runner, cand_runner)
+        check_same_model(ref_runner, cand_runner)
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -317,14 +318,6 @@ def _peak_memory() -> dict[str, Any]:
         for i in range(torch.cuda.device_count()):
             out[f"cuda:{i}_bytes"] = int(torch.cuda.max_memory_allocated(i))
     return out
-
-
-def _check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
-    a, b = ref.config, cand.config
-    fields = ("arch", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size")
-    diff = [f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)]
-    if diff:
-        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff)})")
 
 
 def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:

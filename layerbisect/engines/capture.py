@@ -470,12 +470,12 @@ class ActivationCapture:
 
     def unreachable(self) -> list[str]:
         """Canonical points of this architecture the map cannot capture (compare the rest)."""
+        from layerbisect.families import spec_from_hf
+        from layerbisect.graph import capture_points
+
         cfg = getattr(self.model, "config", None)
-        cfg = getattr(cfg, "text_config", None) or cfg
-        n = int(getattr(cfg, "num_hidden_layers", 0) or 0)
-        softcap = getattr(cfg, "attn_logit_softcapping", None) is not None
-        sandwich = any(".post_norm" in e.name for b in self.bindings for e in b.entries)
-        return self.name_map.unreachable(n, attn_softcap=softcap, sandwich=sandwich)
+        spec = spec_from_hf(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {}), path="model.config")
+        return self.name_map.unreachable(capture_points(spec))
 
     @property
     def bytes_per_token(self) -> int:

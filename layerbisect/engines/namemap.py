@@ -68,7 +68,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from layerbisect.capture import all_point_names
+from layerbisect.capture import layer_of
 from layerbisect.errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -277,10 +277,11 @@ class NameMap:
                     out.extend([p for p in rule.into if p] if rule else [name])
         return out
 
-    def unreachable(self, n_layers: int, *, attn_softcap: bool = False, sandwich: bool = False) -> list[str]:
-        """Canonical points of the architecture this map cannot capture (execution order)."""
+    def unreachable(self, points: Sequence[str]) -> list[str]:
+        """Which of a model's capture ``points`` (``graph.capture_points(spec)``) this map cannot capture, in order."""
+        n_layers = 1 + max((layer_of(p) for p in points if layer_of(p) is not None), default=-1)
         have = set(self.targets(n_layers))
-        return [n for n in all_point_names(n_layers, attn_softcap=attn_softcap, sandwich=sandwich) if n not in have]
+        return [n for n in points if n not in have]
 
 
 _NAME_LAYER = re.compile(r"\{i([+-]\d+)?\}")

@@ -9,12 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from layerbisect.capture import all_point_names
 from layerbisect.engines import capture_activations, load_dump
 from layerbisect.engines.namemap import NameMap, builtin_maps, resolve_name_map
 from layerbisect.errors import InputError
+from layerbisect.graph import capture_points  # noqa: E402
+from layerbisect.spec import AttentionSpec, DenseFFNSpec, LayerSpec, ModelSpec, NormsSpec, Rope  # noqa: E402
 
-CANONICAL = set(all_point_names(4, attn_softcap=True, sandwich=True))
+
+def _spec(n_layers: int, *, softcap: float | None = 50.0, sandwich: bool = True) -> ModelSpec:
+    """A small llama/Gemma-like spec: the points a map may name come from its graph."""
+    attn = AttentionSpec(2, 1, 8, Rope(dim=8), 0.35, softcap=softcap)
+    layers = tuple(LayerSpec(i, attn, DenseFFNSpec(32), NormsSpec(sandwich, sandwich)) for i in range(n_layers))
+    return ModelSpec("test", "test", 64, 16, layers)
+
+
+CANONICAL = set(capture_points(_spec(4)))
 
 
 def _canonical(name: str) -> bool:
@@ -93,13 +102,13 @@ def test_layer_offsets_and_last():
 
 def test_unreachable():
     nm = builtin_maps()["hf_gemma3"]
-    assert nm.unreachable(2, sandwich=True) == [
+    assert nm.unreachable(capture_points(_spec(2, softcap=None))) == [
         "layers.0.attn.q",
         "layers.0.attn.k",
         "layers.1.attn.q",
         "layers.1.attn.k",
     ]
-    assert "logits.pre_softcap" in builtin_maps()["vllm_llama"].unreachable(1)
+    assert "logits.pre_softcap" in builtin_maps()["vllm_llama"].unreachable(capture_points(_spec(1, sandwich=False)))
 
 
 @pytest.mark.parametrize(
