@@ -196,40 +196,52 @@ def _read_ours(
     return rows, sorted(all_positions), tokens
 
 
-def _arch_spec(config: Any) -> Any:
-    from layerbisect.config import ARCHITECTURES, HF_MODEL_TYPES
+_HF_PERMUTED = ("llama", "mistral")  # GGUF archs whose converter permutes Q/K rows (llama.cpp LlamaModel.permute)
 
-    arch = getattr(config, "arch", None)
-    if arch is None and isinstance(config, dict):
-        arch = HF_MODEL_TYPES.get(str(config.get("model_type")))
-    return ARCHITECTURES.get(str(arch)) if arch else None
+
+def _qk_perm(name: str, cfg: Any, features: int) -> torch.Tensor | None:
+    """Index p with reference_features = dump_features[:, p] for an HF-order q/k point, or None."""
+    from layerbisect.capture import layer_of
+    from layerbisect.families.base import qk_permutation
+
+    kind = "q_proj" if name.endswith((".attn.q", ".attn.q_proj")) else "k_proj"
+    layer = layer_of(name)
+    if hasattr(cfg, "layers") and hasattr(cfg, "family"):  # the reference's ModelSpec: its family knows
+        from layerbisect.families import family_of
+
+        return family_of(cfg).hf_row_permutation(f"layers.{layer}.attn.{kind}", cfg)
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    arch = get("arch") or get("model_type")
+    if arch not in _HF_PERMUTED:
+        return None
+    head_dim = get("head_dim")
+    if not head_dim and get("hidden_size") and get("num_attention_heads"):
+        head_dim = int(get("hidden_size")) // int(get("num_attention_heads"))
+    if not head_dim or features % int(head_dim):
+        raise ValueError(f"{features} features is not a whole number of heads (head_dim {head_dim})")
+    return qk_permutation(features // int(head_dim), int(head_dim))
 
 
 def _permute_qk(tensors: dict[str, torch.Tensor], config: Any, meta: dict[str, Any]) -> None:
     """HF-order q/k features → the GGUF reference's order, for architectures whose GGUF permutes Q/K."""
-    from layerbisect.config import qk_permutation
-
-    src = meta.get("source", {})
-    cfg: Any = config if config is not None else src
-    spec = _arch_spec(cfg)
-    targets = [n for n in tensors if n.endswith(QK_OPS)]
-    if spec is None or not spec.hf_rope_permuted or not targets:
-        return
-    head_dim = getattr(cfg, "head_dim", None) if not isinstance(cfg, dict) else cfg.get("head_dim")
-    if not head_dim and isinstance(cfg, dict) and cfg.get("hidden_size") and cfg.get("num_attention_heads"):
-        head_dim = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
-    if not head_dim:
-        meta["problems"].append("q/k in HF order but head_dim unknown; not permuted (pass the reference config)")
-        return
+    cfg: Any = config if config is not None else meta.get("source", {})
     done = []
-    for n in targets:
+    for n in [n for n in tensors if n.endswith(QK_OPS)]:
         f = tensors[n].shape[1]
-        if f % head_dim or (f // head_dim) * head_dim != f:
-            meta["problems"].append(f"{n}: {f} features is not a whole number of {head_dim}-wide heads; not permuted")
+        try:
+            p = _qk_perm(n, cfg, f)
+        except (ValueError, IndexError, TypeError) as e:
+            meta["problems"].append(f"{n}: q/k in HF order, not permuted: {e}")
             continue
-        tensors[n] = tensors[n][:, qk_permutation(f // head_dim, int(head_dim))]
+        if p is None:
+            continue
+        if p.numel() != f:
+            meta["problems"].append(f"{n}: {f} features, the reference's q/k permutation has {p.numel()}")
+            continue
+        tensors[n] = tensors[n][:, p]
         done.append(n)
-    meta["qk_permuted"] = done
+    if done:
+        meta["qk_permuted"] = done
 
 
 def _map_foreign(
@@ -342,6 +354,13 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
 def _size_lookup(config: Any) -> Any:
     """q_size/kv_size (per-rank sizes vLLM/SGLang keep on the attention module) from the reference config."""
     if config is None:
+        return None
+    layers = getattr(config, "layers", None)
+    if layers:  # a ModelSpec: the first attention layer's sizes
+        for layer in layers:
+            a = layer.mixer
+            if hasattr(a, "n_heads") and hasattr(a, "head_dim"):
+                return SimpleNamespace(q_size=a.n_heads * a.head_dim, kv_size=a.n_kv_heads * a.head_dim)
         return None
     try:
         hd = int(config.head_dim)

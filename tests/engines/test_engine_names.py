@@ -17,13 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from layerbisect.capture import all_point_names
 from layerbisect.engines.namemap import builtin_maps
+from layerbisect.graph import capture_points
+from layerbisect.spec import AttentionSpec, DenseFFNSpec, LayerSpec, ModelSpec, NormsSpec, Rope
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 VLLM_PY = Path(os.environ.get("LAYERBISECT_VLLM_PYTHON", "/work/venvs/vllm/bin/python"))
 SGLANG_SITE = Path(os.environ.get("LAYERBISECT_SGLANG_SITE", "/work/venvs/sglang/lib/python3.11/site-packages"))
+
+
+def all_point_names(n_layers: int) -> list[str]:
+    """The canonical points of an n-layer llama/qwen-shaped graph (no softcaps, no sandwich norms)."""
+    attn = AttentionSpec(2, 1, 8, Rope(dim=8), 0.35)
+    layers = tuple(LayerSpec(i, attn, DenseFFNSpec(32), NormsSpec(False, False)) for i in range(n_layers))
+    return list(capture_points(ModelSpec("test", "test", 64, 16, layers)))
 
 
 def _modules(path: Path) -> list[str]:

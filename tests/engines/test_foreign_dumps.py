@@ -511,7 +511,7 @@ qk_layout = "hf"
     { name = "layers.{i}.mlp_norm" }, { name = "layers.{i}.attn_residual", index = 1 },
 ]
 "model.layers.{i}.mlp.gate_up_proj" = "layers.{i}.mlp.gate_up"
-"model.layers.{i}.mlp.down_proj" = "layers.{i}.mlp.down"
+"model.layers.{i}.mlp.down_proj" = [{ name = "layers.{i}.mlp.act", from = "input" }, "layers.{i}.mlp.down"]
 "model.layers.{i}" = { name = "layers.{i}.out", index = "sum" }
 "lm_head" = "logits"
 [split."layers.{i}.attn.qkv"]
@@ -535,7 +535,7 @@ sizes = "equal"
 
 
 def test_hf_qk_layout_permuted_for_llama(tmp_path):
-    from layerbisect.config import qk_permutation
+    from layerbisect.families.base import qk_permutation
 
     torch.manual_seed(0)
     model = _SglCausalLM().eval()
