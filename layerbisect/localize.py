@@ -23,6 +23,8 @@ from .capture import Captures, op_of
 from .comparison import Finding, Report
 from .comparison.metrics import cosine, rel_l2
 from .comparison.record import Localization
+from .comparison.routing import is_route_point
+from .graph import get_module
 from .graph.probe import linear_inputs
 from .runner import ModelRunner
 
@@ -34,13 +36,6 @@ def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
     cmin = float(torch.nan_to_num(c, nan=-1.0).min())
     rmax = float(torch.nan_to_num(r, nan=float("inf")).max())
     return cmin, rmax
-
-
-def _get(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
-    m = model
-    for p in dotted.split("."):
-        m = m[int(p)] if p.isdigit() else getattr(m, p)  # type: ignore[index]
-    return m
 
 
 @torch.no_grad()
@@ -61,7 +56,7 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
             model.rec.captures = None
         ops = []
         for name in caps.names():
-            if name in ref_caps:
+            if name in ref_caps.tensors and not is_route_point(name):  # expert ids are compared as sets, not here
                 cmin, rmax = _agg(ref_caps[name], caps[name])
                 ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax})
         out_name = f"layers.{i}.out"
@@ -85,7 +80,7 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
         if x_in is None:
             continue
         for name, x in linear_inputs(rm, i, x_in).items():
-            r_lin, c_lin = _get(rm, name), _get(cm, name)
+            r_lin, c_lin = get_module(rm, name), get_module(cm, name)
             y_ref = r_lin(x.to(rm.device)).float().cpu()
             y_cand = c_lin(x.to(cm.device)).float().cpu()
             cmin, rmax = _agg(y_ref, y_cand)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .capture import Captures, Selector
+from .errors import InputError
 from .graph import Decoder, KVCache
 from .spec import ModelSpec
 
@@ -126,3 +127,12 @@ class ModelRunner:
             return out
         finally:
             model.rec.captures = None
+
+
+def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
+    """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
+    a, b = ref.config.shape_signature(), cand.config.shape_signature()
+    diff = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    if diff:
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")

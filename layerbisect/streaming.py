@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm
+from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, set_module
 from .graph.inventory import estimate_fp32_bytes, layer_fp32_bytes
 from .spec import ModelSpec
 
@@ -249,8 +249,6 @@ class CheckpointSource(PartSource):
         self.ck = runner.checkpoint
 
     def layer(self, i: int, rec: Recorder) -> Layer:
-        from .candidates.runner import set_module
-
         with torch.device("meta"):
             layer = Layer(self.cfg, i, rec)
         state, linears = self.runner.materialize(self.plan, f"layers.{i}.")

@@ -22,7 +22,8 @@ Design notes
 - Inventory: tensors on one side only. The reference loader refuses unmapped GGUF tensors;
   the candidate loader fills missing norms with the identity and lists them (``load_notes``),
   and lists checkpoint tensors the graph never uses. Both are silent in every engine log.
-- Pure helpers (``best_alpha``, ``classify_scale``) are separate from the I/O (``audit_weights``).
+- Pure helpers (``best_alpha``, ``classify_scale``) are separate from the I/O (``audit_runners``;
+  ``api.audit_weights`` opens the files).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -331,23 +331,4 @@ def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
     return "garbage", "low cosine and no layout hypothesis restores it", best[2]
 
 
-def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> WeightAudit:
-    """Open both sides (no forward pass) and audit every tensor. Raises ``InputError`` on bad input."""
-    from ..api import open_runner
-    from ..errors import InputError
-
-    ref_runner = open_runner(ref, device=device)
-    cand_runner = open_runner(cand, device=device)
-    if ref_runner.kind != "reference":
-        raise InputError(ref, "the reference must be a GGUF file")
-    if cand_runner.kind != "candidate":
-        raise InputError(cand, "the candidate must be a checkpoint directory")
-    ref_runner.activate()
-    cand_runner.activate()
-    from ..pipeline import check_same_model
-
-    check_same_model(ref_runner, cand_runner)
-    return audit_runners(ref_runner, cand_runner)
-
-
-__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "audit_weights", "best_alpha", "classify_scale"]
+__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale"]

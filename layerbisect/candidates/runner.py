@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..families import family_of, spec_from_hf
-from ..graph import meta_model
+from ..graph import get_module, meta_model, set_module
 from ..graph.inventory import linear_modules, params
 from ..graph.names import HF_IGNORABLE, KV_SCALES, hf_fused_source, hf_module_name, hf_param_name, strip_hf_prefix
 from ..kv_cache import FP8KVQuant, KVCacheOptions
@@ -290,20 +290,4 @@ class TiedHead(nn.Module):
         return torch.nn.functional.linear(x.float(), self.embed.weight.float())
 
 
-def get_module(root: nn.Module, dotted: str) -> nn.Module:
-    m = root
-    for part in dotted.split("."):
-        m = getattr(m, part) if not part.isdigit() else m[int(part)]  # type: ignore[index]
-    return m
-
-
-def set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    p = get_module(root, parent) if parent else root
-    if leaf.isdigit():
-        p[int(leaf)] = new  # type: ignore[index]
-    else:
-        setattr(p, leaf, new)
-
-
-__all__ = ["CandidatePlan", "CandidateRunner", "TiedHead", "check_primary_shape", "get_module", "set_module"]
+__all__ = ["CandidatePlan", "CandidateRunner", "TiedHead", "check_primary_shape"]

@@ -143,8 +143,21 @@ class Report:
 
     @property
     def sections(self) -> tuple[Section, ...]:
-        """Every table after the fixed parts: localization, audits, bisect, then any others."""
-        return self.record.sections()
+        """Every table after the fixed parts: expert routing (MoE), localization, audits, bisect, then any others."""
+        out: list[Section] = []
+        if self.comparison.routing:
+            from layerbisect.comparison.routing import summary_rows
+
+            out.append(Section.from_records(
+                "expert-routing",
+                "Expert routing (reference vs candidate)",
+                summary_rows(self.comparison.routing),
+                rank_by=None,
+                brief_rows=12,
+                note="per MoE layer: mean top-k overlap |ref ∩ cand| / k over tokens, share of tokens sent to the "
+                "same expert set, and the first token routed differently (routing.parquet: every layer × token).",
+            ))  # fmt: skip
+        return (*out, *self.record.sections())
 
     @property
     def df(self) -> pd.DataFrame:
@@ -162,7 +175,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything except run-time measurements (those are ``record.runtime``, written to runtime.json)."""
-        from layerbisect import __version__
+        from layerbisect.version import __version__
 
         cmp = self.comparison
         return {
@@ -178,6 +191,7 @@ class Report:
             if cmp.logits is None
             else {**cmp.logits.to_dict(), "per_position": cmp.logits_df.to_dict(orient="records")},
             "saturation": [s.to_dict() for s in cmp.saturation],
+            "routing": [r.to_dict() for r in cmp.routing],
             "alignment": {
                 "positions": cmp.positions,
                 "token_mismatch": cmp.token_mismatch,
@@ -233,6 +247,9 @@ class Report:
                 p.write_text(self.to_json(), encoding="utf-8")
             elif fmt in ("parquet", "csv"):
                 p = write_points(self.df, out, prefer_parquet=fmt == "parquet")
+                if not self.comparison.routing_df.empty:
+                    written["routing"] = write_points(self.comparison.routing_df, out, prefer_parquet=fmt == "parquet",
+                                                      stem="routing")
             elif fmt == "junit":
                 p = out / FILE_NAMES["junit"]
                 p.write_text(junit.render(self, gate), encoding="utf-8")
@@ -249,13 +266,13 @@ def parquet_available() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True) -> Path:
-    """points.parquet, or points.csv when pyarrow is missing (or CSV was asked for)."""
+def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True, stem: str = "points") -> Path:
+    """<stem>.parquet, or <stem>.csv when pyarrow is missing (or CSV was asked for)."""
     if prefer_parquet and parquet_available():
-        p = out / "points.parquet"
+        p = out / f"{stem}.parquet"
         df.to_parquet(p, index=False)
         return p
-    p = out / "points.csv"
+    p = out / f"{stem}.csv"
     df.to_csv(p, index=False)
     return p
 

@@ -12,6 +12,7 @@ from .decoder import Decoder
 from .ffn import MLP, MoE, route
 from .inventory import capture_points, estimate_fp32_bytes, layer_fp32_bytes, meta_model, quantizable_linears
 from .layer import Layer
+from .modules import get_module, set_module
 from .ops import Recorder, RMSNorm, apply_rope, rope_inv_freq, softcap
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "apply_rope",
     "capture_points",
     "estimate_fp32_bytes",
+    "get_module",
     "layer_fp32_bytes",
     "meta_model",
     "quantizable_linears",
     "rope_inv_freq",
     "route",
+    "set_module",
     "softcap",
 ]
