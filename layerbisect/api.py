@@ -140,9 +140,11 @@ def _residual_selector():
     return Selector(["embed", "layers.*.out", "logits"])
 
 
-def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate"):
+def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate",
+                      compute_dtype: str = "fp32"):
     """What-if switches of the candidate runner (see docs: README 'What-if switches')."""
     from .candidates.qlinear import QuantOptions
+    from .compute_dtype import parse
 
     for name, value, allowed in (
         ("--act-quant", act_quant, ("checkpoint", "static", "dynamic", "off")),
@@ -151,7 +153,8 @@ def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "che
     ):
         if value not in allowed:
             raise InputError(name, f"{value!r} is not one of {', '.join(allowed)}")
-    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl)  # type: ignore[arg-type]
+    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl,  # type: ignore[arg-type]
+                        compute_dtype=parse(compute_dtype))
 
 
 def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):

@@ -10,6 +10,9 @@ Tensor names and conventions, restated where the code meets the external formats
     compressed-tensors NVFP4 (``nvfp4-pack-quantized``): ``weight_packed`` uint8 (out, in/2), ``weight_scale``
         e4m3 (out, in/16), ``weight_global_scale`` f32 (1,), ``input_global_scale`` f32 (1,) (W4A4 only).
         Global scales are **divisors**: ``w = e2m1 * (weight_scale / weight_global_scale)``.
+    compressed-tensors MXFP4 (``mxfp4-pack-quantized``): ``weight_packed`` uint8 (out, in/2) packed like NVFP4,
+        ``weight_scale`` uint8 (out, in/32) E8M0 biased exponents: ``w = e2m1 * 2**(weight_scale - 127)``; no global
+        scale; MXFP4 (W4A4) quantizes activations dynamically the same way (``kernels/mxfp4.py``).
     ModelOpt FP8: ``weight`` e4m3, ``weight_scale`` f32 scalar, ``input_scale`` f32 scalar (multipliers).
     ModelOpt NVFP4: ``weight`` uint8 (out, in/2) packed like compressed-tensors, ``weight_scale`` e4m3 (out, in/16),
         ``weight_scale_2`` f32 scalar and ``input_scale`` f32 scalar, both **multipliers** = amax/(448*6):
@@ -37,9 +40,10 @@ import torch
 from layerbisect.candidates.schemes import LinearScheme
 from layerbisect.errors import InputError
 from layerbisect.kernels import fp8 as kfp8
+from layerbisect.kernels import mxfp4 as kmx
 from layerbisect.kernels import nvfp4 as knv
 
-ActMode = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4"]
+ActMode = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4", "mxfp4"]
 
 
 @dataclass
@@ -47,6 +51,7 @@ class QuantOptions:
     act_quant: Literal["checkpoint", "static", "dynamic", "off"] = "checkpoint"
     nvfp4_act_global_scale: Literal["checkpoint", "observed"] = "checkpoint"
     impl: Literal["emulate", "native"] = "emulate"
+    compute_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # the candidate's arithmetic (compute_dtype.py)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -197,7 +202,7 @@ def _resolve_act(scheme: LinearScheme, options: QuantOptions, has_static: bool, 
             raise InputError(name, f"act_quant='static' needs tensor {static_key!r} (missing)")
         act = "nvfp4" if scheme.weight == "nvfp4" else "fp8_static_tensor"
     elif mode == "dynamic":
-        act = "nvfp4" if scheme.weight == "nvfp4" else "fp8_dynamic_token"
+        act = {"nvfp4": "nvfp4", "mxfp4": "mxfp4"}.get(scheme.weight, "fp8_dynamic_token")
     else:
         raise InputError(name, f"unknown act_quant {mode!r}")
     if act == "fp8_static_tensor" and not has_static:
@@ -399,6 +404,59 @@ class NVFP4Linear(QuantLinear):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# MXFP4
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MXFP4Linear(QuantLinear):
+    """MXFP4 weights (E2M1, 32-blocks, E8M0 scales; compressed-tensors) with optional dynamic MXFP4 activations."""
+
+    def __init__(self, module_name: str, tensors: dict[str, torch.Tensor], scheme: LinearScheme,
+                 options: QuantOptions) -> None:
+        label = "mxfp4 (compressed-tensors)"
+        packed = _need(module_name, tensors, "weight_packed", label)
+        _check_dtype(module_name, "weight_packed", packed, torch.uint8)
+        if packed.ndim != 2:
+            raise InputError(module_name, f"weight_packed has shape {_shape(packed)}, expected (out, in/2)")
+        out_f, in_f = packed.shape[0], packed.shape[1] * 2
+        if in_f % kmx.BLOCK:
+            raise InputError(module_name, f"MXFP4 needs in_features divisible by {kmx.BLOCK}, got {in_f}")
+        super().__init__(module_name, scheme, options, in_f, out_f, tensors.get("bias"))
+        s = _need(module_name, tensors, "weight_scale", label)
+        _check_dtype(module_name, "weight_scale", s, torch.uint8)
+        _check_shape(module_name, "weight_scale", s, (out_f, in_f // kmx.BLOCK), f"(out, in/{kmx.BLOCK})")
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("weight_scale", s)  # E8M0 biased exponents
+        mode = options.act_quant
+        if mode == "static":
+            raise InputError(module_name, "act_quant='static': MXFP4 has no static activation scale")
+        self.act_mode = "none" if mode == "off" else ("mxfp4" if mode == "dynamic" else scheme.act)  # type: ignore
+        if self.act_mode not in ("none", "mxfp4"):
+            raise InputError(module_name, f"MXFP4 weights with {self.act_mode} activations are not supported")
+        self._w_dq: torch.Tensor | None = None
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        impl = "native" if self.options.impl == "native" else "emulate"
+        if self.act_mode == "none":
+            if impl == "native":
+                if self._w_dq is None or self._w_dq.device != x2.device:
+                    self._w_dq = self.dequantized_weight().to(x2.device)
+                return x2 @ self._w_dq.T
+            return kmx.mxfp4_gemm(None, self.weight_packed, self.weight_scale, x=x2, impl=impl)
+        return kmx.mxfp4_gemm(kmx.quantize_mxfp4(x2), self.weight_packed, self.weight_scale, impl=impl)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return kmx.dequantize_mxfp4_packed(self.weight_packed, self.weight_scale)
+
+    def permute_out_rows(self, perm: torch.Tensor) -> None:
+        perm = self._check_perm(perm)  # scales are per row (1x32): rows move with their scales
+        self.weight_packed = self.weight_packed[perm]
+        self.weight_scale = self.weight_scale[perm]
+        self._w_dq = None
+        self._permute_bias(perm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # factory
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -419,4 +477,6 @@ def build_linear(module_name: str, tensors: dict[str, torch.Tensor], scheme: Lin
         return FP8Linear(module_name, tensors, scheme, options)
     if scheme.weight == "nvfp4":
         return NVFP4Linear(module_name, tensors, scheme, options)
+    if scheme.weight == "mxfp4":
+        return MXFP4Linear(module_name, tensors, scheme, options)
     raise InputError(module_name, f"weight scheme {scheme.weight!r} is not supported by the candidate runner yet")

@@ -72,6 +72,10 @@ class CandidateRunner(ModelRunner):
         model = model.to(self.device)
         self.setup_kv_cache(model, plan.quant, plan.kv_scales)
         self.model = model.eval()
+        if self.options.compute_dtype != "fp32":  # every op's result rounded to FP16/BF16 (compute_dtype.py)
+            from ..compute_dtype import install
+
+            install(self.model, self.options.compute_dtype)
         assert self.checkpoint is not None
         self.tokenizer = self.checkpoint.tokenizer()
 

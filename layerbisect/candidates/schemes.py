@@ -35,11 +35,12 @@ from typing import Any, Literal
 
 from layerbisect.errors import InputError
 
-WeightKind = Literal["dense", "fp8_tensor", "fp8_channel", "fp8_block", "nvfp4", "int4_group"]
-ActKind = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4"]
+WeightKind = Literal["dense", "fp8_tensor", "fp8_channel", "fp8_block", "nvfp4", "mxfp4", "int4_group"]
+ActKind = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4", "mxfp4"]
 
 CT_FORMATS = {
-    "dense", "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "pack-quantized", "int-quantized",
+    "dense", "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized", "pack-quantized",
+    "int-quantized",
 }
 MODELOPT_ALGOS = {"FP8", "FP8_PER_CHANNEL_PER_TOKEN", "FP8_PB_WO", "NVFP4", "W4A16_NVFP4"}
 LINEAR_CLASS_TARGETS = {"Linear", "nn.Linear", "torch.nn.Linear", "LinearBase"}
@@ -149,6 +150,8 @@ def _ct_weight(args: dict | None, where: str, group: str) -> tuple[WeightKind, t
             return "fp8_block", (int(bs[0]), int(bs[1])), None
     if typ == "float" and bits == 4 and strat == "tensor_group" and args.get("group_size") == 16:
         return "nvfp4", None, 16
+    if typ == "float" and bits == 4 and strat == "group" and args.get("group_size") == 32 and _is_e8m0(args):
+        return "mxfp4", None, 32  # MX: E8M0 (uint8) power-of-two scales, no global scale
     if typ == "int" and bits == 4 and strat == "group" and args.get("symmetric", True):
         return "int4_group", None, int(args.get("group_size") or 128)
     raise InputError(
@@ -172,10 +175,19 @@ def _ct_act(args: dict | None, where: str, group: str) -> tuple[ActKind, int | N
     if typ == "float" and bits == 4 and strat == "tensor_group" and args.get("group_size") == 16:
         # dynamic "local": per-block scales on the fly, static calibrated global scale (input_global_scale)
         return "nvfp4", 16
+    if typ == "float" and bits == 4 and strat == "group" and args.get("group_size") == 32 and dyn is True \
+            and _is_e8m0(args):
+        return "mxfp4", 32
     raise InputError(
         where,
         f"{group}: unsupported input_activations type={typ!r} num_bits={bits!r} strategy={strat!r} dynamic={dyn!r}",
     )
+
+
+def _is_e8m0(args: dict) -> bool:
+    """compressed-tensors writes MX scale dtypes as "torch.uint8" (``scale_dtype``); older configs omit it."""
+    sd = args.get("scale_dtype")
+    return sd is None or str(sd).replace("torch.", "") == "uint8"
 
 
 def _kv_from_args(args: dict | None, source: str, where: str) -> KVCacheScheme | None:
@@ -214,6 +226,8 @@ def _parse_ct(qc: dict, where: str) -> CheckpointQuant:
             wkind, block, gsize = "dense", None, None
         if fmt == "nvfp4-pack-quantized" and wkind != "nvfp4":
             raise InputError(where, f"{gname}: format nvfp4-pack-quantized with {wkind} weights")
+        if fmt == "mxfp4-pack-quantized" and wkind != "mxfp4":
+            raise InputError(where, f"{gname}: format mxfp4-pack-quantized with {wkind} weights")
         rules.append(_Rule(list(targets), LinearScheme(wkind, akind, block, gsize, "compressed-tensors", agroup)))
     if top_format not in CT_FORMATS and top_format != "mixed-precision":
         raise InputError(where, f"unsupported compressed-tensors format {top_format!r}")

@@ -37,6 +37,13 @@ KvScales = Annotated[
         help="FP8 KV-cache scales: checkpoint (k_scale/v_scale), calibrate (amax/448 of the first pass), unit (1.0).",
     ),
 ]
+ComputeDtype = Annotated[
+    str,
+    typer.Option(
+        "--compute-dtype",
+        help="The candidate's arithmetic: fp32, bf16 or fp16 (every op rounded; FP16 overflow shows as Inf).",
+    ),
+]
 Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]
 
 DEFAULT_PROMPT = "The capital of France is"

@@ -37,7 +37,7 @@ from layerbisect.errors import InputError
 from layerbisect.producers.cache import build_atomic, cache_dir, options_key, sha256_dir
 from layerbisect.quiet import output_to
 
-SCHEMES: tuple[str, ...] = ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4", "NVFP4A16")
+SCHEMES: tuple[str, ...] = ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4", "NVFP4A16", "MXFP4", "MXFP4A16")
 
 DEFAULT_TEXTS: tuple[str, ...] = (
     "The capital of France is Paris. It is known for the Eiffel Tower and the Louvre.",
