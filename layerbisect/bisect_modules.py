@@ -18,6 +18,9 @@ Design notes
   candidate's.
 - The driver judges each run with the same gate as the report (thresholds per point,
   softcap saturation, critical findings of the comparison detectors), without localization.
+  The built-in gate is noise-aware when the report has an expected lane
+  (``GateConfig.builtin_for``): a run passes when no point is worse than the format's own
+  noise allows, so the search never chases the format's noise in healthy modules.
 """
 
 from __future__ import annotations
@@ -208,10 +211,12 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
     """Re-open both runners, bisect, add a ``culprit`` finding to ``report`` and the summary to its record."""
     from .api import open_runner
     from .comparison.findings import Finding
+    from .comparison.gate import GateConfig
     from .comparison.record import BisectSummary
     from .pipeline import CompareOptions
 
     o = opts or CompareOptions()
+    gate_cfg = gate_cfg or GateConfig.builtin_for(report)
     ref_runner = open_runner(ref, device=o.ref_device or o.device).activate()
     cand_runner = open_runner(cand, device=o.cand_device or o.device, options=o.quant_options,
                               kv_cache=o.kv_cache).activate()

@@ -112,11 +112,19 @@ def localize(
     ref_caps: Captures,
     *,
     status: Callable[[str], None] | None = None,
+    expected: tuple[list[dict], list[dict]] | None = None,
 ) -> Localization | None:
     """Local vs accumulated error per layer and per module (returned), and a culprit finding (added to ``report``).
 
-    None when the captures lack a layer's input or output (a narrowed ``--select``).
+    ``expected``: the expected lane's (per-layer patching rows, per-linear rows) (``expected/lane.py``). With
+    it the culprit is the layer whose local error is furthest beyond what the format's noise explains, and
+    its op the first in execution order beyond that noise; without it, the layer with the largest local
+    error and the op where its error first jumps. Either way the layer with the largest local error is
+    also reported on its own (``largest_local_error``). None when the captures lack a layer's input or
+    output (a narrowed ``--select``).
     """
+    from .comparison import noise
+
     need = ["embed"] + [f"layers.{i}.out" for i in range(ref_runner.config.n_layers)]
     if any(n not in ref_caps.tensors for n in need):
         return None  # a narrowed --select: patching needs every layer's input and output
@@ -144,43 +152,92 @@ def localize(
         )
         prev_acc = acc_err if acc_err == acc_err else prev_acc
     worst_modules = sorted(modules, key=lambda m: -_badness(m["rel_l2"]))
-    result = Localization.from_rows(table, worst_modules)
+    ops = [{"layer": r["layer"], **o} for r in layers for o in r["ops"]]
+    result = Localization.from_rows(table, worst_modules, ops)
     if not layers:
         return result
-    worst_layer = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
-    wl = worst_layer["layer"]
-    op_rows = worst_layer["ops"]
-    worst_op = _first_jump(op_rows)
+    largest = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
+    median_local = sorted(r["local_rel_l2"] for r in layers)[len(layers) // 2]
+    exp_local = {r["layer"]: r["local_rel_l2"] for r in expected[0]} if expected else {}
+    exp_ops = noise.op_rows(layers, expected[0]) if expected else []
+    exp_mod = {m["module"]: m["rel_l2"] for m in expected[1]} if expected else {}
+
+    def beyond_layer(r: dict) -> bool:
+        return noise.beyond_noise(r["local_rel_l2"], exp_local.get(r["layer"], float("nan"))) or any(
+            o.beyond for o in exp_ops if o.layer == r["layer"])
+
+    if expected:
+        faulty = [r for r in layers if beyond_layer(r)]
+        pick = max(faulty, key=lambda r: noise.excess(r["local_rel_l2"], exp_local.get(r["layer"], float("nan")))
+                   ) if faulty else largest
+        wl = pick["layer"]
+        worst_op = next((o.op for o in exp_ops if o.layer == wl and o.beyond), None) or _first_jump(pick["ops"])
+        severe = bool(faulty)
+    else:
+        pick, wl = largest, largest["layer"]
+        worst_op = _first_jump(pick["ops"])
+        severe = _badness(pick["local_rel_l2"]) > max(0.2, 5 * _badness(median_local))
     in_layer = [m for m in modules if m["layer"] == wl]
     worst_mod = max(in_layer, key=lambda m: _badness(m["rel_l2"]), default=None)
-    median_local = sorted(r["local_rel_l2"] for r in layers)[len(layers) // 2]
-    severe = _badness(worst_layer["local_rel_l2"]) > max(0.2, 5 * _badness(median_local))
-    detail = (
-        f"Layer {wl} has the largest local error (rel L2 {worst_layer['local_rel_l2']:.3g}, cosine "
-        f"{worst_layer['local_cosine']:.4f}) when run on the reference's own input; median layer: "
-        f"{median_local:.3g}. Inside it, the error first jumps at {worst_op or 'n/a'}."
-    )
-    if worst_mod is not None:
-        detail += (
-            f" Its worst linear is {worst_mod['module']} ({worst_mod['scheme']}; rel L2 {worst_mod['rel_l2']:.3g},"
-            f" alpha {worst_mod['alpha']:.4g})."
+    if expected:
+        e = exp_local.get(wl, float("nan"))
+        detail = (
+            f"Layer {wl}'s own error (its layer run on the reference's input) is rel L2 {pick['local_rel_l2']:.3g} "
+            f"where the format's noise gives {e:.3g} (the reference's weights in the candidate's format)"
+            + (f"; the first op beyond that noise is {worst_op}." if severe else "; no layer is beyond that noise.")
         )
+    else:
+        detail = (
+            f"Layer {wl} has the largest local error (rel L2 {pick['local_rel_l2']:.3g}, cosine "
+            f"{pick['local_cosine']:.4f}) when run on the reference's own input; median layer: "
+            f"{median_local:.3g}. Inside it, the error first jumps at {worst_op or 'n/a'}."
+        )
+    if worst_mod is not None:
+        em = exp_mod.get(worst_mod["module"])
+        detail += (
+            f" Its worst linear is {worst_mod['module']} ({worst_mod['scheme']}; rel L2 {worst_mod['rel_l2']:.3g}"
+            + (f" vs expected {em:.3g}" if em is not None else "")
+            + f", alpha {worst_mod['alpha']:.4g})."
+        )
+    if expected:
+        tag = " (beyond the format's noise)" if severe else " (within the format's noise)"
+    else:
+        tag = " (local error far above the other layers)" if severe else " (largest local error; no outlier)"
     report.add_finding(
         Finding(
             severity="critical" if severe else "info",
             kind="culprit",
-            title=f"Culprit: layer {wl}, {worst_op or 'layer output'}"
-            + (" (local error far above the other layers)" if severe else " (largest local error; no outlier)"),
+            title=f"Culprit: layer {wl}, {worst_op or 'layer output'}" + tag,
             point=f"layers.{wl}.{worst_op}" if worst_op else f"layers.{wl}.out",
             layer=wl,
             op=worst_op,
             token_index=None,
             detail=detail,
             evidence={
-                "local_rel_l2": worst_layer["local_rel_l2"],
+                "local_rel_l2": pick["local_rel_l2"],
+                "expected_local_rel_l2": exp_local.get(wl),
                 "median_local_rel_l2": median_local,
                 "worst_module": worst_mod,
+                "source": "localization",
+                "noise_aware": bool(expected),
             },
+        )
+    )
+    ll = largest["layer"]
+    report.add_finding(
+        Finding(
+            severity="info",
+            kind="largest_local_error",
+            title=f"Largest local error: layer {ll}, {_first_jump(largest['ops']) or 'layer output'} "
+            f"(rel L2 {largest['local_rel_l2']:.3g}" + (f" vs expected {exp_local[ll]:.3g})" if ll in exp_local
+                                                       else ")"),
+            point=f"layers.{ll}.out",
+            layer=ll,
+            op=_first_jump(largest["ops"]),
+            detail=f"The layer whose own error (run on the reference's input) is the largest; median layer "
+            f"{median_local:.3g}. The largest error is not always the fault: the culprit finding says which layer "
+            "the evidence and the format's noise point at.",
+            evidence={"local_rel_l2": largest["local_rel_l2"], "expected_local_rel_l2": exp_local.get(ll)},
         )
     )
     return result  # why, not only where: the pipeline runs the audits next (audit.after_localize)

@@ -58,6 +58,7 @@ class CompareOptions:
     memory_cap: int | None = None  # bytes of weights per side on its device; default: free device memory
     concurrent: bool | None = None  # run both sides' passes in two threads; None: when their devices differ
     dump_map: str | None = None  # name map for a foreign engine dump (SGLang, TensorRT-LLM); default by format
+    expected: bool = True  # run the expected lane: noise-aware verdicts (expected/, comparison/noise.py)
 
 
 def _peak_rss_bytes() -> int:
@@ -140,6 +141,9 @@ def compare(
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
         check_same_model(ref_runner, cand_runner)
+        compute = getattr(getattr(cand_runner, "options", None), "compute_dtype", "fp32")
+        if compute != "fp32" and cand_runner.streaming:
+            raise InputError("--compute-dtype", f"{compute} needs a resident candidate (--resident)")
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -238,19 +242,45 @@ def compare(
     report = Report(comparison, record=record)
     for f in findings:
         report.add_finding(f)
+    if cand_runner is not None:
+        from .audit.overflow import annotate_nonfinite
+        from .comparison.softcap import detect_softcap_missing
+
+        for f in detect_softcap_missing(ref_caps, cand_caps, ref_runner.config, cand_runner.config):
+            report.add_finding(f)
+        annotate_nonfinite(report, ref_caps, cand_runner)
+    exp_run = None
+    if o.expected and cand_runner is not None:
+        from .expected import run_expected
+
+        t0 = time.perf_counter()
+        say("expected lane: the reference's weights in the candidate's format")
+        exp_run = run_expected(ref_runner, cand_runner, ids, ref_caps, info, thresholds, o.select)
+        timings["expected_lane"] = time.perf_counter() - t0
+    loc = None
     if o.localize and cand_runner is not None:
-        from .audit import after_localize
         from .localize import localize
 
         t0 = time.perf_counter()
         say("localizing (activation patching)")
-        loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
+        loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say,
+                       expected=(exp_run.layers, exp_run.modules) if exp_run is not None else None)
         if loc is not None:
             report.put(localization=loc)
-            if loc.layers:
-                say("auditing weights and scales")
-                report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
         timings["localize"] = time.perf_counter() - t0
+    if exp_run is not None:
+        from .expected import reconcile, summarize
+
+        summary = summarize(report, exp_run, loc)
+        report.put(noise=summary)
+        reconcile(report, summary)
+    if loc is not None and loc.layers and cand_runner is not None:
+        from .audit import after_localize
+
+        t0 = time.perf_counter()
+        say("auditing weights and scales")
+        report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
+        timings["audit"] = time.perf_counter() - t0
     from .streaming import streaming_meta
 
     memory = tuple(

@@ -24,9 +24,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 CAUSES = (
+    "compute_overflow",
     "act_scale_overflow",
     "kv_cache_scale",
     "missing_norm",
+    "norm_convention",
+    "embed_scale",
+    "softcap_missing",
     "nibble_order",
     "layout_permutation",
     "transposed",
@@ -34,11 +38,15 @@ CAUSES = (
     "double_scale",
     "global_scale_ignored",
     "scale_ignored",
+    "shard_scale_mismatch",
+    "scale_rounding",
+    "exponent_offset",
     "nonfinite",
     "scale_mismatch",
     "garbage",
     "missing_tensor",
     "shape_mismatch",
+    "beyond_noise",
     "quantization_noise",
 )
 PRIORITY = {c: i for i, c in enumerate(CAUSES)}
@@ -48,7 +56,7 @@ DESCRIPTION = {
     "kv_cache_scale": "FP8 KV-cache scales far too small for the keys/values (saturation in the cache)",
     "missing_norm": "a norm tensor absent from the checkpoint, run as the identity",
     "nibble_order": "FP4 nibble order swapped in weight_packed",
-    "layout_permutation": "Q/K rows in the wrong rope layout",
+    "layout_permutation": "rows or columns of a weight in another order (the audit describes the permutation)",
     "transposed": "a weight stored transposed",
     "scale_inverted": "a scale used as multiplier instead of divisor (or stored as its reciprocal)",
     "double_scale": "a scale applied twice",
@@ -56,6 +64,14 @@ DESCRIPTION = {
     "scale_ignored": "a weight scale ignored",
     "nonfinite": "non-finite values in a dequantized tensor or a module's output",
     "scale_mismatch": "a weight scaled by a factor no stored scale explains",
+    "compute_overflow": "an FP16/BF16 value past the compute dtype's range (the first Inf)",
+    "norm_convention": "norm gains off by the (1 + w) convention (applied twice, not at all, or folded as 1 + w/s)",
+    "embed_scale": "the embedding's √d scale missing or applied twice",
+    "softcap_missing": "a softcap not applied (values beyond the cap)",
+    "shard_scale_mismatch": "one projection of a fused group dequantized with a sibling's scale",
+    "scale_rounding": "block scales rounded to powers of two without requantizing the weights",
+    "exponent_offset": "MX (E8M0) scale exponents off by a power of two (an offset applied twice)",
+    "beyond_noise": "an error beyond the format's noise that no audit explains (kernel, graph or engine)",
     "garbage": "a weight that matches the reference under no layout",
     "missing_tensor": "a tensor absent from the checkpoint",
     "shape_mismatch": "a tensor with the wrong shape",
@@ -64,13 +80,64 @@ DESCRIPTION = {
 ALPHA_TOL = 0.10
 
 
+DECISIVE_SOURCES = ("weight_audit", "act_scale_overflow", "kv_cache_scale", "load_notes", "nonfinite_onset",
+                    "softcap_missing")
+
+
 @dataclass(frozen=True)
 class Evidence:
     cause: str
     layer: int | None
     op: str | None
-    source: str  # weight_audit / act_scale_audit / kv_scale_audit / load_notes / patching
+    source: str  # weight_audit / act_scale_overflow / kv_cache_scale / load_notes / nonfinite_onset / patching
     why: str
+
+    @property
+    def decisive(self) -> bool:
+        """A critical audit, scale or non-finite finding: it names the fault by itself (see ``annotate_culprit``)."""
+        return self.source in DECISIVE_SOURCES
+
+
+def op_point(layer: int | None, op: str | None, order: Mapping[str, int]) -> str | None:
+    """The capture point where a tensor's (``layer``, ``op``) effect first shows, for execution order.
+
+    Module ops name their output point without ``_proj`` (``attn.q_proj`` → ``layers.3.attn.q``); the sandwich
+    norms are ``attn.post_norm``/``mlp.post_norm``; QK-norm gains act inside ``attn.q``/``attn.k``; model-level
+    tensors are ``embed``, ``final_norm`` and the logits.
+    """
+    if op is None:
+        return f"layers.{layer}.out" if layer is not None and f"layers.{layer}.out" in order else None
+    if layer is None:
+        tries = {"embed": ["embed"], "final_norm": ["final_norm"], "lm_head": ["logits.pre_softcap", "logits"],
+                 "logits": ["logits.pre_softcap", "logits"]}.get(op, [op])
+        return next((t for t in tries if t in order), None)
+    names = [op, op.removesuffix("_proj"), op.replace("post_attn_norm", "attn.post_norm"),
+             op.replace("post_mlp_norm", "mlp.post_norm"), op.replace("q_norm", "q").replace("k_norm", "k")]
+    for n in names:
+        if f"layers.{layer}.{n}" in order:
+            return f"layers.{layer}.{n}"
+    first = [p for p in order if p.startswith(f"layers.{layer}.")]
+    return min(first, key=lambda p: order[p]) if first else None
+
+
+def execution_key(e: Evidence, order: Mapping[str, int], n_layers: int) -> tuple[float, float]:
+    """(layer position, op order) of a piece of evidence; unknown ops sort first in their layer."""
+    p = op_point(e.layer, e.op, order)
+    if e.layer is not None:
+        pos = float(e.layer)
+    elif e.op == "embed":
+        pos = -1.0
+    else:
+        pos = float(n_layers)  # final norm, lm_head, logits: after every layer
+    return pos, float(order.get(p, -1)) if p else -1.0
+
+
+def choose_decisive(evidence: Sequence[Evidence], order: Mapping[str, int], n_layers: int) -> Evidence | None:
+    """The first decisive evidence in execution order (a fault upstream explains what follows); ties by PRIORITY."""
+    dec = [e for e in evidence if e.decisive]
+    if not dec:
+        return None
+    return min(dec, key=lambda e: (*execution_key(e, order, n_layers), PRIORITY.get(e.cause, len(PRIORITY))))
 
 
 def choose(evidence: Sequence[Evidence], culprit_layer: int | None) -> Evidence | None:
@@ -100,11 +167,18 @@ def from_weight_audit(audit: Any) -> list[Evidence]:
 
 
 def from_findings(findings: Iterable[Any]) -> list[Evidence]:
+    """Critical findings that name a fault by themselves: static-scale overflow, KV scales, NaN/Inf, softcap."""
     out = []
     for f in findings:
         cause = (f.evidence or {}).get("cause")
         if f.kind in ("act_scale_overflow", "kv_cache_scale") and f.severity == "critical" and cause:
             out.append(Evidence(cause, f.layer, f.op, f.kind, f.title))
+        elif f.kind == "nonfinite_onset" and f.severity == "critical":
+            ev = f.evidence or {}
+            out.append(Evidence(ev.get("cause", "nonfinite"), f.layer, f.op or (f.point or None), "nonfinite_onset",
+                                f.title + (f" ({ev['why']})" if ev.get("why") else "")))
+        elif f.kind == "softcap_missing" and f.severity == "critical":
+            out.append(Evidence("softcap_missing", f.layer, f.op, "softcap_missing", f.title))
     return out
 
 
@@ -139,34 +213,95 @@ def from_modules(modules: Iterable[dict[str, Any]], clipped: Mapping[str, float]
     return out
 
 
+def absorbed_note(report: Any, layer: int | None, op: str | None) -> str:
+    """A sentence saying whether the residual stream after the fault's layer stays within the format's noise."""
+    cmp = report.comparison
+    res = f"layers.{layer}.out" if layer is not None else ("layers.0.out" if op == "embed" else None)
+    if res is None or res not in cmp.points:
+        return ""
+    noise = getattr(report.record, "noise", None)
+    p = noise.point(res) if noise is not None else None
+    if p is not None:
+        if not p.beyond:
+            return (f"The residual stream absorbs its effect: {res} stays within the format's noise (rel err "
+                    f"{p.cand_rel_l2:.3g} vs expected {p.expected_rel_l2:.3g}).")
+        return f"Its effect reaches the residual stream: {res} rel err {p.cand_rel_l2:.3g} vs expected " \
+               f"{p.expected_rel_l2:.3g}."
+    r = cmp.points[res]
+    t = cmp.thresholds.min_cosine
+    if t is not None and r.full and r.min_cosine >= t:
+        return f"The residual stream absorbs its effect: {res} keeps cosine {r.min_cosine:.4f}."
+    return ""
+
+
 def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
-    """Put the chosen cause on the top culprit finding (adds one if localization made none); returns the cause."""
-    culprits = [f for f in report.findings if f.kind == "culprit"]
+    """Evidence first: make the top ``culprit`` finding name the fault; returns its cause category.
+
+    A decisive piece of evidence (a critical audit, scale, non-finite or softcap finding) decides the culprit's
+    layer and op: the first such in execution order. Otherwise the localizer's culprit stands (the layer beyond
+    the format's noise and its first op beyond it) and the evidence at that layer names the cause; a culprit
+    beyond noise that no audit explains is ``beyond_noise``; none at all is ``quantization_noise``.
+    """
+    culprits = [f for f in report.findings if f.kind == "culprit" and (f.evidence or {}).get("source") != "bisect"]
     top = culprits[0] if culprits else None
-    best = choose(evidence, top.layer if top is not None else None)
-    cause = best.cause if best is not None else "quantization_noise"
+    cmp = report.comparison
+    n_layers = cmp.info.n_layers if getattr(cmp, "info", None) is not None else 0
+    decisive = choose_decisive(evidence, cmp.order, n_layers)
     if top is None:
         from ..comparison.findings import Finding
 
-        top = Finding(severity="info", kind="culprit", title="Culprit", layer=best.layer if best else None,
-                      op=best.op if best else None)
+        top = Finding(severity="info", kind="culprit", title="Culprit", evidence={"source": "evidence"})
         report.add_finding(top)
+    localized = (top.layer, top.op)
+    loc_detail = top.detail
+    if decisive is not None:
+        best: Evidence | None = decisive
+        top.layer, top.op = decisive.layer, decisive.op
+        top.point = op_point(decisive.layer, decisive.op, cmp.order)
+    else:
+        best = choose([e for e in evidence if e.layer == top.layer or e.layer is None], top.layer)
+    if best is not None:
+        cause = best.cause
+    elif top.severity == "critical" and (top.evidence or {}).get("noise_aware"):
+        cause = "beyond_noise"
+    else:
+        cause = "quantization_noise"
     top.evidence["cause"] = cause
     top.evidence["cause_description"] = DESCRIPTION.get(cause, cause)
+    where_txt = (f"layer {top.layer}, {top.op}" if top.layer is not None else str(top.op or "model")) if (
+        top.op or top.layer is not None) else "layer output"
     if best is not None:
         top.evidence["cause_evidence"] = asdict(best)
         top.evidence["cause_layer"], top.evidence["cause_op"] = best.layer, best.op
         where = f"layer {best.layer}, {best.op}" if best.layer is not None else str(best.op)
-        because = f"Cause: {DESCRIPTION.get(cause, cause)} — {best.why}"
-        because += f" (evidence at {where}, from the {best.source.replace('_', ' ')})"
-        top.detail = (top.detail + " " if top.detail else "") + because
+        because = f"Cause: {DESCRIPTION.get(cause, cause)} — {best.why} (evidence at {where}, from the " \
+                  f"{best.source.replace('_', ' ')})."
+        parts = [because]
+        if decisive is not None:
+            parts.append(absorbed_note(report, best.layer, best.op))
+            if localized[0] is not None and localized != (best.layer, best.op):
+                parts.append(f"Localization alone pointed at layer {localized[0]}, {localized[1]}: {loc_detail}")
+            elif loc_detail:
+                parts.append(f"Localization: {loc_detail}")
+        else:
+            parts.insert(0, loc_detail)
+        top.detail = " ".join(p for p in parts if p)
         if top.severity in ("info", "warning", "error"):
             top.severity = "critical"
-    elif cause == "quantization_noise" and top.severity == "critical":
-        # No fault evidence: the outlier layer is the format's own error, worth a look, not an alarm.
-        top.severity = "warning"
-    top.title = f"[{cause}] {top.title}"
+        top.title = f"[{cause}] Culprit: {where_txt}" + ("" if decisive is not None else
+                                                         _tail(top.title))
+    else:
+        if cause == "quantization_noise" and top.severity == "critical":
+            # No fault evidence: the outlier layer is the format's own error, worth a look, not an alarm.
+            top.severity = "warning"
+        top.title = f"[{cause}] {top.title}"
     return cause
+
+
+def _tail(title: str) -> str:
+    """The localizer's qualifier, e.g. " (beyond the format's noise)"."""
+    i = title.rfind(" (")
+    return title[i:] if i >= 0 else ""
 
 
 def collect(
@@ -188,4 +323,4 @@ def collect(
     return ev
 
 
-__all__ = ["CAUSES", "Evidence", "annotate_culprit", "choose", "collect"]
+__all__ = ["CAUSES", "Evidence", "annotate_culprit", "choose", "choose_decisive", "collect", "op_point"]

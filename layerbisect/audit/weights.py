@@ -162,7 +162,8 @@ class WeightAudit:
                     layer=first.layer,
                     op=first.op,
                     token_index=None,
-                    detail=f"{first.note} Tensors: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""),
+                    detail=f"{first.note}{_scope(rows, self.rows)} Tensors: {', '.join(names[:8])}"
+                    + (" ..." if len(names) > 8 else ""),
                     evidence={"cause": cause, "tensors": names, "first": first.row(), **first.evidence},
                 )
             )
@@ -194,6 +195,19 @@ class WeightAudit:
         """The findings; the rows reach the run record as ``Audits.weights`` (``audit.after_localize``)."""
         for f in self.findings():
             report.add_finding(f)
+
+
+def _scope(faulty: list[TensorAudit], rows: list[TensorAudit]) -> str:
+    """" — every mlp.gate_proj, mlp.up_proj and mlp.down_proj (54 tensors)." when a fault covers whole module kinds."""
+    if len(faulty) < 2:
+        return ""
+    ops = sorted({r.op for r in faulty if r.op}, key=lambda o: [r.op for r in rows].index(o))
+    whole = [o for o in ops if all(r.status != "ok" for r in rows if r.op == o and r.name.endswith(".weight"))]
+    if ops and whole == ops:
+        n_layers = len({r.layer for r in faulty if r.layer is not None})
+        where = f" in all {n_layers} layers" if n_layers > 1 else ""
+        return f" — every {', '.join(ops)}{where}: the whole module kind."
+    return ""
 
 
 def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:
@@ -242,8 +256,9 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             continue
         c = c.float()
         if tuple(c.shape) != tuple(r.shape):
-            row.status, row.cause = "fault", "shape_mismatch"
-            row.note = f"candidate shape {tuple(c.shape)}"
+            sig = _transposed_permutation(r, c, kind, op, cfg, layer)
+            row.status, row.cause = "fault", sig.cause if sig else "shape_mismatch"
+            row.note = sig.note if sig else f"candidate shape {tuple(c.shape)}"
             continue
         row.nonfinite = int((~torch.isfinite(c)).sum())
         cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
@@ -252,6 +267,11 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             row.status, row.cause = "fault", "nonfinite"
             row.note = f"{row.nonfinite} non-finite values after dequantization"
             continue
+        sig = _signature(kind, r, c, lin, cfg, row)
+        if sig is not None:
+            row.status, row.cause, row.note = "fault", sig.cause, sig.note
+            row.evidence.update(sig.evidence)
+            continue
         if row.cosine < COS_OK:
             row.status = "fault"
             row.cause, row.note, restored = _layout(name, r, c, lin, cfg, NVFP4Linear)
@@ -259,6 +279,12 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             continue
         scale, conv = _stored_scale(lin, FP8Linear, NVFP4Linear)
         cause, k = classify_scale(row.alpha, scale, conv)
+        if cause == "scale_mismatch" and lin is not None:
+            sib = _sibling(module, r, row.alpha, cand_runner, lin)
+            if sib is not None:
+                row.status, row.cause, row.note = "fault", sib.cause, sib.note
+                row.evidence.update(sib.evidence)
+                continue
         if cause:
             row.status, row.cause = "fault", cause
             row.evidence.update({"stored_scale": scale, "convention": conv, "k": k})
@@ -326,9 +352,124 @@ def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
         cs = cos_sim(r, t)
         if cs > best[2]:
             best = (cause, note, cs)
+    if best[2] >= RESTORED_COS and best[0] != "layout_permutation":
+        return best[0], f"{best[1]} (cosine {best[2]:.4f} once undone)", best[2]
+    # any row or column permutation, matched by nearest neighbour, with its structure named
+    sig = _permutation(name, r, c, cfg)
+    if sig is not None:
+        return sig.cause, sig.note, float(sig.evidence.get("restored_cosine", best[2]))
     if best[2] >= RESTORED_COS:
         return best[0], f"{best[1]} (cosine {best[2]:.4f} once undone)", best[2]
     return "garbage", "low cosine and no layout hypothesis restores it", best[2]
+
+
+def _heads(name: str, cfg: Any) -> tuple[int | None, int | None]:
+    """(heads over the output rows, heads over the input columns) of an attention projection; else (None, None)."""
+    parts = name.split(".")
+    if parts[0] != "layers" or len(parts) < 4:
+        return None, None
+    mixer = cfg.layers[int(parts[1])].mixer
+    h, kv = getattr(mixer, "n_heads", None), getattr(mixer, "n_kv_heads", None)
+    leaf = parts[-2]
+    if leaf == "q_proj":
+        return h, None
+    if leaf in ("k_proj", "v_proj"):
+        return kv, None
+    if leaf == "o_proj":
+        return None, h
+    return None, None
+
+
+def _permutation(name: str, r: torch.Tensor, c: torch.Tensor, cfg: Any) -> Any:
+    from .signatures import permutation
+
+    if r.ndim != 2:
+        return None
+    hout, hin = _heads(name, cfg)
+    return permutation(r, c, hout, hin)
+
+
+def _transposed_permutation(r: torch.Tensor, c: torch.Tensor, kind: str, op: Any, cfg: Any, layer: Any) -> Any:
+    """A non-square weight stored transposed (the loader reshaped nothing): candidate shape is ref's reversed."""
+    from .signatures import Signature
+
+    if r.ndim == 2 and tuple(c.shape) == tuple(r.T.shape):
+        cs = cos_sim(r, c.T)
+        if cs >= RESTORED_COS:
+            return Signature("transposed", f"candidate is the reference transposed (cosine {cs:.4f} once undone)")
+    return None
+
+
+def _signature(kind: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any, row: TensorAudit) -> Any:
+    """The fault signatures of ``signatures.py`` that apply to this tensor kind (first match wins)."""
+    from . import signatures as sg
+
+    off = abs(row.alpha - 1.0) > ALPHA_TOL or not row.cosine >= COS_OK
+    if kind == "norm":  # gains near 1 hide an offset from α: the fit itself decides (signatures.norm_convention)
+        return sg.norm_convention(r, c)
+    if kind == "embedding" and off:
+        return sg.embed_scale(row.alpha, float(getattr(cfg, "embed_scale", 1.0)))
+    if lin is None or getattr(lin, "scheme", None) is None or lin.scheme.weight == "dense":
+        return None
+    if row.name.endswith(".bias"):
+        return None
+    pow2 = sg.pow2_scales(r, c, lin)
+    if pow2 is not None:
+        return pow2
+    if not off:
+        return None
+    return sg.raw_codes(r, c, lin) or sg.exponent_offset(row.alpha, row.cosine, lin)
+
+
+def _stored_file_scale(cand_runner: Any, module: str) -> tuple[float | None, str]:
+    """A linear's per-tensor weight scale as the checkpoint stores it (FP8 weight_scale: multiplier; NVFP4
+    weight_global_scale: divisor; ModelOpt weight_scale_2: multiplier); None when it has no scalar scale."""
+    ck = getattr(cand_runner, "checkpoint", None)
+    hf = getattr(cand_runner, "linear_names", {}).get(module)
+    if ck is None or hf is None:
+        return None, ""
+    keys = set(ck.keys())
+    leaves = (("weight_global_scale", "divide"), ("weight_scale_2", "multiply"), ("weight_scale", "multiply"))
+    for leaf, conv in leaves:
+        key = f"{hf}.{leaf}"
+        if key in keys:
+            t = ck.get(key)
+            if t.numel() == 1:
+                return float(t.float().reshape(())), conv
+            return None, ""
+    return None, ""
+
+
+def _sibling(module: str, r: torch.Tensor, alpha: float, cand_runner: Any, lin: Any) -> Any:
+    """α explained by a fused sibling's stored scale (vLLM 54974); see ``signatures.sibling_scale``."""
+    from ..expected.quantize import fused_groups
+    from .signatures import Signature, sibling_scale
+
+    group = next((g for g in fused_groups(list(getattr(cand_runner, "linear_names", {}))) if module in g), None)
+    if group is None:
+        return None
+    own, conv = _stored_file_scale(cand_runner, module)
+    if own is None:
+        return None
+    sibs = {}
+    for n in group:
+        if n != module:
+            v, c2 = _stored_file_scale(cand_runner, n)
+            if v is not None and c2 == conv:
+                sibs[n] = v
+    sig = sibling_scale(alpha, own, sibs, conv)
+    if sig is not None:
+        return sig
+    same = [n for n, v in sibs.items() if v == own]
+    if same:  # the checkpoint itself holds the sibling's value: predict α from the scale the producer would derive
+        amax = float(r.abs().max())
+        derived = amax / 448.0 if conv == "multiply" else 448.0 * 6.0 / amax
+        pred = own / derived if conv == "multiply" else derived / own
+        if abs(alpha / pred - 1) < 0.05:
+            return Signature("shard_scale_mismatch", f"its stored scale {own:.4g} is bit-identical to {same[0]}'s, "
+                             f"while its own weights give {derived:.4g}: α {alpha:.4g} ≈ {pred:.4g} predicted",
+                             {"sibling": same[0], "predicted_alpha": pred, "own_scale": own})
+    return None
 
 
 __all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale"]

@@ -68,6 +68,13 @@ def compare(
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
     impl: o.Impl = "emulate",
+    compute_dtype: o.ComputeDtype = "fp32",
+    expected: Annotated[
+        bool,
+        typer.Option("--expected/--no-expected",
+                     help="Expected lane: the reference's weights in the candidate's format, for noise-aware verdicts "
+                     "and the built-in gate's thresholds."),
+    ] = True,
     localize: Annotated[
         bool, typer.Option("--localize/--no-localize", help="Activation patching: local vs accumulated error.")
     ] = True,
@@ -89,7 +96,8 @@ def compare(
     from .progress import progress_display, terminal
 
     console = terminal(stderr=True)
-    gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
+    user_gate = gate_mod.GateConfig.from_toml(gate) if gate else None
+    gate_cfg = user_gate or gate_mod.GateConfig.builtin()
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
     if bisect_modules and stream:
         raise InputError("--bisect", "swaps modules in a resident model; it cannot run with --stream")
@@ -101,7 +109,7 @@ def compare(
         ref_device=ref_device,
         cand_device=cand_device,
         select=select,
-        quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
+        quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl, compute_dtype),
         kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
         localize=localize,
         tokenizer=tokenizer,
@@ -109,10 +117,12 @@ def compare(
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
         dump_map=dump_map,
+        expected=expected,
     )
     with progress_display(console) as shown:
         progress, status = shown.progress, shown.status
         report = run_compare(ref, cand, candidate_dump=candidate_dump, options=opts, progress=progress, status=status)
+        gate_cfg = user_gate or gate_mod.GateConfig.builtin_for(report)  # derived from the expected lane
         if bisect_modules:
             from ..bisect_modules import bisect_report
 

@@ -83,6 +83,31 @@ class GateConfig:
             ],
         )
 
+    @classmethod
+    def builtin_for(cls, report: Report) -> GateConfig:
+        """The built-in gate for this run: derived from its expected lane when it has one (``from_noise``)."""
+        summary = getattr(getattr(report, "record", None), "noise", None)
+        return cls.from_noise(summary) if summary is not None and summary.points else cls.builtin()
+
+    @classmethod
+    def from_noise(cls, summary: Any) -> GateConfig:
+        """Thresholds from the expected lane (``comparison/noise.py``): each point may be MARGIN× worse than the
+        reference's own weights in the candidate's format (+ SLACK), the logits likewise; the norm ratio
+        follows the relative error (|ratio − 1| ≤ rel err); any non-finite value and any critical finding
+        still fail."""
+        from layerbisect.comparison.noise import gate_thresholds
+
+        per_point, logits = gate_thresholds(summary)
+        base = cls.builtin()
+        rules = [Rule(pat, {**o, **logits}) if pat == "logits*" else r
+                 for r in base.rules for pat, o in [(r.pattern, dict(r.overrides))]]
+        for point, t in per_point.items():
+            if any(ch in point for ch in "*?["):
+                continue  # capture names never hold glob characters; refuse to guess if one does
+            rules.append(Rule(point, {**t, "max_norm_ratio": max(1.5, 1.0 + t["max_rel_l2"])}))
+        return cls(default=base.default, rules=rules, max_cosine_drop=base.max_cosine_drop, fail_on=base.fail_on,
+                   source=f"<built-in, from the expected lane: {summary.scheme}>")
+
     @staticmethod
     def _base_rules() -> list[Rule]:
         return [Rule("logits*", {"max_kl": 0.1, "min_top1": 0.9})]
@@ -213,8 +238,11 @@ def evaluate(
     config: GateConfig | None = None,
     baseline: str | Path | Mapping[str, Any] | None = None,
 ) -> GateResult:
-    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline."""
-    config = config or GateConfig.builtin()
+    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline.
+
+    Without ``config``: the built-in gate, derived from the run's expected lane when it has one.
+    """
+    config = config or GateConfig.builtin_for(report)
     cmp = report.comparison
     failures: list[str] = []
     notes: list[str] = []

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerbisect.comparison.noise import NoiseSummary
 from layerbisect.comparison.sections import Column, Section
 
 # --------------------------------------------------------------------------- what was run
@@ -237,13 +238,33 @@ def _rows(cls: type, rows: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
+class OpLocal:
+    """One op of one layer under activation patching (the layer run on the reference's input)."""
+
+    layer: int
+    op: str
+    cosine: float
+    rel_l2: float
+
+
+@dataclass(frozen=True)
 class Localization:
     layers: tuple[LayerLocal, ...] = ()  # layer order
     modules: tuple[ModuleLocal, ...] = ()  # worst local error first
+    ops: tuple[OpLocal, ...] = ()  # layer order, then execution order inside the layer
 
     @classmethod
-    def from_rows(cls, layers: Iterable[Mapping[str, Any]], modules: Iterable[Mapping[str, Any]]) -> Localization:
-        return cls(_rows(LayerLocal, layers), _rows(ModuleLocal, modules))
+    def from_rows(cls, layers: Iterable[Mapping[str, Any]], modules: Iterable[Mapping[str, Any]],
+                  ops: Iterable[Mapping[str, Any]] = ()) -> Localization:
+        return cls(_rows(LayerLocal, layers), _rows(ModuleLocal, modules), _rows(OpLocal, ops))
+
+    def patch_rows(self) -> list[dict[str, Any]]:
+        """Per-layer rows with their ops, the shape ``localize.patch_layers`` returns (for the noise verdicts)."""
+        by_layer: dict[int, list[dict[str, Any]]] = {}
+        for o in self.ops:
+            by_layer.setdefault(o.layer, []).append({"op": o.op, "cosine": o.cosine, "rel_l2": o.rel_l2})
+        return [{"layer": r.layer, "local_cosine": r.local_cosine, "local_rel_l2": r.local_rel_l2,
+                 "ops": by_layer.get(r.layer, [])} for r in self.layers]
 
     def sections(self) -> tuple[Section, ...]:
         out = []
@@ -449,6 +470,7 @@ class RunRecord:
     localization: Localization | None = None
     audits: Audits | None = None
     bisect: BisectSummary | None = None
+    noise: NoiseSummary | None = None  # the expected lane's verdicts (comparison/noise.py)
     extra: tuple[Section, ...] = ()  # sections of any other kind, rendered as they come
 
     def label(self, name: str) -> str | None:
@@ -456,7 +478,7 @@ class RunRecord:
 
     def sections(self) -> tuple[Section, ...]:
         out: list[Section] = []
-        for part in (self.localization, self.audits, self.bisect):
+        for part in (self.noise, self.localization, self.audits, self.bisect):
             if part is not None:
                 out += part.sections()
         return (*out, *self.extra)
@@ -484,6 +506,8 @@ __all__ = [
     "MemoryMode",
     "ModelSummary",
     "ModuleLocal",
+    "NoiseSummary",
+    "OpLocal",
     "Paths",
     "QuantizationSummary",
     "RunRecord",

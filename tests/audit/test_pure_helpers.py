@@ -81,3 +81,21 @@ def test_choose_prefers_the_culprit_layer_then_the_earliest() -> None:
     assert choose([], 0) is None
     everywhere = [Evidence("missing_norm", i, "mlp_norm", "weight_audit", "") for i in (2, 0, 1)]
     assert choose(everywhere, 1).layer == 0
+
+
+def test_decisive_evidence_is_the_first_in_execution_order() -> None:
+    """A critical audit/scale/non-finite finding names the culprit; the earliest such explains what follows."""
+    from layerbisect.audit.causes import choose_decisive, op_point
+
+    order = {n: i for i, n in enumerate(["embed", "layers.0.attn.q", "layers.0.mlp.down", "layers.0.out",
+                                         "layers.1.attn.q", "layers.1.out", "final_norm", "logits"])}
+    late = Evidence("scale_mismatch", 1, "attn.q_proj", "weight_audit", "")
+    early = Evidence("scale_mismatch", 0, "mlp.down_proj", "weight_audit", "")
+    patch = Evidence("scale_mismatch", 0, "attn.q_proj", "patching", "")  # not decisive by itself
+    emb = Evidence("embed_scale", None, "embed", "weight_audit", "")
+    assert choose_decisive([late, early, patch], order, 2) is early
+    assert choose_decisive([late, early, emb], order, 2) is emb  # the embedding precedes every layer
+    assert choose_decisive([patch], order, 2) is None
+    assert op_point(0, "mlp.down_proj", order) == "layers.0.mlp.down"
+    assert op_point(None, "lm_head", order) == "logits"
+    assert op_point(1, "attn_norm", order) == "layers.1.attn.q"  # an op without a point: its layer's first
