@@ -130,6 +130,17 @@ def test_convert_failure_is_an_input_error_with_the_log(tmp_path):
         L.convert_hf_to_gguf(tmp_path, out)
 
 
+def test_converted_gguf_is_cached_with_its_log(tiny_models):
+    g = tiny_models["qwen3"]["gguf"]
+    assert g.name == "model.gguf" and (g.parent / "convert.log").is_file()
+    assert "qwen3" in (g.parent / "convert.log").read_text()
+    mtime = g.stat().st_mtime_ns
+    assert L.converted_gguf(tiny_models["qwen3"]["hf"]) == g and g.stat().st_mtime_ns == mtime
+    existing = tiny_models["qwen3"]["gguf"]
+    with pytest.raises(InputError, match="exists"):
+        L.convert_hf_to_gguf(tiny_models["qwen3"]["hf"], existing)
+
+
 # -- quantization: needs the compiled llama-cpp-python ------------------------------------------
 
 needs_llama_cpp = pytest.mark.skipif(L.llama_cpp_available() is not None, reason=str(L.llama_cpp_available()))
