@@ -54,12 +54,12 @@ def _register_optional() -> None:
         _SUBCOMMANDS.add("compare")
     except ImportError:  # pragma: no cover - during development only
         pass
-    for mod, name in (("audit_cmd", "audit"), ("demo_cmd", "demo")):
+    for mod, name in (("audit_cmd", "audit"), ("demo_cmd", "demo"), ("capture_llamacpp_cmd", "capture-llamacpp")):
         try:
             m = __import__(f"layerbisect.cli.{mod}", fromlist=[name])
         except ImportError:  # pragma: no cover
             continue
-        app.command(name)(getattr(m, name))
+        app.command(name)(getattr(m, name.replace("-", "_")))
         _SUBCOMMANDS.add(name)
 
 

@@ -24,11 +24,20 @@ The tokenizer is a byte-level BPE trained with ``tokenizers`` on a fixed corpus 
 model's vocab size (padded with ``<unused_N>`` specials if the corpus runs out of merges), so
 its ids are always in range. Ids 0/1/2 are ``<pad>``/``<bos>``/``<eos>`` for every
 architecture, and a post-processor prepends ``<bos>`` as llama.cpp does with add_bos_token.
+
+``vocabulary=`` gives the model a *real* tokenizer instead: one rebuilt from llama.cpp's
+vocab GGUFs (``producers/vocab.py``; "auto" picks llama-bpe for llama, llama-spm for mistral
+and Gemma 2/3, qwen2 for Qwen 2/3). ``vocab_size`` is then that vocabulary's size and the
+bos/eos/pad ids are its own. This is what llama.cpp's ``convert_hf_to_gguf.py`` needs: it
+recognizes a BPE tokenizer only by the hash of its output on a fixed text, and Gemma 2 wants
+a SentencePiece ``tokenizer.model``. The embedding table grows with the vocabulary (32k to
+152k rows), so pass a small ``hidden`` (64) with it.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -210,19 +219,37 @@ def make_tiny_hf(
     head_dim: int | None = None,
     vocab: int = 512,
     rope_scaling: dict[str, Any] | None = None,
+    vocabulary: str | None = None,
 ) -> Path:
     """Write a tiny random HF checkpoint (config, safetensors, tokenizer) of ``arch`` to ``out_dir``.
 
     ``rope_scaling`` (llama only), e.g. ``{"rope_type": "linear", "factor": 2.0}`` or
     ``{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64}``. Returns ``out_dir``.
+    "original_max_position_embeddings": 64}``. ``vocabulary``: None (a BPE of ``vocab``
+    tokens trained on a fixed corpus), ``"auto"`` or a name of ``producers.vocab.VOCABS``
+    (a real llama.cpp vocabulary; ``vocab`` is ignored). Returns ``out_dir``.
     """
     from transformers import AutoModelForCausalLM
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise InputError("dtype", f"{dtype!r} is not one of float32, bfloat16, float16")
+    tok_dir = None
+    ids: dict[str, int | None] = {}
+    if vocabulary is not None:
+        from layerbisect.producers.vocab import cached_tokenizer, tokenizer_info, vocab_for_model_type
+
+        if arch not in ARCHS:
+            raise InputError(arch, f"unknown tiny architecture; choose one of {', '.join(ARCHS)}")
+        name = vocab_for_model_type(arch) if vocabulary == "auto" else vocabulary
+        # Gemma's SentencePiece tokenizers add no dummy prefix (Llama's do).
+        tok_dir = cached_tokenizer(name, add_dummy_prefix=False if arch.startswith("gemma") else None)
+        info = tokenizer_info(tok_dir)
+        vocab = int(info["size"])
+        ids = {k: info.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     cfg = _arch_config(arch, n_layers=n_layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
                        head_dim=head_dim, vocab=vocab, rope_scaling=rope_scaling)
+    for k, v in ids.items():
+        setattr(cfg, k, v)
     torch.manual_seed(seed)  # transformers' own init runs first; ours overwrites every parameter
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     _randomize(model, arch, seed)
@@ -231,5 +258,10 @@ def make_tiny_hf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    make_tiny_tokenizer(vocab).save_pretrained(out)
+    if tok_dir is None:
+        make_tiny_tokenizer(vocab).save_pretrained(out)
+    else:
+        for f in sorted(tok_dir.iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, out / f.name)
     return out
