@@ -33,7 +33,8 @@ def _canonical(name: str) -> bool:
 def test_builtin_maps_found_as_package_data():
     maps = builtin_maps()
     assert set(maps) == {
-        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama", "sglang_llama", "trtllm_qwen", "llamacpp"
+        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3",
+        "vllm_llama", "sglang_llama", "trtllm_qwen", "llamacpp",
     }
     for nm in maps.values():
         if nm.engine == "llama.cpp":  # ggml node names, read by engines/llamacpp.py (tests/engines/test_llamacpp.py)
