@@ -152,6 +152,18 @@ class ModelConfig:
         return replace(self, **kw)
 
 
+_REQUIRED: Any = object()
+LIMITS = {  # sanity bounds on sizes read from a model's metadata; far above any released model
+    "n_layers": 1024,
+    "d_model": 1 << 17,
+    "n_heads": 1 << 12,
+    "head_dim": 1 << 12,
+    "d_ff": 1 << 20,
+    "vocab": 1 << 24,
+    "context": 1 << 24,
+}
+
+
 def _gemma_attn_scale(arch: str, n_layers: int, d_model: int, n_heads: int, head_dim: int) -> float:
     # query_pre_attn_scalar: head_dim, except the 27B models which use d_model / n_heads
     # (llama.cpp hard-codes the same rule since GGUF does not store the scalar).
@@ -160,8 +172,10 @@ def _gemma_attn_scale(arch: str, n_layers: int, d_model: int, n_heads: int, head
 
 
 def config_from_gguf(fields: dict[str, Any], n_vocab: int, has_output: bool, path: str = "") -> ModelConfig:
-    """Build the config from GGUF metadata (``fields``: key → python value)."""
+    """Build the config from GGUF metadata (``fields``: key → python value); types and ranges checked
+    (``validation.py``, bounds in ``LIMITS``), so a bad value is an ``InputError`` naming the key."""
     from .errors import InputError
+    from .validation import as_int, field_float, field_int
 
     arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
@@ -175,16 +189,37 @@ def config_from_gguf(fields: dict[str, Any], n_vocab: int, has_output: bool, pat
             return default
         return fields[full]
 
-    d_model = int(get("embedding_length", required=True))
-    n_heads = int(get("attention.head_count", required=True))
-    n_kv = get("attention.head_count_kv", n_heads)
-    head_dim = int(get("attention.key_length", d_model // n_heads))
-    n_layers = int(get("block_count", required=True))
+    def num(key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+        full = f"{arch}.{key}"
+        v = fields.get(full)
+        if isinstance(v, list) and v:  # per-layer arrays (llama.cpp writes some counts per layer)
+            for k, x in enumerate(v):
+                as_int(x, f"{full}[{k}]", where=path, lo=lo, hi=hi)
+            v = v[0]
+        if v is None and default is _REQUIRED:
+            raise InputError(path, f"GGUF metadata lacks {full!r}")
+        return default if v is None else as_int(v, full, where=path, lo=lo, hi=hi)
+
+    def real(key: str, default: Any, *, lo: float | None = None, hi: float | None = None) -> Any:
+        return field_float(fields, f"{arch}.{key}", where=path, lo=lo, hi=hi, positive=True, default=default)
+
+    d_model = num("embedding_length", 1, LIMITS["d_model"])
+    n_heads = num("attention.head_count", 1, LIMITS["n_heads"])
+    n_kv = num("attention.head_count_kv", 1, n_heads, default=n_heads)
+    if n_heads % n_kv:
+        raise InputError(path, f"{arch}.attention.head_count {n_heads} is not a multiple of head_count_kv {n_kv}")
+    head_dim = num("attention.key_length", 1, LIMITS["head_dim"], default=d_model // n_heads)
+    if head_dim < 1:
+        raise InputError(path, f"{arch}.embedding_length {d_model} < attention.head_count {n_heads} "
+                               "and no attention.key_length")
+    n_layers = num("block_count", 1, LIMITS["n_layers"])
+    d_ff = num("feed_forward_length", 1, LIMITS["d_ff"])
+    context = num("context_length", 1, LIMITS["context"], default=8192)
     spec = ARCHITECTURES[arch]
     scaling = RopeScaling()
     stype = get("rope.scaling.type")
     if stype in ("linear",):
-        scaling = RopeScaling(kind="linear", factor=float(get("rope.scaling.factor", 1.0)))
+        scaling = RopeScaling(kind="linear", factor=real("rope.scaling.factor", 1.0, hi=1e6))
     elif stype not in (None, "none"):
         raise InputError(path, f"rope scaling {stype!r} is not supported (supported: none, linear, llama3 rope_freqs)")
     attn_scale = None
@@ -194,97 +229,127 @@ def config_from_gguf(fields: dict[str, Any], n_vocab: int, has_output: bool, pat
     sliding_layers = None
     if isinstance(pattern, list) and len(pattern) == n_layers:
         sliding_layers = tuple(bool(x) for x in pattern)
-    elif isinstance(pattern, int) and pattern > 0:
+    elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0:
         sliding_layers = tuple((i + 1) % pattern != 0 for i in range(n_layers))
-    swa_base = get("rope.freq_base_swa")
+    swa_base = real("rope.freq_base_swa", None)
+    window = field_int(fields, f"{arch}.attention.sliding_window", where=path, lo=1, hi=LIMITS["context"],
+                       default=None) if spec.sliding_pattern else None
     return ModelConfig(
         arch=arch,
         n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=int(n_kv if not isinstance(n_kv, list) else n_kv[0]),
+        n_kv_heads=n_kv,
         head_dim=head_dim,
-        d_ff=int(get("feed_forward_length", required=True)),
-        vocab_size=n_vocab,
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_base=float(get("rope.freq_base", 10_000.0)),
+        d_ff=d_ff,
+        vocab_size=as_int(n_vocab, "vocabulary size", where=path, lo=1, hi=LIMITS["vocab"]),
+        norm_eps=real("attention.layer_norm_rms_epsilon", 1e-6, hi=1.0),
+        rope_base=real("rope.freq_base", 10_000.0),
         rope_scaling=scaling,
-        sliding_window=get("attention.sliding_window") if spec.sliding_pattern else None,
-        attn_softcap=get("attn_logit_softcapping", spec.default_attn_softcap),
-        final_softcap=get("final_logit_softcapping", spec.default_final_softcap),
+        sliding_window=window,
+        attn_softcap=real("attn_logit_softcapping", spec.default_attn_softcap),
+        final_softcap=real("final_logit_softcapping", spec.default_final_softcap),
         attn_scale=attn_scale,
         tied_embeddings=not has_output,
-        context_length=int(get("context_length", 8192)),
+        context_length=context,
         local_rope_base=float(swa_base) if swa_base is not None and spec.local_rope_base is not None else None,
         sliding_layers=sliding_layers if spec.sliding_pattern else None,
     )
 
 
 def config_from_hf(cfg: dict[str, Any], path: str = "") -> ModelConfig:
-    """Build the config from a HF ``config.json`` dict (text config of multimodal Gemma 3 too)."""
-    from .errors import InputError
+    """Build the config from a HF ``config.json`` dict (text config of multimodal Gemma 3 too).
 
+    Every field is read with its type and range checked (``validation.py``, bounds in ``LIMITS``):
+    a string where a number belongs, a negative count or a list where an object belongs is an
+    ``InputError`` naming the file and the field.
+    """
+    from .errors import InputError
+    from .validation import field_bool, field_dict, field_float, field_int, field_list
+
+    w = path
+    if not isinstance(cfg, dict):
+        raise InputError(w, f"expected a JSON object, got {type(cfg).__name__}")
     if "text_config" in cfg and cfg.get("model_type") == "gemma3":
-        cfg = {**cfg["text_config"], "model_type": "gemma3_text"}
+        cfg = {**field_dict(cfg, "text_config", where=w), "model_type": "gemma3_text"}
     mt = cfg.get("model_type")
-    arch = HF_MODEL_TYPES.get(mt)
+    arch = HF_MODEL_TYPES.get(mt) if isinstance(mt, str) else None
     if arch is None:
         raise InputError(path, f"unsupported model_type {mt!r} (supported: {', '.join(sorted(HF_MODEL_TYPES))})")
     spec = ARCHITECTURES[arch]
-    d_model = int(cfg["hidden_size"])
-    n_heads = int(cfg["num_attention_heads"])
-    head_dim = int(cfg.get("head_dim") or d_model // n_heads)
-    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_base = float(cfg.get("rope_theta") or rs.get("rope_theta") or 10_000.0)
+    d_model = field_int(cfg, "hidden_size", where=w, lo=1, hi=LIMITS["d_model"])
+    n_heads = field_int(cfg, "num_attention_heads", where=w, lo=1, hi=LIMITS["n_heads"])
+    n_layers = field_int(cfg, "num_hidden_layers", where=w, lo=1, hi=LIMITS["n_layers"])
+    n_kv = field_int(cfg, "num_key_value_heads", where=w, lo=1, hi=n_heads, default=n_heads)
+    if n_heads % n_kv:
+        raise InputError(w, f"'num_attention_heads' {n_heads} is not a multiple of 'num_key_value_heads' {n_kv}")
+    head_dim = field_int(cfg, "head_dim", where=w, lo=1, hi=LIMITS["head_dim"], default=d_model // n_heads)
+    if head_dim < 1:
+        raise InputError(w, f"'hidden_size' {d_model} < 'num_attention_heads' {n_heads} and no 'head_dim'")
+    rs = field_dict(cfg, "rope_scaling", where=w, default=None) or field_dict(
+        cfg, "rope_parameters", where=w, default=None) or {}
+    rope_base = field_float(cfg, "rope_theta", where=w, positive=True, default=None) or field_float(
+        rs, "rope_theta", where=w, positive=True, default=10_000.0)
     scaling = RopeScaling()
     # transformers 5 nests per-layer-type rope parameters for Gemma 3.
-    if isinstance(rs, dict) and "full_attention" in rs:
-        full = rs["full_attention"] or {}
-        rope_base = float(full.get("rope_theta", rope_base))
+    if "full_attention" in rs:
+        full = field_dict(rs, "full_attention", where=f"{w}: rope_parameters", default=None) or {}
+        rope_base = field_float(full, "rope_theta", where=f"{w}: rope_parameters.full_attention", positive=True,
+                                default=rope_base)
         rs = full
-    rtype = (rs or {}).get("rope_type") or (rs or {}).get("type")
+    rtype = rs.get("rope_type") or rs.get("type")
+    rw = f"{w}: rope scaling"
     if rtype == "linear":
-        scaling = RopeScaling(kind="linear", factor=float(rs["factor"]))
+        scaling = RopeScaling(kind="linear", factor=field_float(rs, "factor", where=rw, positive=True, hi=1e6))
     elif rtype == "llama3":
         scaling = RopeScaling(
             kind="llama3",
-            factor=float(rs["factor"]),
-            low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
-            high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-            original_context=int(rs.get("original_max_position_embeddings", 8192)),
+            factor=field_float(rs, "factor", where=rw, positive=True, hi=1e6),
+            low_freq_factor=field_float(rs, "low_freq_factor", where=rw, positive=True, default=1.0),
+            high_freq_factor=field_float(rs, "high_freq_factor", where=rw, positive=True, default=4.0),
+            original_context=field_int(rs, "original_max_position_embeddings", where=rw, lo=1,
+                                       hi=LIMITS["context"], default=8192),
         )
     elif rtype not in (None, "default"):
         raise InputError(path, f"rope scaling {rtype!r} is not supported")
     attn_scale = None
-    if "query_pre_attn_scalar" in cfg and cfg["query_pre_attn_scalar"]:
-        attn_scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
-    sliding = cfg.get("sliding_window") if spec.sliding_pattern else None
-    lt = cfg.get("layer_types")
+    qpas = field_float(cfg, "query_pre_attn_scalar", where=w, positive=True, default=None)
+    if qpas:
+        attn_scale = qpas**-0.5
+    sliding = (field_int(cfg, "sliding_window", where=w, lo=1, hi=LIMITS["context"], default=None)
+               if spec.sliding_pattern else None)
+    lt = field_list(cfg, "layer_types", where=w, of=str, default=None)
     sliding_layers = None
-    if isinstance(lt, list) and spec.sliding_pattern:
+    if lt is not None and spec.sliding_pattern:
+        if len(lt) != n_layers:
+            raise InputError(w, f"'layer_types' has {len(lt)} entries for {n_layers} layers")
         sliding_layers = tuple(t == "sliding_attention" for t in lt)
-    local_base = cfg.get("rope_local_base_freq")
+    def softcap(key: str, arch_default: float | None) -> float | None:  # absent: the arch's; null: none
+        return field_float(cfg, key, where=w, positive=True, default=arch_default if key not in cfg else None)
+
+    local_base = field_float(cfg, "rope_local_base_freq", where=w, positive=True, default=None)
     full_rs = cfg.get("rope_parameters") or {}
     if isinstance(full_rs, dict) and isinstance(full_rs.get("sliding_attention"), dict):
-        local_base = full_rs["sliding_attention"].get("rope_theta", local_base)
+        local_base = field_float(full_rs["sliding_attention"], "rope_theta", positive=True, default=local_base,
+                                 where=f"{w}: rope_parameters.sliding_attention")
     return ModelConfig(
         arch=arch,
-        n_layers=int(cfg["num_hidden_layers"]),
+        n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        n_kv_heads=n_kv,
         head_dim=head_dim,
-        d_ff=int(cfg["intermediate_size"]),
-        vocab_size=int(cfg["vocab_size"]),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        d_ff=field_int(cfg, "intermediate_size", where=w, lo=1, hi=LIMITS["d_ff"]),
+        vocab_size=field_int(cfg, "vocab_size", where=w, lo=1, hi=LIMITS["vocab"]),
+        norm_eps=field_float(cfg, "rms_norm_eps", where=w, positive=True, hi=1.0, default=1e-6),
         rope_base=rope_base,
         rope_scaling=scaling,
         sliding_window=sliding,
-        attn_softcap=cfg.get("attn_logit_softcapping", spec.default_attn_softcap),
-        final_softcap=cfg.get("final_logit_softcapping", spec.default_final_softcap),
+        attn_softcap=softcap("attn_logit_softcapping", spec.default_attn_softcap),
+        final_softcap=softcap("final_logit_softcapping", spec.default_final_softcap),
         attn_scale=attn_scale,
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        context_length=int(cfg.get("max_position_embeddings", 8192)),
+        tied_embeddings=field_bool(cfg, "tie_word_embeddings", where=w, default=True),
+        context_length=field_int(cfg, "max_position_embeddings", where=w, lo=1, hi=LIMITS["context"], default=8192),
         local_rope_base=float(local_base) if local_base is not None and spec.local_rope_base is not None else None,
         sliding_layers=sliding_layers,
     )

@@ -128,6 +128,9 @@ def compare(
     else:
         prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
         gen = o.generate
+        from .preflight import check_length
+
+        check_length(len(prompt_ids), gen, ref_runner.config)
     meta: dict[str, Any] = {
         "ref_path": str(ref),
         "cand_path": str(cand if cand is not None else candidate_dump),
@@ -181,6 +184,8 @@ def compare(
             if fp:
                 caps.meta["tokenizer_fingerprint"] = fp
 
+    if not ref_caps.names():
+        raise InputError("--select", f"{o.select!r} selected no capture point of this model")
     t0 = time.perf_counter()
     say("comparing")
     info = model_info(ref_runner)
@@ -301,6 +306,11 @@ def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, 
 def _load_findings(cand: ModelRunner) -> list[Finding]:
     notes = getattr(cand, "load_notes", {}) or {}
     out: list[Finding] = []
+    ck = getattr(cand, "checkpoint", None)
+    if ck is not None:  # NaN / zero / negative scales: critical, named by tensor (audit/scales.py)
+        from .audit import scales
+
+        out += scales.findings(scales.scan_checkpoint(ck))
     missing = notes.get("missing") or []
     if missing:
         layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})

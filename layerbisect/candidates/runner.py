@@ -101,6 +101,7 @@ class CandidateRunner(ModelRunner):
                 if not hf_map.IGNORABLE.search(key):
                     unused.append(key)
 
+        _check_layer_count(ck, cfg.n_layers)
         plan.linears = [f"layers.{i}.{c}" for i in range(cfg.n_layers) for c in hf_map.LINEARS.values()]
         if not cfg.tied_embeddings:
             plan.linears.append("lm_head")
@@ -108,8 +109,8 @@ class CandidateRunner(ModelRunner):
         if absent:
             raise InputError(ck.dir, f"no tensors for {len(absent)} linear modules (e.g. {', '.join(absent[:3])})")
         with torch.device("meta"):
-            params = [k for k, _ in Decoder(cfg).named_parameters()]
-        wanted = {k for k in params if not any(k.startswith(lin + ".") for lin in plan.linears)}
+            shapes = {k: tuple(v.shape) for k, v in Decoder(cfg).named_parameters()}
+        wanted = {k for k in shapes if not any(k.startswith(lin + ".") for lin in plan.linears)}
         if cfg.tied_embeddings:
             wanted.discard("lm_head.weight")
         self.load_notes = {"missing": [], "unused": unused}
@@ -119,6 +120,10 @@ class CandidateRunner(ModelRunner):
                 self.load_notes["missing"].append(k)
             else:
                 raise InputError(ck.dir, f"checkpoint has no tensor for {k}")
+        for name, (key, _) in plan.dense.items():  # header shapes against config.json, before any read
+            if name in shapes and ck.shape(key) != shapes[name]:
+                raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected "
+                                                f"{shapes[name]} from config.json")
         self.linear_names = {n: plan.hf_module[n] for n in plan.linears}
         return plan
 
@@ -142,10 +147,15 @@ class CandidateRunner(ModelRunner):
         for j, name in enumerate(todo):
             if self.progress and not prefix:
                 self.progress(name, j, len(todo))
-            tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
-            _check_primary_shape(plan.hf_module[name], tensors, _linear_shape(cfg, name))
             hf_name = plan.hf_module[name]
-            lin = build_linear(hf_name, tensors, plan.quant.scheme_for(hf_name), self.options)
+            try:
+                tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
+                _check_primary_shape(hf_name, tensors, _linear_shape(cfg, name))
+                lin = build_linear(hf_name, tensors, plan.quant.scheme_for(hf_name), self.options)
+            except InputError as e:  # the module's problem, said with the file that holds it
+                if e.where != hf_name:
+                    raise
+                raise InputError(ck.where[next(iter(plan.groups[name].values()))], f"{hf_name}: {e.problem}") from None
             if cfg.spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
                 heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
                 lin.permute_out_rows(qk_permutation(heads, cfg.head_dim))
@@ -195,6 +205,22 @@ class _Plan:
     hf_module: dict[str, str] = field(default_factory=dict)
     kv_scales: dict[int, dict[str, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
     linears: list[str] = field(default_factory=list)
+
+
+def _check_layer_count(ck: Checkpoint, n_layers: int) -> None:
+    """Tensors for layers config.json does not have are refused: a silently shorter model is a wrong model."""
+    beyond: dict[int, str] = {}
+    for key in ck.keys():
+        li = hf_map.split_layer(key)
+        if li is not None and li[0] >= n_layers:
+            beyond.setdefault(li[0], key)
+    if beyond:
+        top = max(beyond)
+        raise InputError(
+            ck.dir / "config.json",
+            f"num_hidden_layers is {n_layers} but {ck.where[beyond[top]].name} holds tensors for layer {top} "
+            f"({len(beyond)} layers beyond the config, e.g. {beyond[top]!r})",
+        )
 
 
 def _linear_shape(cfg, name: str) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import api
+from ..preflight import check_device, check_length, peek_config
 from ..tokenizer import parse_token_ids
 from . import options as o
 from .progress import progress_display
@@ -29,7 +30,9 @@ def run(
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
     console = Console(stderr=True)
-    ids = parse_token_ids(tokens) if tokens else None
+    ids = parse_token_ids(tokens) if tokens is not None else None  # --tokens "" is an error, not the default
+    check_device(device)
+    check_length(len(ids or []), generate, peek_config(model))  # headers only, before the model loads
     with progress_display(console, "loading") as shown:
         progress = shown.progress
         res = api.run_model(

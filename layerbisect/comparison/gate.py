@@ -212,8 +212,12 @@ def evaluate(
     report: Report,
     config: GateConfig | None = None,
     baseline: str | Path | Mapping[str, Any] | None = None,
+    baseline_where: str | Path | None = None,
 ) -> GateResult:
-    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline."""
+    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline.
+
+    A baseline that shares no compared point with this report is an ``InputError`` (it would pass vacuously).
+    """
     config = config or GateConfig.builtin()
     cmp = report.comparison
     failures: list[str] = []
@@ -242,10 +246,13 @@ def evaluate(
             failures.append(f"finding [{f.severity}] {f.kind}: {f.title}")
 
     if baseline is not None:
+        where = str(baseline_where or (baseline if not isinstance(baseline, Mapping) else "<baseline>"))
         if isinstance(baseline, Mapping):
-            base = _baseline_points(baseline, "<baseline>")
+            base = _baseline_points(baseline, where)
         else:
             base = load_baseline(baseline)
+        if base and not set(base) & set(cmp.points):
+            raise InputError(where, "has no compared point in common with this run; nothing to gate against")
         for name, before in base.items():
             r = cmp.points.get(name)
             if r is None:
