@@ -36,10 +36,10 @@ def _check_header(path: Path) -> list[str]:
             if len(head) < 8:
                 raise InputError(path, "truncated or corrupt safetensors file: shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise InputError(path, f"truncated or corrupt: the header declares {n} bytes but the file has {size}")
             if n > HEADER_MAX_BYTES:
                 raise InputError(path, f"corrupt safetensors header: declares {n} header bytes (limit 100 MB)")
-            if n > size - 8:
-                raise InputError(path, f"truncated: the header declares {n} bytes but the file has {size}")
             raw = f.read(n)
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
@@ -139,6 +139,7 @@ class Checkpoint:
     def tokenizer(self):
         from ..tokenizer import tokenizer_from_hf
 
-        if (self.dir / "tokenizer.json").is_file():
+        t = self.dir / "tokenizer.json"
+        if t.exists() or t.is_symlink():  # anything named so is read (and refused if it is not a regular file)
             return tokenizer_from_hf(self.dir)
         return None

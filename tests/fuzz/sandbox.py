@@ -167,10 +167,10 @@ def _warm() -> None:
 
     with torch.device("meta"):
         Decoder(ModelConfig("gemma3", 1, 32, 2, 1, 16, 64, 64, sliding_window=8))
+    import layerbisect.candidates.runner  # noqa: F401
     import layerbisect.cli.compare_cmd  # noqa: F401
     import layerbisect.pipeline  # noqa: F401
     import layerbisect.references.runner  # noqa: F401
-    import layerbisect.candidates.runner  # noqa: F401
 
 
 def _worker() -> None:
