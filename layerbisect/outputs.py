@@ -5,7 +5,7 @@ Design notes
   (``.NAME.tmp-XXXX`` in the same parent, so the final step is a ``rename`` on one filesystem)
   and moved into place only when every file is complete. An error or an interrupt before that
   removes the staging directory: the previous report stays exactly as it was.
-- The move is a ``rename`` with SIGINT/SIGTERM/SIGHUP blocked (``signals_deferred``): a new or
+- The move is a ``rename`` with SIGINT/SIGTERM/SIGHUP deferred (``signals_deferred``): a new or
   empty target is replaced in one step; a previous layerbisect report (it holds the marker file
   ``.layerbisect-report``) is renamed aside, the new one renamed in, the old one deleted. A signal
   that arrives meanwhile is delivered after the swap, so the directory holds either the old
@@ -43,15 +43,30 @@ _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (main thread only; elsewhere a no-op)."""
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, then act on the first one as it would have.
+
+    The handlers are swapped for a recorder (not masked: in a multi-threaded process the kernel may
+    hand a process signal to any thread whose mask lets it through, and Python then runs the
+    handler in the main thread at once). Main thread only; elsewhere a no-op.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    pending: list[int] = []
+    old = {s: signal.getsignal(s) for s in _DEFERRED}
+    for s in _DEFERRED:
+        signal.signal(s, lambda n, f: pending.append(n))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if pending:
+            h = old[pending[0]]
+            if callable(h):
+                h(pending[0], None)  # e.g. raises Interrupted / KeyboardInterrupt, now that the block is done
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
 
 
 def is_ours(d: Path) -> bool:
@@ -156,24 +171,21 @@ class StagedDir:
         t = self.target
         names = sorted(p.name for p in stage.iterdir())
         foreign = t.is_dir() and any(t.iterdir()) and not is_ours(t)
-        old: Path | None = None
-        with signals_deferred():
+        with signals_deferred():  # a signal now is delivered once the directory is whole again, old or new
             if foreign:  # --overwrite into a directory we did not make: replace our files only, one by one
                 for n in names:
                     os.replace(stage / n, t / n)
                 os.rmdir(stage)
             else:
                 (stage / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
-                if t.is_dir() and any(t.iterdir()):  # a previous report of ours: swap
+                if t.is_dir() and any(t.iterdir()):  # a previous report of ours: swap, then delete it
                     old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=t.parent))
                     os.rename(t, old / t.name)
                     os.rename(stage, t)
+                    shutil.rmtree(old, ignore_errors=True)
                 else:
                     os.rename(stage, t)  # onto nothing or an empty directory: one step
-        if old is not None:
-            with signals_deferred():
-                shutil.rmtree(old, ignore_errors=True)
-        self.files = {n: t / n for n in names}
+            self.files = {n: t / n for n in names}
 
 
 def write_file_atomic(target: str | Path, data: str | bytes, *, overwrite: bool = False,

@@ -3,22 +3,23 @@
 ``bisect REF CAND`` is the main command: when the first argument is not a subcommand name,
 ``compare`` is implied. User errors print one line and exit with code 2: our ``InputError``s and
 typer/click's own usage errors alike (the app runs in click's non-standalone mode so that its
-boxed multi-line usage errors become one line too). SIGINT and SIGTERM raise ``Interrupted``,
-which no ``except Exception`` swallows: staged outputs are removed on the way out
-(``outputs.py``), one line says so, and the exit code is the shell's 128 + signal (130, 143).
+boxed multi-line usage errors become one line too). SIGINT and SIGTERM raise ``Interrupted``
+(``signals.py``), which no ``except Exception`` swallows: staged outputs are removed on the way
+out (``outputs.py``), one line says so, and the exit code is the shell's 128 + signal (130, 143).
+Command modules import torch inside their functions, so loading this module stays light.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import threading
 
 import typer
 
 from ..errors import InputError
 from .errors import fail, interrupted
 from .run_cmd import run
+from .signals import Interrupted, install
 
 app = typer.Typer(
     add_completion=False,
@@ -59,27 +60,13 @@ def _register_optional() -> None:
 _register_optional()
 
 
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM as an exception outside ``Exception``: cleanup runs, nothing catches it by accident."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-") and args[0] not in _SUBCOMMANDS and "compare" in _SUBCOMMANDS:
         args.insert(0, "compare")
     if not args:
         args = ["--help"]
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _raise_interrupted)
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+    install()
     try:
         rv = app(args=args, prog_name="bisect", standalone_mode=False)
     except InputError as e:

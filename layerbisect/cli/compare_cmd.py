@@ -9,12 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import api
 from ..errors import InputError
-from ..outputs import check_out_dir, check_out_file
-from ..preflight import check_baseline, check_device, check_length, check_select, peek_config
-from ..streaming import parse_bytes
-from ..tokenizer import parse_token_ids
 from . import options as o
 
 
@@ -75,12 +70,17 @@ def compare(
     tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Compare a candidate with the reference point by point; write reports; exit 0 pass, 1 gate fail, 2 bad input."""
+    from .. import api
     from ..comparison import gate as gate_mod
     from ..comparison.report import check_formats
+    from ..outputs import check_out_dir, check_out_file
     from ..pipeline import CompareOptions
     from ..pipeline import compare as run_compare
+    from ..preflight import check_baseline, check_device, check_length, check_select, peek_config
     from ..reports import junit as junit_mod
     from ..reports import terminal
+    from ..streaming import parse_bytes
+    from ..tokenizer import parse_token_ids
 
     # Every argument is checked before any model is loaded (preflight.py): a bad --out must not cost a run.
     if cand is None and candidate_dump is None:

@@ -8,9 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import api
-from ..preflight import check_device, check_length, peek_config
-from ..tokenizer import parse_token_ids
 from . import options as o
 from .progress import progress_display
 
@@ -29,6 +26,10 @@ def run(
     tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
+    from .. import api
+    from ..preflight import check_device, check_length, peek_config
+    from ..tokenizer import parse_token_ids
+
     console = Console(stderr=True)
     ids = parse_token_ids(tokens) if tokens is not None else None  # --tokens "" is an error, not the default
     check_device(device)

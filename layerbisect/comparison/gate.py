@@ -89,14 +89,12 @@ class GateConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> GateConfig:
+        from layerbisect.validation import read_text
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(p, "gate config not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(p, f"cannot read gate config: {e}") from None
-        return cls.from_toml_text(text, where=str(p))
+        if not p.exists() and not p.is_symlink():
+            raise InputError(p, "gate config not found")
+        return cls.from_toml_text(read_text(p, "gate config", max_bytes=1 << 20), where=str(p))
 
     @classmethod
     def from_toml_text(cls, text: str, where: str = "<gate toml>") -> GateConfig:

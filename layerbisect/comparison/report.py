@@ -269,15 +269,12 @@ def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True) ->
 
 def load_report_json(path: str | Path) -> dict[str, Any]:
     """Read a report.json (e.g. a gate baseline); bad files raise InputError."""
+    from layerbisect.validation import parse_json, read_text
+
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(p, "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(p, f"cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(p, f"not valid JSON: {e}") from None
+    if not p.exists() and not p.is_symlink():
+        raise InputError(p, "file not found")
+    data = parse_json(read_text(p, "report JSON", max_bytes=1 << 30), p)
     if (
         not isinstance(data, dict)
         or data.get("layerbisect_report") is None

@@ -167,10 +167,15 @@ def _warm() -> None:
 
     with torch.device("meta"):
         Decoder(ModelConfig("gemma3", 1, 32, 2, 1, 16, 64, 64, sliding_window=8))
+    import layerbisect.api  # noqa: F401
     import layerbisect.candidates.runner  # noqa: F401
     import layerbisect.cli.compare_cmd  # noqa: F401
+    import layerbisect.comparison.report  # noqa: F401
     import layerbisect.pipeline  # noqa: F401
+    import layerbisect.preflight  # noqa: F401
     import layerbisect.references.runner  # noqa: F401
+    import layerbisect.reports.html  # noqa: F401
+    import layerbisect.tokenizer  # noqa: F401
 
 
 def _worker() -> None:
