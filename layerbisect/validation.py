@@ -220,7 +220,7 @@ def read_bytes(path: str | Path, what: str = "file", max_bytes: int = JSON_MAX_B
         raise InputError(path, f"is {st.st_size} bytes; a {what} is at most {max_bytes}")
     try:
         with open_regular(path, what) as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(st.st_size + 1)  # read(n) preallocates n bytes: ask for what the file holds, not the cap
     except OSError as e:
         raise InputError(path, f"cannot read the {what}: {e.strerror or e}") from None
     if len(data) > max_bytes:

@@ -6,9 +6,14 @@ import sys
 
 from ..errors import InputError
 
+MAX_CHARS = 2000
+
 
 def fail(err: InputError | str, code: int = 2) -> None:
-    msg = " ".join(str(err).split("\n"))  # one line, whatever the message holds
+    """One line on stderr, whatever the message holds (names from a hostile file can hold any character)."""
+    msg = " ".join(str(err).splitlines())  # every line break str.splitlines knows (\x1c, \x85, \u2028 ...)
+    if len(msg) > MAX_CHARS:
+        msg = msg[: MAX_CHARS - 3] + "..."
     print(f"bisect: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
 

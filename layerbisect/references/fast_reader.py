@@ -108,7 +108,7 @@ class FastGGUFReader(GGUFReader):
             kv_klen, kv_kdata = self._get_str(offs)
             offs += int(kv_klen.nbytes + kv_kdata.nbytes)
             key = str(bytes(kv_kdata), encoding="utf-8")
-            self._where = f"metadata {key!r}"
+            self._where = f"metadata {_short(key)}"
             raw_kv_type = self._get(offs, np.uint32)
             offs += int(raw_kv_type.nbytes)
             head = [kv_klen, kv_kdata, raw_kv_type]
@@ -148,7 +148,7 @@ class FastGGUFReader(GGUFReader):
         n = int(alen[0])
         start = offs + 12
         base = len(head) + 2
-        self._claim(f"metadata array {key!r}", n, _min_value_bytes(itype), start)
+        self._claim(f"metadata array {_short(key)}", n, _min_value_bytes(itype), start)
         if itype == GGUFValueType.STRING:
             size = len(self.data)
             mv = memoryview(self.data)
@@ -157,11 +157,11 @@ class FastGGUFReader(GGUFReader):
             pos = start
             for k in range(n):  # one pass over the length prefixes; strings have variable size
                 if pos + 8 > size:
-                    raise GGUFFormatError(f"truncated: string #{k} of metadata array {key!r} starts past the end")
+                    raise GGUFFormatError(f"truncated: string #{k} of metadata array {_short(key)} starts at the end")
                 ln = int.from_bytes(mv[pos : pos + 8], order)
                 if ln > size - pos - 8:
                     raise GGUFFormatError(
-                        f"truncated or corrupt: string #{k} of metadata array {key!r} claims {ln} bytes "
+                        f"truncated or corrupt: string #{k} of metadata array {_short(key)} claims {ln} bytes "
                         f"but {size - pos - 8} remain"
                     )
                 lens[k] = ln
@@ -199,8 +199,8 @@ class FastGGUFReader(GGUFReader):
             self._get(offs + 8, np.uint8, name_len)  # bounds only
             n_dims = int(self._get(offs + 8 + name_len, np.uint32)[0])
             if n_dims > GGML_MAX_DIMS:
-                name = bytes(self._get(offs + 8, np.uint8, name_len)).decode("utf-8", "replace")
-                raise GGUFFormatError(f"tensor {name!r} claims {n_dims} dimensions (at most {GGML_MAX_DIMS})")
+                name = _short(bytes(self._get(offs + 8, np.uint8, name_len)).decode("utf-8", "replace"))
+                raise GGUFFormatError(f"tensor {name} claims {n_dims} dimensions (at most {GGML_MAX_DIMS})")
             field = self._get_tensor_info_field(offs)
             offs += sum(int(part.nbytes) for part in field.parts)
             fields.append(field)
@@ -211,18 +211,18 @@ class FastGGUFReader(GGUFReader):
         size = len(self.data)
         for field in fields:
             _name_len, name_data, _n_dims, dims, raw_dtype, offset_tensor = field.parts
-            name = str(bytes(name_data), encoding="utf-8")
+            name = _short(str(bytes(name_data), encoding="utf-8"))
             try:
                 qtype = GGMLQuantizationType(int(raw_dtype[0]))
             except ValueError:
-                raise GGUFFormatError(f"tensor {name!r} has unknown type {int(raw_dtype[0])}") from None
+                raise GGUFFormatError(f"tensor {name} has unknown type {int(raw_dtype[0])}") from None
             shape = [int(d) for d in dims]
             if any(d < 1 or d > MAX_DIM for d in shape):
-                raise GGUFFormatError(f"tensor {name!r} has dimensions {shape}; each must be in [1, 2**40]")
+                raise GGUFFormatError(f"tensor {name} has dimensions {shape}; each must be in [1, 2**40]")
             block, type_size = GGML_QUANT_SIZES[qtype]
             if shape and shape[0] % block:
                 raise GGUFFormatError(
-                    f"tensor {name!r} ({qtype.name}) has rows of {shape[0]} elements, not a multiple of its "
+                    f"tensor {name} ({qtype.name}) has rows of {shape[0]} elements, not a multiple of its "
                     f"block size {block}"
                 )
             n_elems = 1
@@ -231,13 +231,19 @@ class FastGGUFReader(GGUFReader):
             n_bytes = n_elems * type_size // block
             rel = int(offset_tensor[0])
             if rel % self.alignment:
-                raise GGUFFormatError(f"tensor {name!r} data offset {rel} is not aligned to {self.alignment} bytes")
+                raise GGUFFormatError(f"tensor {name} data offset {rel} is not aligned to {self.alignment} bytes")
             end = start_offs + rel + n_bytes
             if end > size:
                 raise GGUFFormatError(
-                    f"truncated: tensor {name!r} ({qtype.name} {shape}) ends at byte {end} but the file has {size}"
+                    f"truncated: tensor {name} ({qtype.name} {shape}) ends at byte {end} but the file has {size}"
                 )
         super()._build_tensors(start_offs, fields)
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """A key or tensor name as it appears in a message: repr'd (no raw control characters), bounded."""
+    r = repr(name)
+    return r if len(r) <= limit else r[: limit - 4] + "...'"
 
 
 def _min_value_bytes(t: GGUFValueType) -> int:
