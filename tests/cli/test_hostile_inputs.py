@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fuzz.mutate import array_len_slot, patch_value, set_slot, st_edit, st_split, tensor_key
+from fuzz.mutate import array_len_slot, header_bytes, patch_value, set_slot, st_edit, st_split, tensor_key
 from safetensors.torch import load_file, save_file
 
 TOKENS = ["--tokens", "2,10,11", "-n", "1"]
@@ -301,10 +301,7 @@ def test_gguf_billion_entry_array_is_refused_without_allocating(sandbox, gemma_g
     Bounded here by the sandbox (1 GiB address space above the worker, 60 s); the measured time and RSS are in
     docs/RELIABILITY.md (tests/fuzz/long_run.py --bomb).
     """
-    from gguf import GGUFReader
-
-    data_offset = GGUFReader(gemma_gguf).data_offset
-    head = bytearray(Path(gemma_gguf).open("rb").read(data_offset))
+    head = header_bytes(gemma_gguf)
     set_slot(head, array_len_slot(gemma_gguf, "tokenizer.ggml.tokens"), 10**9)
     p = tmp_path / "bomb.gguf"
     p.write_bytes(bytes(head))
@@ -317,12 +314,10 @@ def test_gguf_reader_never_allocates_what_the_header_claims(gemma_gguf, tmp_path
     """In-process: tracemalloc sees numpy's allocations; refusing the 10**9 claim allocates next to nothing."""
     import tracemalloc
 
-    from gguf import GGUFReader
-
     from layerbisect.errors import InputError
     from layerbisect.references.gguf_file import GGUFFile
 
-    head = bytearray(Path(gemma_gguf).open("rb").read(GGUFReader(gemma_gguf).data_offset))
+    head = header_bytes(gemma_gguf)
     set_slot(head, array_len_slot(gemma_gguf, "tokenizer.ggml.tokens"), 10**9)
     p = tmp_path / "bomb.gguf"
     p.write_bytes(bytes(head))
