@@ -7,6 +7,7 @@ Design notes
   ``InputError`` naming the flag or file.
 - ``check_device``: a torch device that exists on this machine (``cuda`` with no GPU, ``cuda:3``
   on a 2-GPU host and ``tpu7`` are refused).
+- ``check_token_ids``: ``--tokens`` inside the vocabulary.
 - ``check_length``: prompt + ``--generate`` must fit the model's context (``context_length`` /
   ``max_position_embeddings``): ``--generate 10**12`` is refused, not run until killed.
 - ``check_select``: every ``--select`` pattern must match a capture point the model can have
@@ -57,6 +58,13 @@ def peek_config(path: str | Path) -> Any:
     from .streaming import peek_config as _peek
 
     return _peek(open_runner(path))
+
+
+def check_token_ids(ids: Sequence[int] | None, cfg: Any) -> None:
+    """``--tokens`` ids inside the model's vocabulary (from the header), before the model is loaded."""
+    bad = [t for t in ids or () if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise InputError("--tokens", f"token ids {bad[:5]} are outside the vocabulary (size {cfg.vocab_size})")
 
 
 def check_length(n_prompt: int, generate: int, cfg: Any, where: str = "--generate") -> None:
@@ -117,4 +125,4 @@ def check_baseline(path: str | Path, cfg: Any, select: str | Sequence[str] = "*"
     return data
 
 
-__all__ = ["check_baseline", "check_device", "check_length", "check_select", "peek_config"]
+__all__ = ["check_baseline", "check_device", "check_length", "check_select", "check_token_ids", "peek_config"]

@@ -96,7 +96,10 @@ class Checkpoint:
                     raise InputError(index, f"maps tensor {k!r} to {v!r}, which does not hold it")
             self.where = {k: shards[v] for k, v in wm.items()}
         else:
-            files = sorted(p for p in self.dir.iterdir() if p.name.endswith(".safetensors"))
+            try:
+                files = sorted(p for p in self.dir.iterdir() if p.name.endswith(".safetensors"))
+            except OSError as e:
+                raise InputError(self.dir, f"cannot list the directory: {e.strerror or e}") from None
             if not files:
                 raise InputError(self.dir, "no *.safetensors files")
             for p in files:

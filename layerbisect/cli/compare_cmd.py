@@ -76,7 +76,14 @@ def compare(
     from ..outputs import check_out_dir, check_out_file
     from ..pipeline import CompareOptions
     from ..pipeline import compare as run_compare
-    from ..preflight import check_baseline, check_device, check_length, check_select, peek_config
+    from ..preflight import (
+        check_baseline,
+        check_device,
+        check_length,
+        check_select,
+        check_token_ids,
+        peek_config,
+    )
     from ..reports import junit as junit_mod
     from ..reports import terminal
     from ..streaming import parse_bytes
@@ -113,6 +120,7 @@ def compare(
         thresholds=gate_cfg.default,
     )
     ref_cfg = peek_config(ref)  # the GGUF header only
+    check_token_ids(ids, ref_cfg)
     check_length(len(ids or []), generate, ref_cfg)
     check_select(select, ref_cfg)
     baseline_data = check_baseline(baseline, ref_cfg, select) if baseline is not None else None

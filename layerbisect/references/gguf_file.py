@@ -45,6 +45,13 @@ class GGUFFile:
         except OSError as e:
             raise InputError(self.path, f"cannot map the file: {e.strerror or e}") from None
         self.tensors = {t.name: t for t in self.reader.tensors}
+        from .gguf_dequant import supported_types
+
+        ok = set(supported_types())
+        for t in self.reader.tensors:  # every tensor is dequantized (an unmapped one is refused later)
+            if t.tensor_type.name not in ok:
+                raise InputError(self.path, f"tensor {t.name!r} has type {t.tensor_type.name}, which layerbisect "
+                                            f"cannot dequantize (supported: {', '.join(sorted(ok))})")
 
     @cached_property
     def fields(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/: the ``fuzz`` package
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]  # this checkout's layerbisect; tests/: the fuzz package
 
 from fuzz.cases import STRATEGIES, materialize, seed_sizes  # noqa: E402
 from fuzz.sandbox import Sandbox  # noqa: E402
@@ -34,7 +34,7 @@ def run_target(target: str, n: int, seeds: dict, sb: Sandbox, work: Path, seed: 
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
-    rec: dict = {"cases": 0, "verdicts": Counter(), "rc": Counter(), "rss": [], "secs": [], "bad": []}
+    rec: dict = {"cases": 0, "verdicts": Counter(), "rc": Counter(), "rss": [], "grow": [], "secs": [], "bad": []}
 
     @hseed(seed)
     @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
@@ -47,6 +47,7 @@ def run_target(target: str, n: int, seeds: dict, sb: Sandbox, work: Path, seed: 
         rec["verdicts"][o.verdict] += 1
         rec["rc"][o.rc] += 1
         rec["rss"].append(o.maxrss_bytes)
+        rec["grow"].append(o.rss_growth)
         rec["secs"].append(o.seconds)
         if o.verdict != "clean" and len(rec["bad"]) < 10:
             tail = [ln for ln in o.stderr.splitlines() if ln.strip()][-1:] or [""]
@@ -85,7 +86,7 @@ def measure_bomb(sb: Sandbox, work: Path) -> dict | None:
     o = sb.run(["run", str(p), "--tokens", "2,3", "-n", "1"])
     return {"refuse_s": min(times), "refuse_median_s": statistics.median(times), "message": msg,
             "cli_verdict": o.verdict, "cli_rc": o.rc, "cli_s": o.seconds, "cli_rss": o.maxrss_bytes,
-            "baseline_rss": sb.baseline_rss, "header_bytes": len(head)}
+            "cli_growth": o.rss_growth, "header_bytes": len(head)}
 
 
 def write_doc(out: Path, cmd: str, recs: dict, bomb: dict | None, started: str, wall: float, baseline: int) -> None:
@@ -93,18 +94,20 @@ def write_doc(out: Path, cmd: str, recs: dict, bomb: dict | None, started: str, 
 
     rows = []
     tot = Counter()
-    worst_rss, worst_t = 0, 0.0
+    worst_rss, worst_grow, worst_t = 0, 0, 0.0
     for target, r in recs.items():
         v, rc = r["verdicts"], r["rc"]
         rss = max(r["rss"], default=0)
-        worst_rss = max(worst_rss, rss)
+        grow = max(r["grow"], default=0)
+        worst_rss, worst_grow = max(worst_rss, rss), max(worst_grow, grow)
         worst_t = max(worst_t, max(r["secs"], default=0.0))
+        secs = f"{statistics.median(r['secs']):.2f} / {max(r['secs']):.1f}"
         rows.append(f"| {target} | {r['cases']} | {v['clean']} | {rc[0]} | {rc[2]} | {v['traceback']} | {v['hang']} "
-                    f"| {rss / MiB:.0f} | {statistics.median(r['secs']):.2f} / {max(r['secs']):.1f} |")
+                    f"| {rss / MiB:.0f} | {grow / MiB:.0f} | {secs} |")
         tot.update({"cases": r["cases"], "clean": v["clean"], "rc0": rc[0], "rc2": rc[2], "tb": v["traceback"],
                     "hang": v["hang"]})
     rows.append(f"| **all** | **{tot['cases']}** | **{tot['clean']}** | {tot['rc0']} | {tot['rc2']} | **{tot['tb']}** "
-                f"| **{tot['hang']}** | **{worst_rss / MiB:.0f}** | max {worst_t:.1f} |")
+                f"| **{tot['hang']}** | **{worst_rss / MiB:.0f}** | **{worst_grow / MiB:.0f}** | max {worst_t:.1f} |")
     bad = [f"- `{t}` {verdict} (exit {rc}): {case} → `{line}`" for t, r in recs.items()
            for verdict, rc, case, line in r["bad"]]
     lines = [
@@ -143,12 +146,14 @@ def write_doc(out: Path, cmd: str, recs: dict, bomb: dict | None, started: str, 
         f"Measured {started} on {platform.node() or 'this machine'} ({platform.machine()}, "
         f"{_cpus()} CPUs, torch {torch.__version__}); wall time {wall / 60:.1f} min.",
         "",
-        "| target | cases | clean | exit 0 | exit 2 | tracebacks | hangs | peak RSS MiB | s per case (median / max) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | cases | clean | exit 0 | exit 2 | tracebacks | hangs | peak RSS MiB | of it the case's own MiB "
+        "| s per case (median / max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Peak RSS is the forked child's `ru_maxrss`, which includes the worker's resident set after importing torch "
-        f"({baseline / MiB:.0f} MiB): the worst case used {(worst_rss - baseline) / MiB:.0f} MiB above it.",
+        "Peak RSS is the forked child's `ru_maxrss` (the worst case over all cases), which includes the pages",
+        f"inherited from the worker that imported torch ({baseline / MiB:.0f} MiB when it started); the case's",
+        "own is the most any case added above the worker's RSS at the fork (the limit was 1 GiB of address space).",
         "",
     ]
     if bad:
@@ -163,8 +168,8 @@ def write_doc(out: Path, cmd: str, recs: dict, bomb: dict | None, started: str, 
             f"- refused in {bomb['refuse_s'] * 1000:.2f} ms (best of 5; median {bomb['refuse_median_s'] * 1000:.2f} "
             f"ms), header of {bomb['header_bytes'] / MiB:.1f} MiB;",
             f"- through the CLI: {bomb['cli_verdict']} exit {bomb['cli_rc']} in {bomb['cli_s']:.2f} s (fork to exit), "
-            f"peak RSS {bomb['cli_rss'] / MiB:.0f} MiB of which {bomb['baseline_rss'] / MiB:.0f} MiB is the "
-            "torch-importing worker it was forked from;",
+            f"peak RSS {bomb['cli_rss'] / MiB:.0f} MiB including the torch-importing worker it was forked from, "
+            f"{bomb['cli_growth'] / MiB:.0f} MiB of it its own;",
             f"- the message: `{bomb['message']}`",
             "",
         ]
@@ -182,11 +187,11 @@ def _seeds_in_subprocess(root: Path) -> dict[str, Path]:
     import json
     import subprocess
 
-    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+    code = ("import json, sys; from pathlib import Path; sys.path[:0] = [sys.argv[3], sys.argv[1]]; "
             "from fuzz.cases import make_seeds; "
             "print(json.dumps({k: str(v) for k, v in make_seeds(Path(sys.argv[2])).items()}))")
-    res = subprocess.run([sys.executable, "-c", code, str(HERE.parent), str(root)], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run([sys.executable, "-c", code, str(HERE.parent), str(root), str(HERE.parents[1])],
+                         capture_output=True, text=True, check=True)
     return {k: Path(v) for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
 
 

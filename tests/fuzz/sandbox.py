@@ -11,7 +11,8 @@ Design notes
   ``bisect: error: ...`` and no traceback; ``traceback`` = anything else (an escaped exception, a
   ``MemoryError`` from the address-space limit, a multi-line error); ``hang`` = killed at the timeout.
 - RSS: a forked child shares the worker's pages, so ``ru_maxrss`` includes the worker's resident set
-  (torch's import, ~0.4 GiB); ``baseline_rss`` is reported beside it.
+  (torch's import, ~0.4 GiB); ``rss_at_fork`` (the worker's RSS just before the fork) is reported
+  beside it and ``rss_growth`` is the difference: what the case itself made resident.
 
 Used by tests/fuzz/test_fuzz_inputs.py (short run in CI) and tests/fuzz/long_run.py (docs/RELIABILITY.md).
 """
@@ -36,6 +37,12 @@ class Outcome:
     stderr: str
     seconds: float
     maxrss_bytes: int
+    rss_at_fork: int = 0  # the worker's resident set when it forked this case
+
+    @property
+    def rss_growth(self) -> int:
+        """Peak RSS above what the child inherited (its own allocations, roughly)."""
+        return max(0, self.maxrss_bytes - self.rss_at_fork)
 
     @property
     def clean(self) -> bool:
@@ -84,7 +91,8 @@ class Sandbox:
         r = json.loads(self._readline())
         rc = r["rc"]
         ok = (0, 2) if argv and argv[0] == "run" else (0, 1, 2)  # compare/audit exit 1 on a failed gate / faults
-        return Outcome(classify(rc, r["stderr"], ok_codes=ok), rc, r["stderr"], r["seconds"], r["maxrss"])
+        return Outcome(classify(rc, r["stderr"], ok_codes=ok), rc, r["stderr"], r["seconds"], r["maxrss"],
+                       r["rss0"])
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -190,6 +198,7 @@ def _worker() -> None:
     err_path = os.path.join(tempfile.mkdtemp(prefix="bisect-fuzz-"), "stderr")
     for line in sys.stdin:
         req = json.loads(line)
+        rss0 = _rss()
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -215,7 +224,7 @@ def _worker() -> None:
                 err = f.read()[-4000:]
         except OSError:
             err = ""
-        out = {"rc": rc, "stderr": err, "seconds": time.monotonic() - t0, "maxrss": maxrss}
+        out = {"rc": rc, "stderr": err, "seconds": time.monotonic() - t0, "maxrss": maxrss, "rss0": rss0}
         print(json.dumps(out), flush=True)
 
 
