@@ -443,13 +443,12 @@ def section_c(out: Path, made: dict, shape_name: str) -> str:
 
 
 def section_d(out: Path, made: dict, shape_name: str) -> str:
-    from layerbisect.config import config_from_gguf  # noqa: F401 - import check
+    from layerbisect.graph import estimate_fp32_bytes, layer_fp32_bytes
     from layerbisect.references.gguf_file import GGUFFile
-    from layerbisect.references.gguf_model import read_config
-    from layerbisect.streaming import estimate_fp32_bytes, layer_fp32_bytes
+    from layerbisect.references.gguf_model import read_spec
 
     dev = "cuda" if HAS_CUDA else "cpu"
-    cfg = read_config(GGUFFile(made["Q4_0.gguf"][0]))
+    cfg = read_spec(GGUFFile(made["Q4_0.gguf"][0]))
     full, layer = estimate_fp32_bytes(cfg), layer_fp32_bytes(cfg)
     cap = 2 * layer
     ids = list(range(1, 33))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["CompareOptions", "__version__", "compare", "open_runner", "run_model"]
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ import torch
 
 from .capture import Captures, layer_point
 from .errors import InputError
-from .runner import ModelRunner
+from .runner import ModelRunner, check_same_model
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -165,3 +165,22 @@ def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):
     if scales not in ("checkpoint", "calibrate", "unit"):
         raise InputError("--kv-scales", f"{scales!r} is not one of checkpoint, calibrate, unit")
     return KVCacheOptions(dtype=dtype, scales=scales)  # type: ignore[arg-type]
+
+
+def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> Any:
+    """Open both sides (no forward pass) and audit every tensor (an ``audit.weights.WeightAudit``).
+
+    Raises ``InputError`` on bad input, or when the two are not the same model.
+    """
+    from .audit.weights import audit_runners
+
+    ref_runner = open_runner(ref, device=device)
+    cand_runner = open_runner(cand, device=device)
+    if ref_runner.kind != "reference":
+        raise InputError(ref, "the reference must be a GGUF file")
+    if cand_runner.kind != "candidate":
+        raise InputError(cand, "the candidate must be a checkpoint directory")
+    ref_runner.activate()
+    cand_runner.activate()
+    check_same_model(ref_runner, cand_runner)
+    return audit_runners(ref_runner, cand_runner)

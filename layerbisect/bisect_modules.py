@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .graph import get_module, set_module
 
 
 class ModuleBisect:
@@ -131,18 +132,6 @@ class BisectResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _get(root: Any, dotted: str) -> Any:
-    m = root
-    for p in dotted.split("."):
-        m = m[int(p)] if p.isdigit() else getattr(m, p)
-    return m
-
-
-def _set(root: Any, dotted: str, new: Any) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(_get(root, parent) if parent else root, leaf, new)
-
-
 def quantized_module_names(cand_runner: Any) -> list[str]:
     """Canonical names of the candidate's linears that are actually quantized, in execution order."""
     return [n for n, m in cand_runner.quant_linears().items() if getattr(getattr(m, "scheme", None), "weight", "dense")
@@ -179,14 +168,14 @@ def bisect_runners(
     ref_caps = ref_caps if ref_caps is not None else ref_runner.run(ids, select=select)
     info = model_info(ref_runner)
     names = quantized_module_names(cand_runner)
-    quant = {n: _get(cand_runner.model, n) for n in names}
-    dense = {n: _get(ref_runner.model, n) for n in names}
+    quant = {n: get_module(cand_runner.model, n) for n in names}
+    dense = {n: get_module(ref_runner.model, n) for n in names}
     history: list[dict[str, Any]] = []
 
     def run(keep: Sequence[str]) -> tuple[bool, dict[str, float]]:
         keep_set = set(keep)
         for n in names:
-            _set(cand_runner.model, n, quant[n] if n in keep_set else dense[n])
+            set_module(cand_runner.model, n, quant[n] if n in keep_set else dense[n])
         caps = cand_runner.run(ids, select=select)
         rep = Report(compare_captures(ref_caps, caps, info, thresholds=gate_cfg.thresholds_for("*")))
         res = evaluate(rep, gate_cfg)
@@ -211,7 +200,7 @@ def bisect_runners(
             _, before = run(names)
     finally:
         for n in names:
-            _set(cand_runner.model, n, quant[n])
+            set_module(cand_runner.model, n, quant[n])
     return BisectResult(b.culprits, b.verdict, len(history), len(names), before, after, after_ok, history)
 
 

@@ -1,6 +1,7 @@
 """Capture points: the name → activation store every runner fills and the comparator reads.
 
-The names are the contract between runners, comparator and reports (docs/CAPTURE_NAMES.md).
+The names are the contract between runners, comparator and reports (docs/CAPTURE_NAMES.md);
+which points a model has is derived from its graph (``graph.capture_points(spec)``).
 Tensors are kept FP32 on the CPU with shape (T, F), one row per token position. Insertion
 order is execution order, so "the first point that diverged" is well defined.
 
@@ -15,36 +16,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-
-LAYER_POINTS: tuple[str, ...] = (
-    "attn_norm",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.scores",
-    "attn.out",
-    "attn.o_proj",
-    "attn.post_norm",
-    "attn_residual",
-    "mlp_norm",
-    "mlp.gate",
-    "mlp.up",
-    "mlp.down",
-    "mlp.post_norm",
-    "out",
-)
-"""Per-layer points in execution order (some exist only for some architectures)."""
-
-LINEAR_MODULES: tuple[str, ...] = (
-    "attn.q_proj",
-    "attn.k_proj",
-    "attn.v_proj",
-    "attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
-"""Per-layer linear modules, named like the capture points they feed."""
 
 
 def layer_point(i: int, point: str) -> str:
@@ -65,20 +36,6 @@ def op_of(name: str) -> str:
     if layer_of(name) is not None:
         return ".".join(parts[2:])
     return name
-
-
-def all_point_names(n_layers: int, *, attn_softcap: bool = False, sandwich: bool = False) -> list[str]:
-    """Every point the graph exposes for an architecture, in execution order."""
-    names = ["embed"]
-    for i in range(n_layers):
-        for p in LAYER_POINTS:
-            if p == "attn.scores" and not attn_softcap:
-                continue
-            if p in ("attn.post_norm", "mlp.post_norm") and not sandwich:
-                continue
-            names.append(layer_point(i, p))
-    names += ["final_norm", "logits.pre_softcap", "logits"]
-    return names
 
 
 class Selector:

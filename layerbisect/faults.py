@@ -374,7 +374,7 @@ def run_case(name: str, root: Path, *, audit: bool = True) -> dict[str, Any]:
         report = compare(srcs[case.arch]["gguf"], broken, options=opts)
     result: dict[str, Any] = {"case": case, "report": report, "broken": broken, "ref": srcs[case.arch]["gguf"]}
     if audit:
-        from .audit.weights import audit_weights
+        from .api import audit_weights
 
         result["audit"] = audit_weights(srcs[case.arch]["gguf"], broken)
     return result

@@ -21,16 +21,10 @@ import torch
 from .capture import Captures, op_of
 from .comparison import Finding, Report
 from .comparison.metrics import cosine, rel_l2
+from .comparison.routing import is_route_point
+from .graph import get_module
+from .graph.probe import linear_inputs
 from .runner import ModelRunner
-
-LINEAR_INPUTS = {
-    "attn.q_proj": "attn_norm",
-    "attn.k_proj": "attn_norm",
-    "attn.v_proj": "attn_norm",
-    "attn.o_proj": "attn.out",
-    "mlp.gate_proj": "mlp_norm",
-    "mlp.up_proj": "mlp_norm",
-}
 
 
 def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
@@ -40,13 +34,6 @@ def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
     cmin = float(torch.nan_to_num(c, nan=-1.0).min())
     rmax = float(torch.nan_to_num(r, nan=float("inf")).max())
     return cmin, rmax
-
-
-def _get(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
-    m = model
-    for p in dotted.split("."):
-        m = m[int(p)] if p.isdigit() else getattr(m, p)  # type: ignore[index]
-    return m
 
 
 @torch.no_grad()
@@ -67,7 +54,7 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
             model.rec.captures = None
         ops = []
         for name in caps.names():
-            if name in ref_caps:
+            if name in ref_caps.tensors and not is_route_point(name):  # expert ids are compared as sets, not here
                 cmin, rmax = _agg(ref_caps[name], caps[name])
                 ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax})
         out_name = f"layers.{i}.out"
@@ -78,24 +65,20 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
 
 @torch.no_grad()
 def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: ModelRunner) -> list[dict]:
-    """Each candidate linear on the reference's input of that linear, against the reference linear."""
+    """Each candidate linear on the reference's input of that linear, against the reference linear.
+
+    The inputs come from running each reference layer on its captured input with hooks on its
+    linears (``graph.probe.linear_inputs``): MoE experts get the tokens routed to them.
+    """
     rm, cm = ref_runner.model, cand_runner.model
     assert rm is not None and cm is not None
-    act = cm.layers[0].mlp.act
     rows = []
     for i in range(cm.cfg.n_layers):
-        for op, src in (*LINEAR_INPUTS.items(), ("mlp.down_proj", None)):
-            if src is None:
-                g, u = ref_caps.tensors.get(f"layers.{i}.mlp.gate"), ref_caps.tensors.get(f"layers.{i}.mlp.up")
-                if g is None or u is None:
-                    continue
-                x = act(g) * u
-            else:
-                x = ref_caps.tensors.get(f"layers.{i}.{src}")
-                if x is None:
-                    continue
-            name = f"layers.{i}.{op}"
-            r_lin, c_lin = _get(rm, name), _get(cm, name)
+        x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
+        if x_in is None:
+            continue
+        for name, x in linear_inputs(rm, i, x_in).items():
+            r_lin, c_lin = get_module(rm, name), get_module(cm, name)
             y_ref = r_lin(x.to(rm.device)).float().cpu()
             y_cand = c_lin(x.to(cm.device)).float().cpu()
             cmin, rmax = _agg(y_ref, y_cand)
@@ -107,11 +90,12 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
                 {
                     "module": name,
                     "layer": i,
-                    "op": op,
+                    "op": name.split(".", 2)[2],
                     "cosine": cmin,
                     "rel_l2": rmax,
                     "alpha": alpha,
                     "nonfinite": nonfinite,
+                    "rows": int(x.shape[0]),
                     "scheme": getattr(getattr(c_lin, "scheme", None), "weight", "dense"),
                 }
             )

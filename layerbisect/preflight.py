@@ -10,8 +10,8 @@ Design notes
 - ``check_token_ids``: ``--tokens`` inside the vocabulary.
 - ``check_length``: prompt + ``--generate`` must fit the model's context (``context_length`` /
   ``max_position_embeddings``): ``--generate 10**12`` is refused, not run until killed.
-- ``check_select``: every ``--select`` pattern must match a capture point the model can have
-  (``capture.all_point_names`` with every optional point, a superset); a typo is refused rather
+- ``check_select``: every ``--select`` pattern must match a capture point of the model
+  (``graph.inventory.capture_points``, from the graph built on ``meta``); a typo is refused rather
   than silently comparing nothing.
 - ``check_baseline``: a ``--baseline`` report must be of the same model (arch, layers,
   vocabulary) and share at least one capture point with this run.
@@ -81,10 +81,11 @@ def _patterns(select: str | Sequence[str]) -> list[str]:
     return [p.strip() for p in select.split(",")] if isinstance(select, str) else [str(p) for p in select]
 
 
-def possible_points(cfg: Any) -> list[str]:
-    from .capture import all_point_names
+def possible_points(spec: Any) -> list[str]:
+    """Every capture point of the model, derived from its graph built on ``meta`` (no memory)."""
+    from .graph.inventory import capture_points
 
-    return all_point_names(cfg.n_layers, attn_softcap=True, sandwich=True)
+    return list(capture_points(spec))
 
 
 def check_select(select: str | Sequence[str], cfg: Any) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from .capture import Captures, Selector
-from .config import ModelConfig
-from .model import Decoder, KVCache
+from .errors import InputError
+from .graph import Decoder, KVCache
+from .spec import ModelSpec
 
 
 class ModelRunner:
@@ -74,7 +75,7 @@ class ModelRunner:
         self.deactivate()
 
     @property
-    def config(self) -> ModelConfig:
+    def config(self) -> ModelSpec:
         assert self.model is not None, "runner not activated"
         return self.model.cfg
 
@@ -126,3 +127,12 @@ class ModelRunner:
             return out
         finally:
             model.rec.captures = None
+
+
+def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
+    """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
+    a, b = ref.config.shape_signature(), cand.config.shape_signature()
+    diff = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    if diff:
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")

@@ -57,8 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .model import Decoder, KVCache, Layer, Recorder, RMSNorm
+from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, set_module
+from .graph.inventory import estimate_fp32_bytes, layer_fp32_bytes
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from .runner import ModelRunner
@@ -121,21 +122,6 @@ def module_nbytes(m: nn.Module) -> int:
     return n
 
 
-def estimate_fp32_bytes(cfg: ModelConfig) -> int:
-    """4 bytes per parameter of the graph (tied embeddings counted once)."""
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    tied = cfg.tied_embeddings
-    n = sum(p.numel() for name, p in model.named_parameters() if not (tied and name == "lm_head.weight"))
-    return 4 * n
-
-
-def layer_fp32_bytes(cfg: ModelConfig) -> int:
-    with torch.device("meta"):
-        layer = Layer(cfg, 0, Recorder())
-    return 4 * sum(p.numel() for p in layer.parameters())
-
-
 def free_device_bytes(device: str | torch.device) -> int:
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
@@ -152,7 +138,7 @@ def free_device_bytes(device: str | torch.device) -> int:
 
 def decide_stream(
     stream: bool | None,
-    cfg: ModelConfig | None,
+    cfg: ModelSpec | None,
     device: str | torch.device,
     memory_cap: int | None,
     share: int = 1,
@@ -182,7 +168,7 @@ def peak_memory() -> dict[str, int]:
 class PartSource:
     """Where a streamer gets its parts. Every method returns tensors/modules on ``device``."""
 
-    cfg: ModelConfig
+    cfg: ModelSpec
     device: torch.device
 
     def layer(self, i: int, rec: Recorder) -> Layer:
@@ -215,50 +201,41 @@ class GGUFSource(PartSource):
 
     def __init__(self, path: str, device: torch.device, impl: str = "auto"):
         from .references.gguf_file import GGUFFile
-        from .references.gguf_model import expected_shapes, map_tensors, read_config
+        from .references.gguf_model import map_tensors, read_spec
 
         self.file = GGUFFile(path)
-        self.cfg = read_config(self.file)
+        self.cfg = read_spec(self.file)
         self.device = device
         self.impl = impl
-        with torch.device("meta"):
-            skeleton = Decoder(self.cfg)
-        self.mapping = map_tensors(self.file, self.cfg, expected_shapes(skeleton))
-        rf = self.mapping.get("rope_freqs")
-        self.rope_freqs = self._dequant(rf) if rf else None
+        self.tmap = map_tensors(self.file, self.cfg)
 
-    def _dequant(self, gguf_name: str, rows: slice | np.ndarray | None = None) -> torch.Tensor:
-        from .references.gguf_dequant import dequantize
+    def _dequant(self, src, rows: slice | np.ndarray | None = None) -> torch.Tensor:
+        from .references.gguf_model import dequantize_source
 
-        t = self.file.tensors[gguf_name]
-        shape = tuple(reversed([int(x) for x in t.shape]))
-        data = t.data
-        if rows is not None:  # a row of a 2-D tensor is whole blocks: slicing it is slicing the bytes
-            data = data[rows]
-            shape = (data.shape[0], *shape[1:])
-        return dequantize(data, t.tensor_type, shape, device=self.device, name=t.name, impl=self.impl)
+        return dequantize_source(self.file, src, device=self.device, rows=rows, impl=self.impl)
 
     def layer(self, i: int, rec: Recorder) -> Layer:
+        from .references.gguf_model import attach_extras
+
         with torch.device("meta"):
             layer = Layer(self.cfg, i, rec)
-        prefix = f"layers.{i}."
-        state = {k[len(prefix) :]: self._dequant(v) for k, v in self.mapping.items() if k.startswith(prefix)}
+        state = {k: self._dequant(v) for k, v in self.tmap.under(f"layers.{i}.").items()}
         _load_part(layer, state, f"layer {i}")
-        layer.attn.rope_freqs = self.rope_freqs
+        attach_extras(layer, self.file, self.tmap, self.device, layers=[layer])
         return layer.eval()
 
     def embed_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._dequant(self.mapping["embed.weight"], ids.numpy())
+        return self._dequant(self.tmap.sources["embed.weight"], ids.numpy())
 
     def final_norm(self) -> RMSNorm:
         with torch.device("meta"):
             norm = RMSNorm(self.cfg.d_model, self.cfg.norm_eps)
-        _load_part(norm, {"weight": self._dequant(self.mapping["final_norm.weight"])}, "final_norm")
+        _load_part(norm, {"weight": self._dequant(self.tmap.sources["final_norm.weight"])}, "final_norm")
         return norm
 
     def head_rows(self, lo: int, hi: int) -> torch.Tensor:
-        name = self.mapping["embed.weight" if self.cfg.tied_embeddings else "lm_head.weight"]
-        return self._dequant(name, slice(lo, hi))
+        src = self.tmap.sources["embed.weight" if self.cfg.tied_embeddings else "lm_head.weight"]
+        return self._dequant(src, slice(lo, hi))
 
 
 class CheckpointSource(PartSource):
@@ -266,22 +243,21 @@ class CheckpointSource(PartSource):
 
     def __init__(self, runner: Any, device: torch.device):
         self.runner = runner
-        self.plan = runner._plan()
-        self.cfg = self.plan.cfg
+        self.plan = runner.plan()
+        self.cfg = self.plan.spec
         self.device = device
         self.ck = runner.checkpoint
 
     def layer(self, i: int, rec: Recorder) -> Layer:
-        from .candidates.runner import _set_module
-
         with torch.device("meta"):
             layer = Layer(self.cfg, i, rec)
-        state, linears = self.runner._materialize(self.plan, f"layers.{i}.")
+        state, linears = self.runner.materialize(self.plan, f"layers.{i}.")
         for name, lin in linears.items():
-            _set_module(layer, name, lin)
+            set_module(layer, name, lin)
         _load_part(layer, state, f"layer {i}", strict=False)
         layer = layer.to(self.device)
-        layer.attn.kv_quant = getattr(self.runner, "kv_quant", None)
+        if hasattr(layer.attn, "kv_quant"):
+            layer.attn.kv_quant = getattr(self.runner, "kv_quant", None)
         return layer.eval()
 
     def embed_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -297,7 +273,7 @@ class CheckpointSource(PartSource):
     def final_norm(self) -> RMSNorm:
         with torch.device("meta"):
             norm = RMSNorm(self.cfg.d_model, self.cfg.norm_eps)
-        state, _ = self.runner._materialize(self.plan, "final_norm.")
+        state, _ = self.runner.materialize(self.plan, "final_norm.")
         if not state:  # a missing final norm runs as the identity, as in the resident runner
             state = {"weight": torch.ones(self.cfg.d_model)}
         _load_part(norm, state, "final_norm")
@@ -313,7 +289,7 @@ class CheckpointSource(PartSource):
             return f.get_slice(key)[lo:hi].float().to(self.device)
 
     def head_module(self) -> nn.Module:
-        _, linears = self.runner._materialize(self.plan, "lm_head")
+        _, linears = self.runner.materialize(self.plan, "lm_head")
         return linears[""].to(self.device)
 
 
@@ -341,7 +317,7 @@ class _LazyLayers(Sequence):
         if self.index != i:
             self.release()  # free the old layer before the new one is read: the peak stays one layer
             layer = self.owner.source.layer(i, self.owner.rec)
-            if self.owner.kv_quant is not None:
+            if self.owner.kv_quant is not None and hasattr(layer.attn, "kv_quant"):
                 layer.attn.kv_quant = self.owner.kv_quant
             self.owner.tracker.add(f"layer.{i}", module_nbytes(layer))
             self.index, self.current = i, layer
@@ -380,7 +356,7 @@ class StreamedDecoder:
 
     def set_kv_quant(self, fn) -> None:
         self.kv_quant = fn
-        if self.layers.current is not None:
+        if self.layers.current is not None and hasattr(self.layers.current.attn, "kv_quant"):
             self.layers.current.attn.kv_quant = fn
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -388,7 +364,7 @@ class StreamedDecoder:
         rows = self.source.embed_rows(uniq)
         self.tracker.add("embed.rows", rows.numel() * rows.element_size())
         try:
-            shim = types.SimpleNamespace(embed=lambda t: F.embedding(t, rows), cfg=self.cfg, rec=self.rec)
+            shim = types.SimpleNamespace(embed=lambda t: F.embedding(t, rows), spec=self.cfg, rec=self.rec)
             return Decoder.embed_tokens(shim, inv.to(self.device))  # type: ignore[arg-type]
         finally:
             self.tracker.drop("embed.rows")
@@ -397,7 +373,7 @@ class StreamedDecoder:
         norm = self.source.final_norm()
         self.tracker.add("final_norm", module_nbytes(norm))
         try:
-            shim = types.SimpleNamespace(final_norm=norm, lm_head=self._lm_head, cfg=self.cfg, rec=self.rec)
+            shim = types.SimpleNamespace(final_norm=norm, lm_head=self._lm_head, spec=self.cfg, rec=self.rec)
             return Decoder.head(shim, x)  # type: ignore[arg-type]
         finally:
             self.tracker.drop("final_norm")
@@ -439,9 +415,20 @@ class StreamedDecoder:
         for layer in self.layers:
             x = layer(x, pos, cache)
         self.layers.release()
+        if cache is not None:
+            cache.length = start_pos + tokens.shape[0]
         return self.head(x)
 
     __call__ = forward
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.cfg
+
+    def points(self) -> list[str]:
+        from .graph import capture_points
+
+        return list(capture_points(self.cfg))
 
     # -- whole-model views for the audits, one part at a time ------------------------------
     @property
@@ -511,6 +498,9 @@ class LazyModules(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
+    def __contains__(self, name: object) -> bool:  # without building the layer (Mapping's default would)
+        return name in self.names
+
     def __getitem__(self, name: str) -> nn.Module:
         if name not in self.names:
             raise KeyError(name)
@@ -519,7 +509,7 @@ class LazyModules(Mapping):
         _, i, rest = name.split(".", 2)
         m: nn.Module = self.model.layers[int(i)]
         for part in rest.split("."):
-            m = getattr(m, part)
+            m = m[int(part)] if part.isdigit() else getattr(m, part)  # type: ignore[index]
         return m
 
 
@@ -544,24 +534,24 @@ def build_streamed(runner: ModelRunner) -> None:
         chunk = max(cap, layer_fp32_bytes(src.cfg))  # a head chunk never needs more than a layer does
     model = StreamedDecoder(src, head_chunk_bytes=chunk)
     if runner.kind == "candidate":
-        runner._setup_kv_cache(model, src.plan.quant, src.plan.kv_scales)  # type: ignore[attr-defined]
+        runner.setup_kv_cache(model, src.plan.quant, src.plan.kv_scales)  # type: ignore[attr-defined]
         runner.tokenizer = runner.checkpoint.tokenizer()  # type: ignore[attr-defined]
     runner.model = model  # type: ignore[assignment]
 
 
-def peek_config(runner: ModelRunner) -> ModelConfig:
-    """The model config from the file headers alone (no weights read)."""
+def peek_config(runner: ModelRunner) -> ModelSpec:
+    """The model spec from the file headers alone (no weights read)."""
     if runner.kind == "reference":
         from .references.gguf_file import GGUFFile
-        from .references.gguf_model import read_config
+        from .references.gguf_model import read_spec
 
-        return read_config(GGUFFile(runner.path))
+        return read_spec(GGUFFile(runner.path))
     if runner.kind == "candidate":
         from .candidates.checkpoint import Checkpoint
-        from .config import config_from_hf
+        from .families import spec_from_hf
 
         ck = Checkpoint(runner.path)
-        return config_from_hf(ck.config, path=str(ck.dir / "config.json"))
+        return spec_from_hf(ck.config, path=str(ck.dir / "config.json"))
     raise NotImplementedError(runner.kind)
 
 

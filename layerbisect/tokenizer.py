@@ -24,7 +24,7 @@ and aim for llama.cpp's ``llama_tokenize(..., add_special=True, parse_special=Tr
 ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE)
     Tokens are stored byte-level encoded (``Ġ`` = space), merges as ``"a b"`` strings in
     rank order. The pre-tokenizer regex is not in the file, only its name
-    (``tokenizer.ggml.pre``); ``_PRE_REGEX`` maps the common names to the regexes
+    (``tokenizer.ggml.pre``); ``PRE_REGEX`` maps the common names to the regexes
     llama.cpp uses for them. An unknown name is an error, not a silent fallback: a wrong
     split gives plausible-looking but different ids.
 
@@ -94,7 +94,7 @@ _DEFAULT_RES = (
 
 # pre name -> (regexes applied in sequence, ignore_merges). llama.cpp sets ignore_merges for
 # the llama3 family: a piece that is itself a token is emitted whole, whatever the merges say.
-_PRE_REGEX: dict[str, tuple[tuple[str, ...] | str, bool]] = {
+PRE_REGEX: dict[str, tuple[tuple[str, ...] | str, bool]] = {
     "default": (_DEFAULT_RES, False),
     **{name: (_GPT2_RE, False) for name in ("gpt-2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais")},
     # Digits one by one first, then GPT-2 splitting.
@@ -218,10 +218,10 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> Tokenizer:
         if not merges:
             raise InputError(where, "tokenizer model 'gpt2' needs tokenizer.ggml.merges")
         pre = _field(reader, "tokenizer.ggml.pre", "default")
-        if pre not in _PRE_REGEX:
-            known = ", ".join(sorted(_PRE_REGEX))
+        if pre not in PRE_REGEX:
+            known = ", ".join(sorted(PRE_REGEX))
             raise InputError(where, f"tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer we know; known: {known}")
-        hf = _build_bpe(where, tokens, merges, types, *_PRE_REGEX[pre])
+        hf = _build_bpe(where, tokens, merges, types, *PRE_REGEX[pre])
         add_bos_default = False  # llama.cpp's default for BPE vocabularies
     else:
         raise InputError(where, f"tokenizer model {model!r} is not supported (supported: 'llama', 'gpt2')")

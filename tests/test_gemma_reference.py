@@ -33,11 +33,10 @@ def test_logits_match_transformers_gguf_loading(gemma_reference, gemma_hf_model)
 
 
 def test_every_capture_point_is_finite_and_named(gemma_reference):
-    from layerbisect.capture import all_point_names
+    from layerbisect.graph import capture_points
 
     caps = gemma_reference.run(GEMMA_PROMPT_IDS)
-    cfg = gemma_reference.config
-    assert caps.names() == all_point_names(cfg.n_layers, attn_softcap=False, sandwich=True)
+    assert caps.names() == list(capture_points(gemma_reference.config))
     for n in caps.names():
         assert torch.isfinite(caps[n]).all(), n
         assert caps[n].shape[0] == len(GEMMA_PROMPT_IDS), n

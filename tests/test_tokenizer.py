@@ -26,7 +26,7 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
 from layerbisect.errors import InputError
-from layerbisect.tokenizer import _PRE_REGEX, parse_token_ids, tokenizer_from_gguf, tokenizer_from_hf
+from layerbisect.tokenizer import PRE_REGEX, parse_token_ids, tokenizer_from_gguf, tokenizer_from_hf
 
 # ---------------------------------------------------------------------------------------------
 # Texts and golden ids
@@ -247,7 +247,7 @@ BPE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def train_byte_level_bpe(pre: str) -> HFTokenizer:
-    regexes, ignore_merges = _PRE_REGEX[pre]
+    regexes, ignore_merges = PRE_REGEX[pre]
     regexes = (regexes,) if isinstance(regexes, str) else regexes
     hf = HFTokenizer(BPE(ignore_merges=ignore_merges))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]

@@ -16,7 +16,7 @@ def after_localize(report: Any, ref_runner: Any, cand_runner: Any, ref_caps: Any
     from .causes import annotate_culprit, collect
     from .weights import audit_runners
 
-    audit_activation_scales(report, ref_caps, cand_runner)
+    audit_activation_scales(report, ref_caps, cand_runner, ref_runner)
     wa = audit_runners(ref_runner, cand_runner, scales=False)  # the pipeline reported scales already
     wa.add_to_report(report)
     return annotate_culprit(report, collect(report, cand_runner, wa))

@@ -4,8 +4,8 @@ Design notes
 - A static scale fixes the largest value a quantizer can represent; activations beyond it
   saturate (the producer clamps) or overflow (a kernel that casts without saturating gives
   NaN). We can predict both before they show: take the *reference's* input of each quantized
-  linear (as the localizer does: the norm output for q/k/v and gate/up, the attention output
-  for o, act(gate)·up for down) and compare its amax with what the scale can hold:
+  linear (as the localizer does: each reference layer run on its captured input with hooks on
+  its linears, ``graph.probe``) and compare its amax with what the scale can hold:
       FP8 static (``input_scale`` s, a multiplier):           |x| ≤ 448·s
       NVFP4 static (``input_global_scale`` gs, a divisor):   block amax ≤ 6·448/gs
                                    (beyond it the E4M3 block scale gs·amax/6 exceeds 448)
@@ -13,8 +13,8 @@ Design notes
   The ratio amax/limit is the headroom used: ≤ 1 fits; a little above 1 is the usual
   clipping of a scale calibrated on other text (warning); far above means a wrong scale
   (critical: the run is wrong, and NaN in engines that do not saturate).
-- Pure: ``headroom_rows`` takes the captures and the modules and returns rows; findings are
-  built from the rows. Nothing here runs the model.
+- ``headroom_rows`` takes the captures and the runners and returns rows; findings are
+  built from the rows. Only reference layers run (to probe the linears' inputs).
 """
 
 from __future__ import annotations
@@ -22,34 +22,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from ..comparison.findings import Finding
 
 FP8_MAX = 448.0
 E2M1_MAX = 6.0
 WARN_RATIO = 1.25  # a static scale calibrated on other text clips the prompt by a few percent: not worth a line
 CRITICAL_RATIO = 4.0  # a calibration on other text overshoots by tens of percent, not by 4x
-
-def _linear_inputs() -> dict[str, str]:
-    from ..localize import LINEAR_INPUTS  # the capture point each linear reads (localize owns the table)
-
-    return LINEAR_INPUTS
-
-
-_OP_ORDER = {op: i for i, op in enumerate(
-    ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.k", "attn.v", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-     "mlp.down_proj"))}
-
-
-def _linear_input(caps: Any, layer: int, op: str, act: Any) -> torch.Tensor | None:
-    t = caps.tensors
-    if op == "mlp.down_proj":
-        g, u = t.get(f"layers.{layer}.mlp.gate"), t.get(f"layers.{layer}.mlp.up")
-        return None if g is None or u is None else act(g.float()) * u.float()
-    inputs = _linear_inputs()
-    return t.get(f"layers.{layer}.{inputs[op]}") if op in inputs else None
-
 
 def static_limit(lin: Any) -> tuple[str, float] | None:
     """(kind, largest representable input magnitude) of a linear with a static activation scale, else None."""
@@ -62,31 +40,40 @@ def static_limit(lin: Any) -> tuple[str, float] | None:
     return None
 
 
-def headroom_rows(ref_caps: Any, cand_runner: Any) -> list[dict[str, Any]]:
-    """One row per linear with a static activation scale: input amax on the prompt vs the scale's limit."""
-    model = cand_runner.model
-    act = model.layers[0].mlp.act
+def headroom_rows(ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict[str, Any]]:
+    """One row per linear with a static activation scale: input amax on the prompt vs the scale's limit.
+
+    The input of each linear is the reference's (``graph.probe.linear_inputs`` on each layer's
+    captured input), as the localizer uses it.
+    """
+    from ..graph.probe import linear_inputs
+
+    order = {name: j for j, name in enumerate(cand_runner.quant_linears())}  # execution order
+    static = {name: lim for name, lin in cand_runner.quant_linears().items()
+              if name.startswith("layers.") and (lim := static_limit(lin)) is not None}
     rows = []
-    for name, lin in cand_runner.quant_linears().items():
-        lim = static_limit(lin)
-        if lim is None or not name.startswith("layers."):
+    for li in sorted({int(n.split(".")[1]) for n in static}):
+        x_in = ref_caps.tensors.get("embed" if li == 0 else f"layers.{li - 1}.out")
+        if x_in is None:
             continue
-        _, li, op = name.split(".", 2)
-        x = _linear_input(ref_caps, int(li), op, act)
-        if x is None:
-            continue
-        x = x.float()
-        amax = float(x.abs().max())
-        kind, limit = lim
-        if kind.startswith("nvfp4"):
-            blocks = x.reshape(-1, x.shape[-1] // 16, 16).abs().amax(-1)
-            over = float((blocks > limit).float().mean())
-        else:
-            over = float((x.abs() > limit).float().mean())
-        rows.append({
-            "module": name, "layer": int(li), "op": op, "scale_kind": kind, "limit": limit,
-            "input_amax": amax, "ratio": amax / limit if limit > 0 else math.inf, "share_over": over,
-        })
+        inputs = linear_inputs(ref_runner.model, li, x_in)
+        for name in [n for n in static if int(n.split(".")[1]) == li]:
+            x = inputs.get(name)
+            if x is None:
+                continue
+            x = x.float()
+            amax = float(x.abs().max())
+            kind, limit = static[name]
+            if kind.startswith("nvfp4"):
+                blocks = x.reshape(-1, x.shape[-1] // 16, 16).abs().amax(-1)
+                over = float((blocks > limit).float().mean())
+            else:
+                over = float((x.abs() > limit).float().mean())
+            rows.append({
+                "module": name, "layer": li, "op": name.split(".", 2)[2], "scale_kind": kind, "limit": limit,
+                "input_amax": amax, "ratio": amax / limit if limit > 0 else math.inf, "share_over": over,
+                "order": order[name],
+            })
     return rows
 
 
@@ -107,7 +94,7 @@ def kv_rows(ref_caps: Any, cand_runner: Any) -> list[dict[str, Any]]:
                 "module": f"layers.{i}.attn.{which}", "layer": i, "op": f"attn.{which}",
                 "scale_kind": f"kv {which}_scale", "limit": limit, "input_amax": amax,
                 "ratio": amax / limit if limit > 0 else math.inf,
-                "share_over": float((x.abs() > limit).float().mean()),
+                "share_over": float((x.abs() > limit).float().mean()), "order": 0 if which == "k" else 1,
             })
     return rows
 
@@ -117,7 +104,7 @@ def findings_from_rows(rows: list[dict[str, Any]], kind: str) -> list[Finding]:
     if not bad:
         return []
     # the first in execution order among the worst class: the first clipped input is the cause
-    bad.sort(key=lambda r: (-(r["ratio"] > CRITICAL_RATIO), r["layer"], _OP_ORDER.get(r["op"], 99)))
+    bad.sort(key=lambda r: (-(r["ratio"] > CRITICAL_RATIO), r["layer"], r.get("order", 0)))
     first = bad[0]
     critical = first["ratio"] > CRITICAL_RATIO
     nv = first["scale_kind"].startswith("nvfp4")
@@ -146,13 +133,15 @@ def findings_from_rows(rows: list[dict[str, Any]], kind: str) -> list[Finding]:
     ]
 
 
-def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any) -> list[Finding]:
+def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[Finding]:
     """Add static-activation-scale and KV-scale headroom sections and findings to ``report``; return the findings."""
-    rows = headroom_rows(ref_caps, cand_runner)
+    rows = headroom_rows(ref_caps, cand_runner, ref_runner)
     kv = kv_rows(ref_caps, cand_runner)
     out = findings_from_rows(rows, "act_scale_overflow") + findings_from_rows(kv, "kv_cache_scale")
     for f in out:
         report.add_finding(f)
+    # which modules' inputs clip: their output is smaller than the reference's for that reason alone
+    report.meta["clipped_inputs"] = {r["module"]: r["ratio"] for r in rows if r["ratio"] > 1.0}
     if rows or kv:
         report.add_section(
             "Static scale headroom (reference activations vs what each static scale can represent)",

@@ -19,7 +19,7 @@ Design notes
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -120,15 +120,20 @@ def from_load_notes(notes: dict[str, list[str]] | None) -> list[Evidence]:
     return out
 
 
-def from_modules(modules: Iterable[dict[str, Any]]) -> list[Evidence]:
-    """Per-module patching rows: non-finite output, or α far from 1 at high cosine."""
+def from_modules(modules: Iterable[dict[str, Any]], clipped: Mapping[str, float] | None = None) -> list[Evidence]:
+    """Per-module patching rows: non-finite output, or α far from 1 at high cosine.
+
+    A module whose input exceeds its static activation scale (``clipped``: module → amax/limit)
+    has a smaller output for that reason: its α is the clipping's, not a weight scale's.
+    """
     out = []
+    clipped = clipped or {}
     for m in modules:
         if m.get("nonfinite"):
             out.append(Evidence("nonfinite", m["layer"], m["op"], "patching",
                                 f"{m['module']} gives {m['nonfinite']} non-finite outputs on the reference's input"))
         a, c = m.get("alpha", float("nan")), m.get("cosine", float("nan"))
-        if a == a and c == c and c > 0.9 and abs(a - 1) > ALPHA_TOL:
+        if a == a and c == c and c > 0.9 and abs(a - 1) > ALPHA_TOL and m["module"] not in clipped:
             out.append(Evidence("scale_mismatch", m["layer"], m["op"], "patching",
                                 f"{m['module']} output ≈ {a:.4g}× the reference's at cosine {c:.4f}"))
     return out
@@ -172,7 +177,7 @@ def collect(report: Any, cand_runner: Any = None, weight_audit: Any = None) -> l
     if cand_runner is not None and weight_audit is None:
         ev += from_load_notes(getattr(cand_runner, "load_notes", None))
     loc = report.meta.get("localization") or {}
-    ev += from_modules(loc.get("modules", []))
+    ev += from_modules(loc.get("modules", []), report.meta.get("clipped_inputs"))
     return ev
 
 

@@ -18,6 +18,7 @@ Design notes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,21 +87,26 @@ def scan_checkpoint(ck: Any) -> list[ScaleFault]:
     return out
 
 
-def canonical_module(hf_module: str) -> tuple[str | None, int | None, str | None]:
-    """(canonical module name, layer, op) for a HF module name such as ``model.layers.3.self_attn.q_proj``."""
-    from ..candidates import hf_map
+def canonical_module(hf_module: str, linear_names: Mapping[str, str] | None = None
+                     ) -> tuple[str | None, int | None, str | None]:
+    """(canonical module, layer, op) of a HF module name such as ``model.layers.3.self_attn.q_proj``.
 
-    li = hf_map.split_layer(hf_module)
-    if li is None:
-        return None, None, None
-    i, rest = li
-    op = hf_map.LINEARS.get(rest)
-    if op is None:
-        op = "attn" if rest.startswith("self_attn") else rest
-    return f"layers.{i}.{op}", i, op
+    ``linear_names`` is the candidate runner's canonical → HF module map; without a match the layer is
+    still read from the name (``layers.N.``) and the op is left out.
+    """
+    from ..capture import layer_of, op_of
+    from ..graph.names import strip_hf_prefix
+
+    for canon, hf in (linear_names or {}).items():
+        if hf == hf_module:
+            return canon, layer_of(canon), op_of(canon)
+    s = strip_hf_prefix(hf_module)
+    parts = s.split(".")
+    layer = int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() else None
+    return None, layer, None
 
 
-def findings(faults: list[ScaleFault]) -> list[Finding]:
+def findings(faults: list[ScaleFault], linear_names: Mapping[str, str] | None = None) -> list[Finding]:
     """One critical finding per cause, titled with the first tensor; evidence lists them all."""
     by: dict[str, list[ScaleFault]] = {}
     for f in faults:
@@ -108,7 +114,7 @@ def findings(faults: list[ScaleFault]) -> list[Finding]:
     out = []
     for cause, fs in by.items():
         first = fs[0]
-        canon, layer, op = canonical_module(first.module)
+        canon, layer, op = canonical_module(first.module, linear_names)
         what = {"nonfinite_scale": "non-finite", "zero_scale": "zero", "negative_scale": "negative"}[cause]
         more = f" and {len(fs) - 1} more" if len(fs) > 1 else ""
         out.append(

@@ -17,12 +17,13 @@ Design notes
   A uniform α ≠ 1 on dense tensors (norm gains) with no scale to explain it is reported as
   ``double_scale`` when it repeats across tensors (a factor applied again), else ``scale_mismatch``.
 - Low cosine is a layout question: the audit tries the candidate transposed, Q/K rows
-  permuted for rope either way (``config.permute_qk``), FP4 nibbles swapped; the first that
+  permuted for rope either way (``families.base.permute_qk``), FP4 nibbles swapped; the first that
   restores the cosine names the cause (``transposed``, ``layout_permutation``, ``nibble_order``).
 - Inventory: tensors on one side only. The reference loader refuses unmapped GGUF tensors;
   the candidate loader fills missing norms with the identity and lists them (``load_notes``),
   and lists checkpoint tensors the graph never uses. Both are silent in every engine log.
-- Pure helpers (``best_alpha``, ``classify_scale``) are separate from the I/O (``audit_weights``).
+- Pure helpers (``best_alpha``, ``classify_scale``) are separate from the I/O (``audit_runners``;
+  ``api.audit_weights`` opens the files).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -203,11 +203,11 @@ class WeightAudit:
         report.meta["weight_audit"] = self.to_dict()
 
 
-def _kind_op(name: str) -> tuple[str, int | None, str | None]:
+def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:
     parts = name.split(".")
     if parts[0] == "layers":
         op = ".".join(parts[2:-1])
-        return ("linear" if op.endswith("_proj") else "norm"), int(parts[1]), op
+        return ("linear" if name.rsplit(".", 1)[0] in linears else "norm"), int(parts[1]), op
     if name.startswith("embed"):
         return "embedding", None, "embed"
     if name.startswith("lm_head"):
@@ -221,7 +221,6 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
     ``scales``: also check every stored scale tensor (non-finite, zero, negative: ``audit/scales.py``).
     """
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
-    from ..config import permute_qk
 
     rm, cm = ref_runner.model, cand_runner.model
     ref_sd = rm.state_dict()
@@ -233,7 +232,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
     for name, r in ref_sd.items():
         if name == "lm_head.weight" and cfg.tied_embeddings:
             continue
-        kind, layer, op = _kind_op(name)
+        kind, layer, op = _kind_op(name, lins)
         module = name.rsplit(".", 1)[0]
         lin = lins.get(module)
         if lin is not None:
@@ -265,7 +264,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
             continue
         if row.cosine < COS_OK:
             row.status = "fault"
-            row.cause, row.note, restored = _layout(name, r, c, lin, cfg, permute_qk, NVFP4Linear)
+            row.cause, row.note, restored = _layout(name, r, c, lin, cfg, NVFP4Linear)
             row.evidence["restored_cosine"] = restored
             continue
         scale, conv = _stored_scale(lin, FP8Linear, NVFP4Linear)
@@ -276,19 +275,19 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
             row.note = _scale_note(cause, row.alpha, scale, conv, k)
     _repeated_dense_scale(rows)
     if scales and getattr(cand_runner, "checkpoint", None) is not None:
-        rows += _scale_rows(cand_runner.checkpoint)
+        rows += _scale_rows(cand_runner.checkpoint, getattr(cand_runner, "linear_names", None))
     for extra in getattr(cand_runner, "load_notes", {}).get("unused", []):
         rows.append(TensorAudit(extra, "extra", None, None, "", (), status="extra", cause="extra_tensor",
                                 note="in the candidate checkpoint, used by no module of the graph"))
     return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows)
 
 
-def _scale_rows(ck: Any) -> list[TensorAudit]:
+def _scale_rows(ck: Any, linear_names: Any = None) -> list[TensorAudit]:
     from .scales import canonical_module, scan_checkpoint
 
     rows = []
     for f in scan_checkpoint(ck):
-        canon, layer, op = canonical_module(f.module)
+        canon, layer, op = canonical_module(f.module, linear_names)
         name = f"{canon}.{f.tensor.rsplit('.', 1)[-1]}" if canon else f.tensor
         rows.append(TensorAudit(name, "scale", layer, op, "", (f.numel,), status="fault", cause=f.cause,
                                 note=f.describe(), evidence={"tensor": f.tensor, "file": f.file}))
@@ -326,15 +325,16 @@ def _repeated_dense_scale(rows: list[TensorAudit]) -> None:
                       "dense tensors: a scale applied again (e.g. absorbed scales re-applied)")
 
 
-def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any, permute_qk: Any,
+def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
             nv_cls: type) -> tuple[str, str, float]:
     tries: list[tuple[str, str, torch.Tensor]] = []
     if r.ndim == 2 and tuple(c.T.shape) == tuple(r.shape):
         tries.append(("transposed", "candidate is the reference transposed", c.T))
     if name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
-        heads = cfg.n_heads if ".q_proj" in name else cfg.n_kv_heads
+        attn = cfg.layers[int(name.split(".")[1])].mixer
+        heads = attn.n_heads if ".q_proj" in name else attn.n_kv_heads
         if r.shape[0] % (2 * heads) == 0:
-            from ..config import qk_permutation
+            from ..families.base import qk_permutation
 
             perm = qk_permutation(heads, r.shape[0] // heads)
             inv = torch.argsort(perm)
@@ -355,23 +355,4 @@ def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any, per
     return "garbage", "low cosine and no layout hypothesis restores it", best[2]
 
 
-def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> WeightAudit:
-    """Open both sides (no forward pass) and audit every tensor. Raises ``InputError`` on bad input."""
-    from ..api import open_runner
-    from ..errors import InputError
-
-    ref_runner = open_runner(ref, device=device)
-    cand_runner = open_runner(cand, device=device)
-    if ref_runner.kind != "reference":
-        raise InputError(ref, "the reference must be a GGUF file")
-    if cand_runner.kind != "candidate":
-        raise InputError(cand, "the candidate must be a checkpoint directory")
-    ref_runner.activate()
-    cand_runner.activate()
-    from ..pipeline import _check_same_model
-
-    _check_same_model(ref_runner, cand_runner)
-    return audit_runners(ref_runner, cand_runner)
-
-
-__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "audit_weights", "best_alpha", "classify_scale"]
+__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale"]

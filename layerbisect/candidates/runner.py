@@ -1,10 +1,15 @@
 """The candidate runner: a quantized HF checkpoint through the same graph, quantized linears swapped in.
 
-Non-linear tensors (embeddings, norms) are loaded as FP32 with HF's conventions undone
-(``hf_map``). Each linear module gets its checkpoint tensors and scheme and becomes a
-``QuantLinear`` (exact emulation, or native GPU kernels with ``impl="native"``). Norms the
-checkpoint lacks are filled with the identity and listed in ``load_notes`` — what a lenient
-engine loader does silently, and what the comparator must then be able to point at.
+The spec comes from config.json through the family adapter; the graph is built on ``meta``
+and walked: every ``nn.Linear`` of it gets the checkpoint tensors of its HF module (found
+through ``graph/names.py`` and the family's overrides) and becomes a ``QuantLinear`` (exact
+emulation, or native GPU kernels with ``impl="native"``); every other parameter (norms,
+embeddings, router biases) is loaded as FP32 with HF's conventions undone (norm offset,
+row permutations; see ``spec.py``). A linear whose checkpoint tensor is a plain float
+``weight`` with no quantization tensors runs dense whatever the config's targets say (the
+producer quantizes ``nn.Linear`` modules only: transformers 5 routers are not ``nn.Linear``).
+Norms the checkpoint lacks are filled with the identity and listed in ``load_notes`` — what a
+lenient engine loader does silently, and what the comparator must then be able to point at.
 """
 
 from __future__ import annotations
@@ -18,14 +23,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import config_from_hf, qk_permutation
 from ..errors import InputError
+from ..families import family_of, spec_from_hf
+from ..graph import get_module, meta_model, set_module
+from ..graph.inventory import linear_modules, params
+from ..graph.names import HF_IGNORABLE, KV_SCALES, hf_fused_source, hf_module_name, hf_param_name, strip_hf_prefix
 from ..kv_cache import FP8KVQuant, KVCacheOptions
-from ..model import Decoder
 from ..runner import ModelRunner
-from . import hf_map
+from ..spec import ModelSpec
 from .checkpoint import Checkpoint
-from .qlinear import QuantOptions, build_linear
+from .qlinear import DenseLinear, QuantOptions, build_linear
+from .schemes import DENSE
+
+_QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_global_scale", "weight_scale_2", "input_scale",
+                   "input_global_scale", "weight_zero_point")
 
 
 class CandidateRunner(ModelRunner):
@@ -47,92 +58,106 @@ class CandidateRunner(ModelRunner):
         self.load_notes: dict[str, list[str]] = {"missing": [], "unused": []}
         self.linear_names: dict[str, str] = {}  # canonical module name → HF module name
         self.kv_quant: FP8KVQuant | None = None
+        self.checkpoint: Checkpoint | None = None
 
     def _build(self) -> None:
-        plan = self._plan()
-        with torch.device("meta"):
-            model = Decoder(plan.cfg)
-        state, linears = self._materialize(plan, "")
+        plan = self.plan()
+        model = meta_model(plan.spec)
+        state, linears = self.materialize(plan, "")
         for name, lin in linears.items():
-            _set_module(model, name, lin)
+            set_module(model, name, lin)
         model.load_state_dict(state, strict=False, assign=True)
-        if plan.cfg.tied_embeddings:
-            model.lm_head = _TiedHead(model.embed)
+        if plan.spec.tied_embeddings:
+            model.lm_head = TiedHead(model.embed)
         model = model.to(self.device)
-        self._setup_kv_cache(model, plan.quant, plan.kv_scales)
+        self.setup_kv_cache(model, plan.quant, plan.kv_scales)
         self.model = model.eval()
+        assert self.checkpoint is not None
         self.tokenizer = self.checkpoint.tokenizer()
 
-    def _plan(self) -> _Plan:
+    def plan(self) -> CandidatePlan:
         """Map every checkpoint key to the graph and check completeness; reads only small tensors (KV scales)."""
         ck = self.checkpoint = Checkpoint(self.path)
-        cfg = config_from_hf(ck.config, path=str(ck.dir / "config.json"))
-        spec = cfg.spec
-        norms = hf_map.norms_for(spec.sandwich_norms)
-        plan = _Plan(cfg=cfg, quant=ck.quant)
-        unused: list[str] = []
+        spec = spec_from_hf(ck.config, path=str(ck.dir / "config.json"))
+        fam = family_of(spec)
+        model = meta_model(spec)
+        plan = CandidatePlan(spec=spec, quant=ck.quant)
+        # checkpoint keys by HF module (prefix stripped) → leaf → key
+        by_module: dict[str, dict[str, str]] = defaultdict(dict)
+        stripped: dict[str, str] = {}
         for key in ck.keys():
-            s = hf_map.strip_prefix(key)
-            if s in hf_map.GLOBAL:
-                plan.dense[hf_map.GLOBAL[s]] = (key, spec.hf_norm_offset if s == "norm.weight" else None)
+            s = strip_hf_prefix(key)
+            stripped[s] = key
+            module, _, leaf = s.rpartition(".")
+            by_module[module][leaf] = key
+        used: set[str] = set()
+        for key in ck.keys():  # KV-cache scales: per layer, several spellings
+            s = strip_hf_prefix(key)
+            if s.startswith("layers."):
+                _, i, rest = s.split(".", 2)
+                if rest in KV_SCALES and i.isdigit():
+                    plan.kv_scales[int(i)][KV_SCALES[rest]] = ck.get(key).float()
+                    used.add(key)
+        for name in linear_modules(model):
+            if name == "lm_head" and spec.tied_embeddings:
                 continue
-            if key.startswith("lm_head."):
-                plan.groups["lm_head"][key[len("lm_head.") :]] = key
-                plan.hf_module["lm_head"] = "lm_head"
-                continue
-            li = hf_map.split_layer(key)
-            if li is None:
-                unused.append(key)
-                continue
-            i, rest = li
-            if rest in norms:
-                plan.dense[f"layers.{i}.{norms[rest]}"] = (key, spec.hf_norm_offset)
-                continue
-            if rest in hf_map.KV_SCALES:
-                plan.kv_scales[i][hf_map.KV_SCALES[rest]] = ck.get(key).float()
-                continue
-            for hf_lin, canon in hf_map.LINEARS.items():
-                if rest.startswith(hf_lin + "."):
-                    name = f"layers.{i}.{canon}"
-                    plan.groups[name][rest[len(hf_lin) + 1 :]] = key
-                    plan.hf_module[name] = key[: len(key) - len(rest)] + hf_lin
-                    break
+            hf = hf_module_name(name, fam.hf_names)
+            group = {k: v for k, v in by_module.get(hf, {}).items() if v not in used} if hf else {}
+            if group:
+                leaf, key = next(iter(group.items()))
+                plan.groups[name] = group
+                plan.hf_module[name] = key[: -len(leaf) - 1]  # the checkpoint's own spelling, prefix included
+                used |= set(group.values())
             else:
-                if not hf_map.IGNORABLE.search(key):
-                    unused.append(key)
-
-        _check_layer_count(ck, cfg.n_layers)
-        plan.linears = [f"layers.{i}.{c}" for i in range(cfg.n_layers) for c in hf_map.LINEARS.values()]
-        if not cfg.tied_embeddings:
-            plan.linears.append("lm_head")
-        absent = [n for n in plan.linears if n not in plan.groups]
-        if absent:
-            raise InputError(ck.dir, f"no tensors for {len(absent)} linear modules (e.g. {', '.join(absent[:3])})")
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in Decoder(cfg).named_parameters()}
-        wanted = {k for k in shapes if not any(k.startswith(lin + ".") for lin in plan.linears)}
-        if cfg.tied_embeddings:
-            wanted.discard("lm_head.weight")
-        self.load_notes = {"missing": [], "unused": unused}
-        for k in sorted(wanted - set(plan.dense)):
-            if k.endswith("norm.weight"):
-                # An engine that never maps this norm runs with the identity; record it, keep going.
-                self.load_notes["missing"].append(k)
-            else:
-                raise InputError(ck.dir, f"checkpoint has no tensor for {k}")
-        for name, (key, _) in plan.dense.items():  # header shapes against config.json, before any read
-            if name in shapes and ck.shape(key) != shapes[name]:
-                raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected "
-                                                f"{shapes[name]} from config.json")
+                fused = hf_fused_source(name)
+                key = stripped.get(fused[0]) if fused else None
+                if key is None:
+                    plan.absent.append(name)
+                    continue
+                plan.fused[name] = (key, *fused[1:])  # type: ignore[assignment]
+                plan.hf_module[name] = key
+                used.add(key)
+            plan.linears.append(name)
+        if plan.absent:
+            raise InputError(ck.dir, f"no tensors for {len(plan.absent)} linear modules "
+                                     f"(e.g. {', '.join(plan.absent[:3])})")
+        linear_set = set(plan.linears) | ({"lm_head"} if spec.tied_embeddings else set())
+        missing: list[str] = []
+        for p in params(model):
+            if p.module in linear_set:
+                continue
+            hf = hf_param_name(p.name, fam.hf_names)
+            key = stripped.get(hf) if hf else None
+            if key is None:
+                if p.kind == "norm":
+                    missing.append(p.name)  # an engine that never maps this norm runs the identity
+                    continue
+                raise InputError(ck.dir, f"checkpoint has no tensor for {p.name} (looked for {hf!r})")
+            if ck.shape(key) != p.shape:  # the header's shape against config.json, before any read
+                raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected {p.shape} "
+                                                "from config.json")
+            plan.dense[p.name] = (key, spec.hf_norm_offset if p.kind == "norm" else None)
+            used.add(key)
+        unused = [k for k in ck.keys() if k not in used and not HF_IGNORABLE.search(strip_hf_prefix(k))]
+        beyond = sorted({int(strip_hf_prefix(k).split(".")[1]) for k in unused
+                         if strip_hf_prefix(k).startswith("layers.") and strip_hf_prefix(k).split(".")[1].isdigit()
+                         and int(strip_hf_prefix(k).split(".")[1]) >= spec.n_layers})
+        if beyond:
+            raise InputError(ck.dir, f"holds tensors for layer {beyond[-1]} but config.json says "
+                                     f"num_hidden_layers = {spec.n_layers}")
+        self.load_notes = {"missing": missing, "unused": unused}
         self.linear_names = {n: plan.hf_module[n] for n in plan.linears}
         return plan
 
-    def _materialize(self, plan: _Plan, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
+    def materialize(self, plan: CandidatePlan, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
         """FP32 dense tensors and built QuantLinears of the graph names under ``prefix`` ("" = all), on CPU.
 
         Names are relative to ``prefix``, so a streamed layer loads them into a ``Layer`` as is.
         """
-        ck, cfg, n = self.checkpoint, plan.cfg, len(prefix)
+        ck, spec, n = self.checkpoint, plan.spec, len(prefix)
+        assert ck is not None
+        fam = family_of(spec)
+        shapes = {p.name: p.shape for p in params(meta_model(spec))}
         state: dict[str, torch.Tensor] = {}
         for name, (key, offset) in plan.dense.items():
             if name.startswith(prefix):
@@ -140,46 +165,52 @@ class CandidateRunner(ModelRunner):
                 state[name[n:]] = w if offset is None else w + offset
         for name in self.load_notes["missing"]:
             if name.startswith(prefix):
-                shape = cfg.head_dim if ".attn.q_norm" in name or ".attn.k_norm" in name else cfg.d_model
-                state[name[n:]] = torch.ones(shape)
+                state[name[n:]] = torch.ones(shapes[name])
         linears: dict[str, nn.Module] = {}
         todo = [x for x in plan.linears if x.startswith(prefix)]
         for j, name in enumerate(todo):
             if self.progress and not prefix:
                 self.progress(name, j, len(todo))
             hf_name = plan.hf_module[name]
-            try:
-                tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
-                _check_primary_shape(hf_name, tensors, _linear_shape(cfg, name))
-                lin = build_linear(hf_name, tensors, plan.quant.scheme_for(hf_name), self.options)
-            except InputError as e:  # the module's problem, said with the file that holds it
-                if e.where != hf_name:
-                    raise
-                raise InputError(ck.where[next(iter(plan.groups[name].values()))], f"{hf_name}: {e.problem}") from None
-            if cfg.spec.hf_rope_permuted and name.endswith(("attn.q_proj", "attn.k_proj")):
-                heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads
-                lin.permute_out_rows(qk_permutation(heads, cfg.head_dim))
+            out_f, in_f = shapes[f"{name}.weight"]
+            if name in plan.fused:
+                lin: nn.Module = _fused_linear(ck, name, plan.fused[name], (out_f, in_f), self.options)
+            else:
+                try:
+                    tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
+                    check_primary_shape(hf_name, tensors, (out_f, in_f))
+                    scheme = DENSE if _is_plain(tensors) else plan.quant.scheme_for(hf_name)
+                    lin = build_linear(hf_name, tensors, scheme, self.options)
+                except InputError as e:  # the module's problem, said with the file that holds it
+                    if e.where != hf_name:
+                        raise
+                    raise InputError(ck.where[next(iter(plan.groups[name].values()))],
+                                     f"{hf_name}: {e.problem}") from None
+            perm = fam.hf_row_permutation(name, spec)
+            if perm is not None:
+                lin.permute_out_rows(perm)  # type: ignore[operator]
             linears[name[n:]] = lin
         if self.progress and not prefix:
             self.progress("done", len(todo), len(todo))
         return state, linears
 
-    def _setup_kv_cache(self, model: Decoder, quant: Any, kv_scales: dict[int, dict[str, torch.Tensor]]) -> None:
+    def setup_kv_cache(self, model: Any, quant: Any, kv_scales: dict[int, dict[str, torch.Tensor]]) -> None:
         o = self.kv_options
         use_fp8 = o.dtype == "fp8_e4m3" or (o.dtype == "auto" and quant.kv_cache is not None)
         if not use_fp8:
             return
         kvq = FP8KVQuant(source=o.scales)
         if o.scales == "checkpoint":
-            n = model.cfg.n_layers
-            have = [i for i in range(n) if {"k_scale", "v_scale"} <= set(kv_scales.get(i, {}))]
-            if len(have) != n:
+            spec = model.cfg
+            want = [ls.index for ls in spec.layers if ls.mixer.kind == "attention" and ls.mixer.kv_source is None]
+            have = [i for i in want if {"k_scale", "v_scale"} <= set(kv_scales.get(i, {}))]
+            if len(have) != len(want):
                 raise InputError(
                     self.path,
-                    f"--kv-scales checkpoint, but only {len(have)} of {n} layers carry k_scale/v_scale "
-                    "(use --kv-scales calibrate or unit)",
+                    f"--kv-scales checkpoint, but only {len(have)} of {len(want)} attention layers carry "
+                    "k_scale/v_scale (use --kv-scales calibrate or unit)",
                 )
-            for i in range(n):
+            for i in want:
                 kvq.k_scale[i] = float(kv_scales[i]["k_scale"].reshape(-1)[0])
                 kvq.v_scale[i] = float(kv_scales[i]["v_scale"].reshape(-1)[0])
         self.kv_quant = kvq
@@ -191,54 +222,52 @@ class CandidateRunner(ModelRunner):
             from ..streaming import LazyModules
 
             return LazyModules(self.model, list(self.linear_names))  # type: ignore[arg-type]
-        return {n: _get_module(self.model, n) for n in self.linear_names}
+        return {n: get_module(self.model, n) for n in self.linear_names}
 
 
 @dataclass
-class _Plan:
+class CandidatePlan:
     """Where each graph tensor of a candidate lives: filled without reading the weights."""
 
-    cfg: Any
+    spec: ModelSpec
     quant: Any
     dense: dict[str, tuple[str, float | None]] = field(default_factory=dict)  # graph name → (key, norm offset)
-    groups: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # module → suffix → key
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)  # linear module → leaf → key
+    fused: dict[str, tuple[str, int | None, int, int]] = field(default_factory=dict)  # module → (key, e, part, n)
     hf_module: dict[str, str] = field(default_factory=dict)
     kv_scales: dict[int, dict[str, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
     linears: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> ModelSpec:
+        return self.spec
 
 
-def _check_layer_count(ck: Checkpoint, n_layers: int) -> None:
-    """Tensors for layers config.json does not have are refused: a silently shorter model is a wrong model."""
-    beyond: dict[int, str] = {}
-    for key in ck.keys():
-        li = hf_map.split_layer(key)
-        if li is not None and li[0] >= n_layers:
-            beyond.setdefault(li[0], key)
-    if beyond:
-        top = max(beyond)
-        raise InputError(
-            ck.dir / "config.json",
-            f"num_hidden_layers is {n_layers} but {ck.where[beyond[top]].name} holds tensors for layer {top} "
-            f"({len(beyond)} layers beyond the config, e.g. {beyond[top]!r})",
-        )
+def _is_plain(tensors: dict[str, torch.Tensor]) -> bool:
+    """A float weight with no quantization tensors: an unquantized module whatever the config's targets say."""
+    w = tensors.get("weight")
+    return (w is not None and w.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and not any(s in tensors for s in _QUANT_SUFFIXES))
 
 
-def _linear_shape(cfg, name: str) -> tuple[int, int]:
-    """(out, in) the config implies for a canonical linear module."""
-    d, hd = cfg.d_model, cfg.head_dim
-    return {
-        "attn.q_proj": (cfg.n_heads * hd, d),
-        "attn.k_proj": (cfg.n_kv_heads * hd, d),
-        "attn.v_proj": (cfg.n_kv_heads * hd, d),
-        "attn.o_proj": (d, cfg.n_heads * hd),
-        "mlp.gate_proj": (cfg.d_ff, d),
-        "mlp.up_proj": (cfg.d_ff, d),
-        "mlp.down_proj": (d, cfg.d_ff),
-        "lm_head": (cfg.vocab_size, d),
-    }[name.split(".", 2)[-1] if name.startswith("layers.") else name]
+def _fused_linear(ck: Checkpoint, name: str, src: tuple[str, int | None, int, int], shape: tuple[int, int],
+                  options: QuantOptions) -> nn.Module:
+    """A dense linear cut from a fused HF tensor (transformers 5's ``experts.gate_up_proj`` layout)."""
+    key, expert, part, parts = src
+    t = ck.get(key)
+    if expert is not None:
+        if t.ndim != 3 or expert >= t.shape[0]:
+            raise InputError(key, f"fused expert tensor has shape {tuple(t.shape)}: no expert {expert}")
+        t = t[expert]
+    rows = t.shape[0] // parts
+    w = t[part * rows:(part + 1) * rows]
+    if tuple(w.shape) != shape:
+        raise InputError(key, f"part {part} of {parts} has shape {tuple(w.shape)}, expected {shape} for {name}")
+    return DenseLinear(key, w.contiguous(), DENSE, options, None)
 
 
-def _check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+def check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
     """The packed/quantized weight must match config.json before any scale is checked against it."""
     out_f, in_f = shape
     t = tensors.get("weight_packed")
@@ -255,7 +284,7 @@ def _check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: t
         raise InputError(module, f"weight has shape {got}, expected {shape} from config.json")
 
 
-class _TiedHead(nn.Module):
+class TiedHead(nn.Module):
     """lm_head tied to the (unquantized) embedding, as HF ties them."""
 
     def __init__(self, embed: nn.Embedding):
@@ -270,13 +299,4 @@ class _TiedHead(nn.Module):
         return torch.nn.functional.linear(x.float(), self.embed.weight.float())
 
 
-def _get_module(root: nn.Module, dotted: str) -> nn.Module:
-    m = root
-    for part in dotted.split("."):
-        m = getattr(m, part) if not part.isdigit() else m[int(part)]  # type: ignore[index]
-    return m
-
-
-def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(_get_module(root, parent) if parent else root, leaf, new)
+__all__ = ["CandidatePlan", "CandidateRunner", "TiedHead", "check_primary_shape"]

@@ -1,6 +1,6 @@
 """`bisect audit REF.gguf CAND_DIR/`: weights and scales against the reference, no forward pass.
 
-A thin layer over ``layerbisect.audit.weights.audit_weights``. Exit codes: 0 no fault, 1 faults
+A thin layer over ``layerbisect.api.audit_weights``. Exit codes: 0 no fault, 1 faults
 found, 2 bad input.
 """
 
@@ -33,7 +33,7 @@ def audit(
     ] = False,
 ) -> None:
     """Audit every candidate tensor (dequantized) against the reference: cosine, error, best-fit scale, layout."""
-    from ..audit.weights import audit_weights
+    from ..api import audit_weights
     from ..outputs import StagedDir, check_out_dir
     from ..preflight import check_device
 

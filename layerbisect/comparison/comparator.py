@@ -27,6 +27,7 @@ import torch
 from layerbisect.capture import Captures, layer_of, layer_point, op_of
 from layerbisect.comparison import metrics as M
 from layerbisect.comparison.results import LogitResult, PointResult, SaturationResult, Thresholds
+from layerbisect.comparison.routing import RoutingResult, compare_routing, is_route_point
 
 POINT_COLUMNS: tuple[str, ...] = (
     "point",
@@ -73,6 +74,8 @@ class Comparison:
     cand_token_ids: list[int]
     only_ref: list[str] = field(default_factory=list)
     only_cand: list[str] = field(default_factory=list)
+    routing: list[RoutingResult] = field(default_factory=list)  # MoE layers: which experts each side chose
+    routing_df: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per MoE layer × token
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     ref_meta: dict[str, Any] = field(default_factory=dict)
     cand_meta: dict[str, Any] = field(default_factory=dict)
@@ -192,8 +195,8 @@ def compare_captures(
     thresholds = thresholds or Thresholds()
     ref_names, cand_names = ref.names(), cand.names()
     cand_set, ref_set = set(cand_names), set(ref_names)
-    common = [n for n in ref_names if n in cand_set]
-    only_ref = [n for n in ref_names if n not in cand_set]
+    common = [n for n in ref_names if n in cand_set and not is_route_point(n)]  # routes: compare_routing
+    only_ref = [n for n in ref_names if n not in cand_set]  # (a route point only one side has is listed too)
     only_cand = [n for n in cand_names if n not in ref_set]
 
     n_rows = min((min(_n_rows(ref, n), _n_rows(cand, n)) for n in common), default=0)
@@ -280,6 +283,7 @@ def compare_captures(
         df[c] = df[c].astype("float64")
 
     logits, logits_df = _compare_logits(ref, cand, pos, token_ids, thresholds, shape_mismatch)
+    routing, routing_df = compare_routing(ref, cand, pos, token_ids)
     saturation = _saturation(ref, cand, info, pos, thresholds)
     return Comparison(
         info=info,
@@ -295,6 +299,8 @@ def compare_captures(
         cand_token_ids=list(cand.token_ids),
         only_ref=only_ref,
         only_cand=only_cand,
+        routing=routing,
+        routing_df=routing_df,
         shape_mismatch=shape_mismatch,
         ref_meta=dict(ref.meta),
         cand_meta=dict(cand.meta),

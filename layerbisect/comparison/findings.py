@@ -87,11 +87,12 @@ def detect_tokenizer_mismatch(cmp: Comparison) -> list[Finding]:
     fp_c = cmp.cand_meta.get("tokenizer_fingerprint")
     if fp_r is not None and fp_c is not None and fp_r != fp_c:
         out.append(
-            Finding(
-                "critical",
+            Finding(  # the compared ids are the same (a difference in ids is the finding below): a warning
+                "warning",
                 "tokenizer_mismatch",
                 "Tokenizers differ",
-                detail=f"reference tokenizer fingerprint {fp_r} ≠ candidate {fp_c}; the runs are not comparable.",
+                detail=f"reference tokenizer fingerprint {fp_r} ≠ candidate {fp_c}; both sides ran the same ids, "
+                "but text encoded by the candidate's own tokenizer may give other ids.",
                 evidence={"ref_fingerprint": str(fp_r), "cand_fingerprint": str(fp_c)},
             )
         )
@@ -389,6 +390,40 @@ def detect_logit_summary(cmp: Comparison) -> list[Finding]:
     ]
 
 
+def detect_routing(cmp: Comparison) -> list[Finding]:
+    """MoE layers: where the candidate first sends a token to other experts than the reference does."""
+    from layerbisect.comparison.routing import first_flip, mean_overlap
+
+    res = cmp.routing
+    if not res:
+        return []
+    flip = first_flip(res)
+    agree = mean_overlap(res)
+    per_layer = {r.layer: round(r.mean_overlap, 4) for r in res}
+    if flip is None:
+        return [Finding("info", "routing", f"Expert routing: every token goes to the same experts in all "
+                        f"{len(res)} MoE layers", evidence={"mean_topk_overlap": agree, "per_layer": per_layer})]
+    n_diff = sum(round(r.n_tokens * (1 - r.same_set_share)) for r in res)
+    n_all = sum(r.n_tokens for r in res)
+    return [
+        Finding(
+            "warning",
+            "routing",
+            f"Expert routing differs first at layer {flip.layer}, token {flip.first_diff_token}: "
+            f"reference experts {list(flip.first_diff_ref)}, candidate {list(flip.first_diff_cand)}",
+            point=flip.point,
+            layer=flip.layer,
+            op="mlp.route",
+            token_index=flip.first_diff_token,
+            detail=f"{n_diff} of {n_all} (layer, token) pairs route to another expert set; mean top-k overlap "
+            f"{agree:.1%}. A token routed differently takes another path through the layer: its error downstream "
+            "is a router flip, not the error of any one weight.",
+            evidence={"mean_topk_overlap": agree, "per_layer": per_layer, "first": flip.to_dict(),
+                      "n_flipped": n_diff, "n_pairs": n_all},
+        )
+    ]
+
+
 def detect_structure(cmp: Comparison) -> list[Finding]:
     out: list[Finding] = []
     if cmp.only_ref or cmp.only_cand:
@@ -424,6 +459,7 @@ DETECTORS: tuple[Callable[[Comparison], list[Finding]], ...] = (
     detect_saturation,
     detect_most_divergent_layer,
     detect_logit_summary,
+    detect_routing,
     detect_structure,
 )
 

@@ -129,6 +129,15 @@ class Report:
         self.extra_sections: list[Section] = [
             s if isinstance(s, Section) else Section(*s) for s in (extra_sections or [])
         ]
+        if comparison.routing:
+            from layerbisect.comparison.routing import summary_rows
+
+            self.add_section(
+                "Expert routing (reference vs candidate)",
+                summary_rows(comparison.routing),
+                "per MoE layer: mean top-k overlap |ref ∩ cand| / k over tokens, share of tokens sent to the same "
+                "expert set, and the first token routed differently (routing.parquet: every layer × token).",
+            )
 
     # -- content -------------------------------------------------------------
 
@@ -160,7 +169,7 @@ class Report:
     # -- JSON ----------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        from layerbisect import __version__
+        from layerbisect.version import __version__
 
         cmp = self.comparison
         return {
@@ -176,6 +185,7 @@ class Report:
             if cmp.logits is None
             else {**cmp.logits.to_dict(), "per_position": cmp.logits_df.to_dict(orient="records")},
             "saturation": [s.to_dict() for s in cmp.saturation],
+            "routing": [r.to_dict() for r in cmp.routing],
             "alignment": {
                 "positions": cmp.positions,
                 "token_mismatch": cmp.token_mismatch,
@@ -230,6 +240,9 @@ class Report:
                     p.write_text(self.to_json(), encoding="utf-8")
                 elif fmt in ("parquet", "csv"):
                     p = write_points(self.df, stage, prefer_parquet=fmt == "parquet")
+                    if not self.comparison.routing_df.empty:
+                        names["routing"] = write_points(self.comparison.routing_df, stage,
+                                                        prefer_parquet=fmt == "parquet", stem="routing").name
                 elif fmt == "junit":
                     p = stage / FILE_NAMES["junit"]
                     p.write_text(junit.render(self, gate), encoding="utf-8")
@@ -256,13 +269,13 @@ def parquet_available() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True) -> Path:
-    """points.parquet, or points.csv when pyarrow is missing (or CSV was asked for)."""
+def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True, stem: str = "points") -> Path:
+    """<stem>.parquet, or <stem>.csv when pyarrow is missing (or CSV was asked for)."""
     if prefer_parquet and parquet_available():
-        p = out / "points.parquet"
+        p = out / f"{stem}.parquet"
         df.to_parquet(p, index=False)
         return p
-    p = out / "points.csv"
+    p = out / f"{stem}.csv"
     df.to_csv(p, index=False)
     return p
 

@@ -13,18 +13,29 @@ import math
 
 import torch
 
-from layerbisect.capture import Captures, all_point_names, layer_of
+from layerbisect.capture import Captures, layer_of
 from layerbisect.comparison.comparator import ModelInfo
 
 
 def _feature_size(name: str, d: int, d_ff: int, vocab: int, n_head: int, T: int) -> int:
     if name.startswith("logits"):
         return vocab
-    if name.endswith("mlp.gate") or name.endswith("mlp.up"):
+    if name.endswith(("mlp.gate", "mlp.up", "mlp.act")):
         return d_ff
     if name.endswith("attn.scores"):
         return n_head * T
     return d
+
+
+def _points(n_layers: int, d: int, d_ff: int, vocab: int, n_head: int, attn_softcap: float | None) -> list[str]:
+    """The capture points of a llama-like graph of these sizes, derived from the graph itself."""
+    from layerbisect.graph import capture_points
+    from layerbisect.spec import AttentionSpec, DenseFFNSpec, LayerSpec, ModelSpec, Rope
+
+    hd = d // n_head
+    layers = tuple(LayerSpec(i, AttentionSpec(n_head, n_head, hd, Rope(dim=hd), 1.0, softcap=attn_softcap),
+                             DenseFFNSpec(d_ff)) for i in range(n_layers))
+    return list(capture_points(ModelSpec("synthetic", "synthetic", vocab, d, layers)))
 
 
 def synthetic_pair(
@@ -43,15 +54,15 @@ def synthetic_pair(
 ) -> tuple[Captures, Captures, ModelInfo]:
     """Reference and candidate captures of a fake model; the candidate is ref + relative noise."""
     g = torch.Generator().manual_seed(seed)
-    names = all_point_names(n_layers, attn_softcap=attn_softcap is not None)
+    names = _points(n_layers, d, d_ff, vocab, n_head, attn_softcap)
     token_ids = [int(x) for x in torch.randint(0, vocab, (T,), generator=g)]
     ref = Captures(token_ids=list(token_ids), meta={"side": "ref"})
     cand = Captures(token_ids=list(token_ids), meta={"side": "cand"})
     resid = torch.randn(T, d, generator=g)
     for _k, name in enumerate(names):
         F = _feature_size(name, d, d_ff, vocab, n_head, T)
-        if name == "logits.pre_softcap":
-            x = 3.0 * torch.randn(T, F, generator=g)
+        if name == "logits.pre_softcap":  # its own stream: the logits do not depend on how many points precede
+            x = 3.0 * torch.randn(T, F, generator=torch.Generator().manual_seed(seed + 1))
         elif name == "logits":
             pre = ref.tensors["logits.pre_softcap"]
             x = final_softcap * torch.tanh(pre / final_softcap) if final_softcap else pre.clone()
@@ -67,6 +78,8 @@ def synthetic_pair(
         if name == "logits":
             pre_c = cand.tensors["logits.pre_softcap"]
             xc = final_softcap * torch.tanh(pre_c / final_softcap) if final_softcap else pre_c.clone()
+        elif name == "logits.pre_softcap":
+            xc = x + rel * x.std() * torch.randn(T, F, generator=torch.Generator().manual_seed(seed + 2))
         else:
             xc = x + rel * x.std() * torch.randn(T, F, generator=g)
         cand.record(name, xc)

@@ -49,10 +49,11 @@ from typing import Literal
 
 import torch
 
+from layerbisect.kernels.blocks import Block, resolve_block, scale_shape
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 
-Block = tuple[int, int]
 FP8Impl = Literal["emulate", "scaled_mm", "triton"]
 
 
@@ -64,18 +65,6 @@ FP8Impl = Literal["emulate", "scaled_mm", "triton"]
 def cast_to_fp8(x: torch.Tensor) -> torch.Tensor:
     """Saturating round-to-nearest-even cast to e4m3fn: clamp to ±448, then cast. NaN stays NaN."""
     return torch.clamp(x, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
-def resolve_block(shape: tuple[int, int], block: tuple[int | None, int | None]) -> Block:
-    """``None`` in a block dimension means 'the whole extent' (per-tensor: (None, None); per-row: (1, None))."""
-    r, c = shape
-    bh = r if block[0] is None else block[0]
-    bw = c if block[1] is None else block[1]
-    return max(bh, 1), max(bw, 1)
-
-
-def scale_shape(shape: tuple[int, int], block: Block) -> tuple[int, int]:
-    return math.ceil(shape[0] / block[0]), math.ceil(shape[1] / block[1])
 
 
 def expand_scale(scale: torch.Tensor, shape: tuple[int, int], block: Block) -> torch.Tensor:

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from layerbisect.kernels.fp8 import resolve_block, scale_shape
+from layerbisect.kernels.blocks import resolve_block, scale_shape
 
 try:  # triton is optional: the CPU install has none
     import triton

@@ -524,7 +524,7 @@ def _resolve_type(qtype: QT | int, name: str) -> type[BlockQuant]:
     return cls
 
 
-def _as_torch(data: object, name: str) -> torch.Tensor:
+def as_torch(data: object, name: str) -> torch.Tensor:
     """Wrap numpy data (a memmap included) without copying it, or pass a torch tensor through."""
     if isinstance(data, torch.Tensor):
         return data
@@ -561,7 +561,7 @@ def dequantize(
     types it covers), or "auto" (Triton on CUDA where it covers the type, else torch). Same bits.
     """
     cls = _resolve_type(qtype, name)
-    raw = _as_torch(data, name)
+    raw = as_torch(data, name)
     if raw.ndim == 0:
         raw = raw.reshape(1)
 

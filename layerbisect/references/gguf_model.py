@@ -1,105 +1,109 @@
-"""GGUF tensors → the canonical graph's parameters, dequantized to FP32.
+"""GGUF tensors → the graph's parameters, dequantized to FP32; the map derived from the built graph.
 
-The name map is data: GGUF names with ``{i}`` for the layer index → graph parameter names.
-Every tensor in the file must be consumed and every parameter filled; what is left over on
-either side is listed in the error, because a silently dropped tensor (a norm never mapped)
-is exactly the class of bug this tool exists to find.
+The spec comes from the GGUF's metadata through its family adapter (``families``); the graph
+is built on ``meta``; each of its parameters is looked up in the GGUF name table
+(``graph/names.py``, gguf-py's own tensor constants, with the family's overrides). Every
+tensor in the file must be consumed and every parameter filled: what is left over on either
+side is listed in the error, because a silently dropped tensor (a norm never mapped) is
+exactly the class of bug this tool exists to find. Stacked expert tensors
+(``blk.{i}.ffn_gate_exps``, numpy shape (E, out, in)) give one expert per graph linear.
 
-Conventions (see ``config.py``): GGUF stores Gemma norms as 1 + w and llama Q/K rows
+Conventions (see ``spec.py``): GGUF stores Gemma 2/3 norms as 1 + w and llama Q/K rows
 permuted for the ``normal`` rope ordering; the graph takes both as stored.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, config_from_gguf
 from ..errors import InputError
-from ..model import Decoder
-from .gguf_dequant import dequantize_reader_tensor
+from ..families import family_of, spec_from_gguf
+from ..graph import Decoder, meta_model
+from ..graph.inventory import params
+from ..graph.names import GGUF_EXTRA, GGUFSource, gguf_source, gguf_tensor_name
+from ..spec import ModelSpec
+from .gguf_dequant import dequantize
 from .gguf_file import GGUFFile
 
-GLOBAL_MAP = {
-    "token_embd.weight": "embed.weight",
-    "output_norm.weight": "final_norm.weight",
-    "output.weight": "lm_head.weight",
-}
-LAYER_MAP = {
-    "attn_norm.weight": "attn_norm.weight",
-    "attn_q.weight": "attn.q_proj.weight",
-    "attn_q.bias": "attn.q_proj.bias",
-    "attn_k.weight": "attn.k_proj.weight",
-    "attn_k.bias": "attn.k_proj.bias",
-    "attn_v.weight": "attn.v_proj.weight",
-    "attn_v.bias": "attn.v_proj.bias",
-    "attn_output.weight": "attn.o_proj.weight",
-    "attn_q_norm.weight": "attn.q_norm.weight",
-    "attn_k_norm.weight": "attn.k_norm.weight",
-    "post_attention_norm.weight": "post_attn_norm.weight",
-    "ffn_norm.weight": "mlp_norm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "post_ffw_norm.weight": "post_mlp_norm.weight",
-}
-_BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+def read_spec(f: GGUFFile) -> ModelSpec:
+    return spec_from_gguf(f.fields, list(f.tensors), f.vocab_size(), path=str(f.path))
 
 
-def canonical_name(gguf_name: str) -> str | None:
-    """GGUF tensor name → graph parameter name (None if the graph has no such parameter)."""
-    if gguf_name in GLOBAL_MAP:
-        return GLOBAL_MAP[gguf_name]
-    m = _BLK.match(gguf_name)
-    if m and m.group(2) in LAYER_MAP:
-        return f"layers.{m.group(1)}.{LAYER_MAP[m.group(2)]}"
-    return None
+@dataclass(frozen=True)
+class TensorMap:
+    """Graph parameter → GGUF source, checked against the file's header (no weight read)."""
+
+    sources: dict[str, GGUFSource]
+    extras: dict[str, str]  # graph attribute (``rope_freqs``) → GGUF tensor
+
+    def under(self, prefix: str) -> dict[str, GGUFSource]:
+        return {k[len(prefix):]: v for k, v in self.sources.items() if k.startswith(prefix)}
 
 
-def read_config(f: GGUFFile) -> ModelConfig:
-    return config_from_gguf(f.fields, f.vocab_size(), has_output="output.weight" in f.tensors, path=str(f.path))
+def _file_shape(f: GGUFFile, name: str) -> tuple[int, ...]:
+    return tuple(reversed([int(x) for x in f.tensors[name].shape]))
 
 
-def map_tensors(f: GGUFFile, cfg: ModelConfig, expected: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """Graph parameter name → GGUF tensor name (plus ``rope_freqs`` if present), checked from metadata only.
+def map_tensors(f: GGUFFile, spec: ModelSpec, model: torch.nn.Module | None = None) -> TensorMap:
+    """Derive the GGUF source of every parameter of ``spec``'s graph and check shapes from metadata only.
 
-    Shapes come from the file's header, so a whole model is validated without reading one weight
-    (the streaming runner relies on this); every error names what was left over on either side.
+    Raises ``InputError`` naming the file and listing parameters without a tensor, tensors the
+    graph does not use, and shape mismatches.
     """
-    mapping: dict[str, str] = {}
-    unmapped: list[str] = []
-    for name, t in f.tensors.items():
-        if name == "rope_freqs.weight":
-            mapping["rope_freqs"] = name
+    model = model if model is not None else meta_model(spec)
+    overrides = family_of(spec).gguf_names
+    sources: dict[str, GGUFSource] = {}
+    missing: list[str] = []
+    used: set[str] = set()
+    for p in params(model):
+        if p.name == "lm_head.weight" and spec.tied_embeddings:
             continue
-        target = canonical_name(name)
-        if target is None or target not in expected:
-            unmapped.append(name)
+        src = gguf_source(p.name, overrides)
+        if src is None or src.tensor not in f.tensors:
+            missing.append(p.name if src is None else f"{p.name} ({src.tensor})")
             continue
-        shape = tuple(reversed([int(x) for x in t.shape]))
-        if shape != tuple(expected[target]):
-            raise InputError(f.path, f"tensor {name!r} has shape {shape}, expected {tuple(expected[target])}")
-        mapping[target] = name
-    missing = sorted(set(expected) - set(mapping))
-    if missing or unmapped:
+        shape = _file_shape(f, src.tensor)
+        if src.expert is not None:
+            if len(shape) != 3 or src.expert >= shape[0]:
+                raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}: no expert {src.expert}")
+            shape = shape[1:]
+        if shape != p.shape:
+            raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}, expected {p.shape} for {p.name}")
+        sources[p.name] = src
+        used.add(src.tensor)
+    extras = {attr: gguf_tensor_name(t, None) + ".weight" for attr, t in GGUF_EXTRA.items()}
+    extras = {attr: name for attr, name in extras.items() if name in f.tensors}
+    used |= set(extras.values())
+    unused = [n for n in f.tensors if n not in used]
+    if missing or unused:
         parts = []
         if missing:
             parts.append(f"missing tensors for {len(missing)} parameters (e.g. {', '.join(missing[:4])})")
-        if unmapped:
-            parts.append(f"{len(unmapped)} tensors the {cfg.arch} graph does not use (e.g. {', '.join(unmapped[:4])})")
+        if unused:
+            parts.append(f"{len(unused)} tensors the {spec.arch} graph does not use (e.g. {', '.join(unused[:4])})")
         raise InputError(f.path, "; ".join(parts))
-    return mapping
+    return TensorMap(sources, extras)
 
 
-def expected_shapes(model: Decoder) -> dict[str, tuple[int, ...]]:
-    """Parameter name → shape the GGUF must provide (``lm_head`` is ``token_embd`` when tied)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if model.cfg.tied_embeddings:
-        expected.pop("lm_head.weight")
-    return expected
+def dequantize_source(f: GGUFFile, src: GGUFSource | str, *, device: torch.device | str | None = None,
+                      rows: slice | None = None, impl: str = "auto") -> torch.Tensor:
+    """FP32 tensor of one source (one expert of a stacked tensor; optionally a row slice of a 2-D one)."""
+    if isinstance(src, str):
+        src = GGUFSource(src)
+    t = f.tensors[src.tensor]
+    shape = _file_shape(f, src.tensor)
+    data = t.data
+    if src.expert is not None:  # an expert's slab is whole rows of whole blocks: slicing the bytes is exact
+        data, shape = data[src.expert], shape[1:]
+    if rows is not None:
+        data = data[rows]
+        shape = (data.shape[0], *shape[1:])
+    return dequantize(data, t.tensor_type, shape, device=device, name=src.tensor, impl=impl)
 
 
 def load_reference_model(
@@ -110,23 +114,34 @@ def load_reference_model(
 ) -> tuple[Decoder, GGUFFile]:
     """Build the graph on ``meta`` and fill it with the GGUF's tensors dequantized to FP32."""
     f = GGUFFile(path)
-    cfg = read_config(f)
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    mapping = map_tensors(f, cfg, expected_shapes(model))
+    spec = read_spec(f)
+    model = meta_model(spec)
+    tmap = map_tensors(f, spec, model)
     state: dict[str, torch.Tensor] = {}
-    for n, (target, name) in enumerate(mapping.items()):
+    items = list(tmap.sources.items())
+    for n, (target, src) in enumerate(items):
         if progress:
-            progress(name, n, len(mapping))
-        state[target] = dequantize_reader_tensor(f.tensors[name], device=device)
+            progress(src.tensor, n, len(items))
+        state[target] = dequantize_source(f, src, device=device)
     if progress:
-        progress("done", len(mapping), len(mapping))
-    rope_freqs = state.pop("rope_freqs", None)
-    if cfg.tied_embeddings:
+        progress("done", len(items), len(items))
+    if spec.tied_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, assign=True, strict=True)
-    if cfg.tied_embeddings:
+    if spec.tied_embeddings:
         model.lm_head.weight = model.embed.weight
-    for layer in model.layers:
-        layer.attn.rope_freqs = rope_freqs
+    attach_extras(model, f, tmap, device)
     return model.eval(), f
+
+
+def attach_extras(model: torch.nn.Module, f: GGUFFile, tmap: TensorMap, device: torch.device | str | None,
+                  layers: list | None = None) -> None:
+    """Give layers that use a ``rope_freqs`` tensor their factors (llama3 scaling; Gemma 4 proportional rope)."""
+    name = tmap.extras.get("rope_freqs")
+    if name is None:
+        return
+    freqs = dequantize_source(f, name, device=device)
+    for layer in layers if layers is not None else model.layers:
+        rope = getattr(layer.attn, "spec", None) and layer.attn.spec.rope
+        if rope is not None and rope.freq_factors:
+            layer.attn.rope_freqs = freqs

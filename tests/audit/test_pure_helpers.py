@@ -55,8 +55,9 @@ def test_swap_nibbles_is_the_other_packing_order() -> None:
 
 
 def _row(layer: int, op: str, ratio: float) -> dict:
+    order = 10 * layer + ("attn.q_proj", "mlp.up_proj").index(op)  # execution order, as headroom_rows numbers it
     return {"module": f"layers.{layer}.{op}", "layer": layer, "op": op, "scale_kind": "fp8 input_scale",
-            "limit": 1.0, "input_amax": ratio, "ratio": ratio, "share_over": 0.1}
+            "limit": 1.0, "input_amax": ratio, "ratio": ratio, "share_over": 0.1, "order": order}
 
 
 def test_headroom_findings_thresholds() -> None:

@@ -27,13 +27,13 @@ def test_builtin_gate_passes_healthy_and_fails_blowup():
 
 
 def test_toml_rules_per_pattern(tmp_path):
-    rep = report(noise=0.05)  # cosine ~0.999, rel_l2 ~0.05-0.1
+    rep = report(noise=0.05)  # cosine ~0.999, rel_l2 ~0.05-0.1; 1-2 of 8 near-tied top-1 logits flip
     strict = GateConfig.from_toml_text("[default]\nmin_cosine = 0.99999\n")
     assert not evaluate(rep, strict)
     p = tmp_path / "gate.toml"
     p.write_text(
         '[default]\nmin_cosine = 0.99999\nmax_rel_l2 = 0.2\n\n[[rule]]\npattern = "*"\nmin_cosine = 0.9\n\n'
-        '[[rule]]\npattern = "logits*"\nmax_kl = 0.1\nmin_top1 = 0.9\nmax_norm_ratio = false\n'
+        '[[rule]]\npattern = "logits*"\nmax_kl = 0.1\nmin_top1 = 0.5\nmax_norm_ratio = false\n'
     )
     cfg = GateConfig.from_toml(p)
     assert cfg.thresholds_for("layers.0.out").min_cosine == 0.9

@@ -16,10 +16,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from layerbisect.capture import all_point_names  # noqa: E402
 from layerbisect.engines import capture_activations, load_dump  # noqa: E402
 from layerbisect.engines.dump import align_to_dump  # noqa: E402
 from layerbisect.errors import InputError  # noqa: E402
+from layerbisect.families import spec_from_hf  # noqa: E402
+from layerbisect.graph import capture_points  # noqa: E402
 
 N_LAYERS = 2
 IDS = [2, 17, 5, 99, 42, 7]
@@ -76,12 +77,8 @@ def captured(request, tmp_path_factory):
 
 def test_names_in_execution_order(captured):
     arch, model, out, cap, _ = captured
-    sandwich = arch.startswith("gemma")
-    expected = [
-        n
-        for n in all_point_names(N_LAYERS, attn_softcap=arch == "gemma2", sandwich=sandwich)
-        if n not in cap.unreachable()
-    ]
+    points = capture_points(spec_from_hf(model.config.to_dict()))
+    expected = [n for n in points if n not in cap.unreachable()]
     assert cap.names == expected, f"{arch}: {cap.names}"
     # HF reaches every point but rope'd q/k (and Gemma 2's pre-softcap scores).
     unreachable_ops = {n.split(".", 2)[2] for n in cap.unreachable()}
@@ -104,6 +101,7 @@ def test_shapes_rows_and_tokens(captured):
         "attn.out": cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or 16),
         "mlp.gate": cfg.intermediate_size,
         "mlp.up": cfg.intermediate_size,
+        "mlp.act": cfg.intermediate_size,
         "logits": cfg.vocab_size,
         "logits.pre_softcap": cfg.vocab_size,
     }

@@ -9,12 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from layerbisect.capture import all_point_names
 from layerbisect.engines import capture_activations, load_dump
 from layerbisect.engines.namemap import NameMap, builtin_maps, resolve_name_map
 from layerbisect.errors import InputError
+from layerbisect.graph import capture_points  # noqa: E402
+from layerbisect.spec import AttentionSpec, DenseFFNSpec, LayerSpec, ModelSpec, NormsSpec, Rope  # noqa: E402
 
-CANONICAL = set(all_point_names(4, attn_softcap=True, sandwich=True))
+
+def _spec(n_layers: int, *, softcap: float | None = 50.0, sandwich: bool = True) -> ModelSpec:
+    """A small llama/Gemma-like spec: the points a map may name come from its graph."""
+    attn = AttentionSpec(2, 1, 8, Rope(dim=8), 0.35, softcap=softcap)
+    layers = tuple(LayerSpec(i, attn, DenseFFNSpec(32), NormsSpec(sandwich, sandwich)) for i in range(n_layers))
+    return ModelSpec("test", "test", 64, 16, layers)
+
+
+CANONICAL = set(capture_points(_spec(4)))
 
 
 def _canonical(name: str) -> bool:
@@ -23,14 +32,17 @@ def _canonical(name: str) -> bool:
 
 def test_builtin_maps_found_as_package_data():
     maps = builtin_maps()
-    assert set(maps) == {"hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama"}
+    assert set(maps) == {
+        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama", "sglang_llama", "trtllm_qwen"
+    }
     for nm in maps.values():
         targets = nm.targets(4)
         extras = {t for t in targets if not _canonical(t)}
-        # HF maps name only canonical points; vLLM adds the pre-rope projections (documented).
+        # HF maps name only canonical points; the fused-qkv engines add the pre-rope projections (documented).
         assert extras == (
-            {f"layers.{i}.attn.{p}_proj" for i in range(4) for p in "qk"} if nm.engine == "vllm" else set()
+            {f"layers.{i}.attn.{p}_proj" for i in range(4) for p in "qk"} if nm.engine != "transformers" else set()
         ), nm.name
+        assert nm.qk_layout == "hf", nm.name
         assert len(targets) == len(set(targets)), f"{nm.name}: a point mapped twice"
 
 
@@ -69,15 +81,34 @@ def test_gemma3_both_layouts():
     assert nm.match("model.layers.3.self_attn.q_norm") is None
 
 
+def test_layer_offsets_and_last():
+    nm = builtin_maps()["sglang_llama"]
+    # input_layernorm of layer i returns layer i-1's output as its residual; layer 0's has none.
+    b = nm.match("model.layers.3.input_layernorm", 4)
+    assert [(e.name, e.index) for e in b.entries] == [("layers.3.attn_norm", 0), ("layers.2.out", 1)]
+    assert [e.name for e in nm.match("model.layers.0.input_layernorm", 4).entries] == ["layers.0.attn_norm"]
+    assert [e.name for e in nm.match("model.norm", 4).entries] == ["final_norm", "layers.3.out"]
+    assert [e.name for e in nm.match("model.norm").entries] == ["final_norm"]  # {last} needs the layer count
+    assert nm.targets(2).count("layers.1.out") == 1 and "layers.0.out" in nm.targets(2)
+    t = builtin_maps()["trtllm_qwen"]  # call counters: decoder layer i is call i+2 of the model
+    assert t.match("Qwen3Model-2.Qwen3DecoderLayer-1.RMSNorm").layer == 0
+    assert t.match("Qwen3Model-1.Embedding").entries[0].name == "embed"
+    # Out of the model's layers: the next key (the final norm) is tried.
+    assert t.match("Qwen3Model-4.RMSNorm", 2).entries[0].name == "final_norm"
+    assert [e.name for e in t.match("Qwen3Model-3.Qwen3DecoderLayer-2.QKNormRoPEAttention-5.Linear").entries] == [
+        "layers.1.attn.out", "layers.1.attn.o_proj"
+    ]
+
+
 def test_unreachable():
     nm = builtin_maps()["hf_gemma3"]
-    assert nm.unreachable(2, sandwich=True) == [
+    assert nm.unreachable(capture_points(_spec(2, softcap=None))) == [
         "layers.0.attn.q",
         "layers.0.attn.k",
         "layers.1.attn.q",
         "layers.1.attn.k",
     ]
-    assert "logits.pre_softcap" in builtin_maps()["vllm_llama"].unreachable(1)
+    assert "logits.pre_softcap" in builtin_maps()["vllm_llama"].unreachable(capture_points(_spec(1, sandwich=False)))
 
 
 @pytest.mark.parametrize(
@@ -88,6 +119,8 @@ def test_unreachable():
         ("[map]\n'a' = { name = 'embed', from = 'middle' }", "`from` must be"),
         ("[map]\n'a' = { name = 'embed', index = -1 }", "`index` must be"),
         ("[map]\n'a' = 'x'\n[split.x]\ninto = ['a', 'b']\nsizes = [1]", "as long as `into`"),
+        ("[meta]\nqk_layout = 'neox'\n[map]\n'a' = 'x'", "qk_layout"),
+        ("[map]\n'a.{i}.b.{i}' = 'x'", "only once"),
     ],
 )
 def test_bad_toml(text, match):

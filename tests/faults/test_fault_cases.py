@@ -87,7 +87,7 @@ def test_input_scale_overflow_saturates_without_the_engine_fault(fault_root) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_no_false_alarm_on_correct_candidates(scheme: str, fault_root) -> None:
-    from layerbisect.audit.weights import audit_weights
+    from layerbisect.api import audit_weights
 
     src = faults.tiny_sources(fault_root, ("gemma2",))["gemma2"]
     clean = faults.clean_candidate(fault_root, src, "gemma2", scheme)

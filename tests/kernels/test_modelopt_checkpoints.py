@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from layerbisect.candidates.runner import CandidateRunner
 from layerbisect.candidates.schemes import parse_quantization_config
-from layerbisect.config import qk_permutation
+from layerbisect.families import family_of
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "modelopt"
 FIXTURES = sorted(p.parent for p in DATA.glob("*/*/fixture.json"))
@@ -156,10 +156,10 @@ def test_dequantized_weight_equals_modelopt(fixture_dir, runner, unquantized):
         if hf_name == "lm_head":
             continue
         want = modelopt_dequant(mods[hf_name], scheme)
-        if cfg.spec.hf_rope_permuted and canon.endswith(("attn.q_proj", "attn.k_proj")):
-            heads = cfg.n_heads if canon.endswith("q_proj") else cfg.n_kv_heads
-            want = want[qk_permutation(heads, cfg.head_dim)]  # the runner permutes rows to GGUF's order
-            orig = ref_w[hf_name + ".weight"].float()[qk_permutation(heads, cfg.head_dim)]
+        perm = family_of(cfg).hf_row_permutation(canon, cfg)
+        if perm is not None:
+            want = want[perm]  # the runner permutes rows to GGUF's order
+            orig = ref_w[hf_name + ".weight"].float()[perm]
         else:
             orig = ref_w[hf_name + ".weight"].float()
         got = lins[canon].dequantized_weight()

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as QT
 
 from layerbisect.errors import InputError
 from layerbisect.references.gguf_dequant import (
-    _as_torch,
+    as_torch,
     dequantize,
     dequantize_reader_tensor,
     supported_types,
@@ -210,7 +210,7 @@ def test_one_dim_f32_result_does_not_alias_input() -> None:
 def test_numpy_input_is_wrapped_not_copied() -> None:
     arr = np.zeros((16, 34), dtype=np.uint8)
     arr.flags.writeable = False  # as GGUFReader's memmap
-    assert _as_torch(arr, "t").data_ptr() == arr.ctypes.data
+    assert as_torch(arr, "t").data_ptr() == arr.ctypes.data
 
 
 def test_chunked_path_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,50 @@
+"""The input each linear module of a layer actually sees, taken by running the layer with hooks.
+
+Localization (per-module patching) and the activation-scale audit need, for every linear, the
+reference's input of that linear. Instead of a table of "which capture point feeds which
+linear" (a layer's structure written down again), the layer is run once on its captured input
+with a forward pre-hook on each ``nn.Linear``: whatever the layer kind (attention, MoE
+experts fed only the tokens routed to them, recurrent projections), the hook sees exactly the
+rows the module computed on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import KVCache
+
+
+@torch.no_grad()
+def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.Tensor | None = None,
+                  cache: KVCache | None = None) -> dict[str, torch.Tensor]:
+    """Run ``model.layers[index]`` on ``x_in`` (T, d); return canonical linear name → its input (rows, in) in FP32.
+
+    A module called several times (none today) gets its inputs concatenated; a module never
+    called (an expert no token was routed to) is absent. Captures are off during the run.
+    """
+    layer = model.layers[index]
+    dev = next((p.device for p in layer.parameters() if p.device.type != "meta"), x_in.device)
+    pos = pos if pos is not None else torch.arange(x_in.shape[0], device=dev)
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    prefix = f"layers.{index}."
+    for name, mod in layer.named_modules():
+        if isinstance(mod, nn.Linear):
+            def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
+                seen.setdefault(prefix + name, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
+
+            handles.append(mod.register_forward_pre_hook(hook))
+    saved = model.rec.captures
+    model.rec.captures = None
+    try:
+        layer(x_in.to(dev), pos.to(dev), cache)
+    finally:
+        model.rec.captures = saved
+        for h in handles:
+            h.remove()
+    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in seen.items()}
+
+
+__all__ = ["linear_inputs"]
