@@ -174,17 +174,22 @@ def test_config_deeply_nested(sandbox, fp8, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "needles"),
     [
-        ("hidden_size", "640px", ("'hidden_size'", "integer", "640px")),
-        ("num_hidden_layers", -3, ("'num_hidden_layers'", "-3")),
-        ("num_attention_heads", 0, ("'num_attention_heads'", "0")),
-        ("num_key_value_heads", 3, ("num_key_value_heads",)),
-        ("rms_norm_eps", "tiny", ("'rms_norm_eps'", "number")),
-        ("vocab_size", 1e30, ("'vocab_size'",)),
-        ("rope_parameters", [1], ("'rope_parameters'", "object")),
-        ("tie_word_embeddings", "yes", ("'tie_word_embeddings'", "true or false")),
-        ("final_logit_softcapping", 0, ("'final_logit_softcapping'", "> 0")),
-        ("layer_types", "sliding", ("'layer_types'", "list")),
-        ("max_position_embeddings", True, ("'max_position_embeddings'", "integer")),
+        ("hidden_size", "640px", ("hidden_size", "integer", "640px")),
+        ("num_hidden_layers", -3, ("num_hidden_layers", "-3")),
+        ("num_attention_heads", 0, ("num_attention_heads", "0")),
+        ("num_key_value_heads", 3, ("k_proj", "config.json")),  # 4 heads in groups of 3: the k/v shapes say no
+        ("rms_norm_eps", "tiny", ("rms_norm_eps", "number")),
+        ("vocab_size", 1e30, ("vocab_size",)),
+        ("rope_parameters", [1], ("rope_parameters", "object")),
+        ("rope_parameters", {"full_attention": {"rope_theta": "1e4"}}, ("rope_theta", "number")),
+        ("rope_parameters", {"full_attention": {"rope_theta": 1e6, "rope_type": "llama3", "factor": 8,
+                                                "low_freq_factor": "x"}}, ("low_freq_factor",)),
+        ("rope_parameters", {"sliding_attention": {"rope_theta": -1.0}}, ("sliding_attention.rope_theta",)),
+        ("tie_word_embeddings", "yes", ("tie_word_embeddings", "true or false")),
+        ("query_pre_attn_scalar", "x", ("query_pre_attn_scalar",)),
+        ("layer_types", "sliding", ("layer_types", "list")),
+        ("max_position_embeddings", True, ("max_position_embeddings", "integer")),
+        ("sliding_window", 0, ("sliding_window",)),
     ],
 )
 def test_config_field_types_and_ranges(sandbox, fp8, tmp_path, field, value, needles):
@@ -213,7 +218,7 @@ def test_config_claims_fewer_layers_than_the_tensors(sandbox, fp8, tmp_path):
         c.pop("layer_types", None)
 
     d = _edit_config(_copy(fp8[1], tmp_path / "c"), four)
-    clean_error(_run(sandbox, d), "config.json", "num_hidden_layers is 4", "layer 5")
+    clean_error(_run(sandbox, d), "config.json", "num_hidden_layers", "4", "layer 5")
 
 
 def test_config_shapes_disagree_with_dense_tensors(sandbox, fp8, tmp_path):
@@ -277,9 +282,9 @@ def test_gguf_zero_attention_heads(sandbox, fp8, tmp_path):
     [
         ("gemma3.block_count", 10**9, "block_count"),
         ("gemma3.embedding_length", 0, "embedding_length"),
-        ("gemma3.attention.layer_norm_rms_epsilon", float("nan"), "finite"),
+        ("gemma3.attention.layer_norm_rms_epsilon", float("nan"), "layer_norm_rms_epsilon"),
         ("gemma3.context_length", 0, "context_length"),
-        ("gemma3.attention.head_count_kv", 3, "head_count"),
+        ("gemma3.attention.head_count_kv", 3, "attn_k"),  # 4 heads in groups of 3: the k/v shapes say no
     ],
 )
 def test_gguf_metadata_out_of_range(sandbox, fp8, tmp_path, key, value, needle):

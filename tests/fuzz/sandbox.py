@@ -10,9 +10,10 @@ Design notes
 - Verdicts: ``clean`` = exit 0 (the mutation was harmless) or exit 2 with exactly one stderr line
   ``bisect: error: ...`` and no traceback; ``traceback`` = anything else (an escaped exception, a
   ``MemoryError`` from the address-space limit, a multi-line error); ``hang`` = killed at the timeout.
-- RSS: a forked child shares the worker's pages, so ``ru_maxrss`` includes the worker's resident set
-  (torch's import, ~0.4 GiB); ``rss_at_fork`` (the worker's RSS just before the fork) is reported
-  beside it and ``rss_growth`` is the difference: what the case itself made resident.
+- RSS: a forked child shares the worker's pages, so its peak (``VmHWM``, or ``ru_maxrss`` when it was
+  killed) includes what it inherited from the worker (torch's import, ~0.4 GiB); ``rss_at_fork`` is
+  the child's own RSS right after the fork and ``rss_growth`` the difference: what the case itself
+  made resident.
 
 Used by tests/fuzz/test_fuzz_inputs.py (short run in CI) and tests/fuzz/long_run.py (docs/RELIABILITY.md).
 """
@@ -37,7 +38,7 @@ class Outcome:
     stderr: str
     seconds: float
     maxrss_bytes: int
-    rss_at_fork: int = 0  # the worker's resident set when it forked this case
+    rss_at_fork: int = 0  # the child's resident set right after the fork (what it inherited and touched)
 
     @property
     def rss_growth(self) -> int:
@@ -132,9 +133,19 @@ def _rss() -> int:
     return 0
 
 
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _child(argv: list[str], mem: int, err_path: str) -> None:
     import resource
     import traceback
+
+    rss_start = _status("VmRSS")
 
     fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 2)
@@ -162,19 +173,20 @@ def _child(argv: list[str], mem: int, err_path: str) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        with open(err_path + ".mem", "w") as f:
+            json.dump({"rss_start": rss_start, "hwm": _status("VmHWM")}, f)
     finally:
         os._exit(code)
 
 
 def _warm() -> None:
     """Pay torch's lazy imports once (building a graph on ``meta`` pulls in torch._decomp etc.), no CPU kernel."""
-    import torch
+    from layerbisect.families import spec_from_hf
+    from layerbisect.graph.inventory import meta_model
 
-    from layerbisect.config import ModelConfig
-    from layerbisect.model import Decoder
-
-    with torch.device("meta"):
-        Decoder(ModelConfig("gemma3", 1, 32, 2, 1, 16, 64, 64, sliding_window=8))
+    cfg = {"model_type": "gemma3_text", "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+           "head_dim": 16, "num_hidden_layers": 1, "intermediate_size": 64, "vocab_size": 64, "sliding_window": 8}
+    meta_model(spec_from_hf(cfg, path="<warm-up>"))
     import layerbisect.api  # noqa: F401
     import layerbisect.candidates.runner  # noqa: F401
     import layerbisect.cli.compare_cmd  # noqa: F401
@@ -198,8 +210,11 @@ def _worker() -> None:
     err_path = os.path.join(tempfile.mkdtemp(prefix="bisect-fuzz-"), "stderr")
     for line in sys.stdin:
         req = json.loads(line)
-        rss0 = _rss()
         t0 = time.monotonic()
+        try:
+            os.unlink(err_path + ".mem")
+        except OSError:
+            pass
         pid = os.fork()
         if pid == 0:
             _child(req["argv"], int(req["mem"]), err_path)
@@ -224,6 +239,13 @@ def _worker() -> None:
                 err = f.read()[-4000:]
         except OSError:
             err = ""
+        rss0 = 0
+        try:
+            with open(err_path + ".mem") as f:
+                mem = json.load(f)
+            rss0, maxrss = mem["rss_start"], max(maxrss, mem["hwm"])
+        except (OSError, ValueError, KeyError):
+            pass  # killed (a hang) or died before writing it: ru_maxrss alone
         out = {"rc": rc, "stderr": err, "seconds": time.monotonic() - t0, "maxrss": maxrss, "rss0": rss0}
         print(json.dumps(out), flush=True)
 
