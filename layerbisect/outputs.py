@@ -5,9 +5,11 @@ Design notes
   (``.NAME.tmp-XXXX`` in the same parent, so the final step is a ``rename`` on one filesystem)
   and moved into place only when every file is complete. An error or an interrupt before that
   removes the staging directory: the previous report stays exactly as it was.
-- The move is a ``rename`` with SIGINT/SIGTERM/SIGHUP deferred (``signals_deferred``): a new or
-  empty target is replaced in one step; a previous layerbisect report (it holds the marker file
-  ``.layerbisect-report``) is renamed aside, the new one renamed in, the old one deleted. A signal
+- The move is a ``rename`` with SIGINT/SIGTERM/SIGHUP deferred (``signals_deferred``): a new
+  target appears in one step; a previous layerbisect report (it holds the marker file
+  ``.layerbisect-report``) is renamed aside, the new one renamed in, the old one deleted; into an
+  existing empty directory (``-o .`` in a fresh directory) the files are moved one by one, so the
+  directory itself (someone's working directory) stays. A signal
   that arrives meanwhile is delivered after the swap, so the directory holds either the old
   report or the new one, never a mix.
 - A directory that layerbisect did not make (non-empty, no marker) is refused unless the user
@@ -140,7 +142,7 @@ class StagedDir:
     """
 
     def __init__(self, target: str | Path, *, overwrite: bool = False):
-        self.target = Path(target)
+        self.target = Path(os.path.abspath(target))  # "-o ." needs a name and a parent to stage beside
         self.overwrite = overwrite
         self.stage: Path | None = None
         self.files: dict[str, Path] = {}
@@ -183,8 +185,12 @@ class StagedDir:
                     os.rename(t, old / t.name)
                     os.rename(stage, t)
                     shutil.rmtree(old, ignore_errors=True)
+                elif t.is_dir():  # an empty directory (maybe the cwd): keep it, move the files in
+                    for n in [*names, MARKER]:
+                        os.replace(stage / n, t / n)
+                    os.rmdir(stage)
                 else:
-                    os.rename(stage, t)  # onto nothing or an empty directory: one step
+                    os.rename(stage, t)  # onto nothing: one step
             self.files = {n: t / n for n in names}
 
 

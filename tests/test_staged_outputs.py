@@ -110,3 +110,13 @@ def test_signals_deferred_delivers_after_the_block():
     finally:
         signal.signal(signal.SIGINT, old)
     assert seen == ["inside", "handler", "after"]
+
+
+def test_dot_in_an_empty_working_directory_keeps_the_directory(tmp_path, monkeypatch):
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    with StagedDir(".") as s:
+        (s / "report.md").write_text("r")
+    assert os.getcwd() == str(d) and sorted(os.listdir(d)) == [MARKER, "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]

@@ -125,6 +125,10 @@ class Checkpoint:
         """A tensor's shape from the header alone (no data read)."""
         return tuple(self._handle(self.where[name]).get_slice(name).get_shape())
 
+    def dtype(self, name: str) -> str:
+        """A tensor's safetensors dtype string (``F32``, ``BF16``, ``F8_E4M3`` ...) from the header alone."""
+        return str(self._handle(self.where[name]).get_slice(name).get_dtype())
+
     def get(self, name: str) -> torch.Tensor:
         p = self.where[name]
         h = self._handle(p)

@@ -133,9 +133,12 @@ class CandidateRunner(ModelRunner):
                     missing.append(p.name)  # an engine that never maps this norm runs the identity
                     continue
                 raise InputError(ck.dir, f"checkpoint has no tensor for {p.name} (looked for {hf!r})")
-            if ck.shape(key) != p.shape:  # the header's shape against config.json, before any read
+            if ck.shape(key) != p.shape:  # the header's shape and dtype against config.json, before any read
                 raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected {p.shape} "
                                                 "from config.json")
+            if ck.dtype(key) not in _DENSE_DTYPES:
+                raise InputError(ck.where[key], f"tensor {key!r} has dtype {ck.dtype(key)}; an unquantized "
+                                                f"{p.kind} is one of {', '.join(_DENSE_DTYPES)}")
             plan.dense[p.name] = (key, spec.hf_norm_offset if p.kind == "norm" else None)
             used.add(key)
         unused = [k for k in ck.keys() if k not in used and not HF_IGNORABLE.search(strip_hf_prefix(k))]
@@ -242,6 +245,9 @@ class CandidatePlan:
     @property
     def cfg(self) -> ModelSpec:
         return self.spec
+
+
+_DENSE_DTYPES = ("F32", "BF16", "F16", "F64")  # norms and embeddings: never integer, never FP8
 
 
 def _is_plain(tensors: dict[str, torch.Tensor]) -> bool:

@@ -226,6 +226,16 @@ def test_config_shapes_disagree_with_dense_tensors(sandbox, fp8, tmp_path):
     clean_error(_run(sandbox, d), "model.safetensors", "embed_tokens.weight", "shape", "config.json")
 
 
+def test_dense_tensor_with_an_integer_dtype(sandbox, fp8, tmp_path):
+    d = _copy(fp8[1], tmp_path / "c")
+    f = d / "model.safetensors"
+    t = load_file(f)
+    key = next(k for k in t if k.endswith("layers.0.input_layernorm.weight"))
+    t[key] = t[key].to(torch.int32)
+    save_file(t, f, metadata={"format": "pt"})
+    clean_error(_run(sandbox, d), "model.safetensors", "input_layernorm", "I32")
+
+
 # -- files that are not regular files ------------------------------------------------------------------------------
 
 
