@@ -104,6 +104,9 @@ def run_model(
     runner.activate()
     use_tokenizer(runner, tokenizer)
     ids = resolve_tokens(runner, prompt, tokens)
+    from .preflight import check_length
+
+    check_length(len(ids), generate, runner.config)
     caps = Captures(summary_only=True, selector=_residual_selector(), token_ids=list(ids))
     new = runner.generate(ids, generate, captures=caps) if generate else []
     if not generate:

@@ -148,6 +148,9 @@ def compare(
     else:
         prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
         gen = o.generate
+        from .preflight import check_length
+
+        check_length(len(prompt_ids), gen, ref_runner.config)
     if cand_runner is not None:
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
 
@@ -195,6 +198,8 @@ def compare(
             if fp:
                 caps.meta["tokenizer_fingerprint"] = fp
 
+    if not ref_caps.names():
+        raise InputError("--select", f"{o.select!r} selected no capture point of this model")
     t0 = time.perf_counter()
     say("comparing")
     info = model_info(ref_runner)
@@ -370,6 +375,11 @@ def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, 
 def _load_findings(cand: ModelRunner) -> list[Finding]:
     notes = getattr(cand, "load_notes", {}) or {}
     out: list[Finding] = []
+    ck = getattr(cand, "checkpoint", None)
+    if ck is not None:  # NaN / zero / negative scales: critical, named by tensor (audit/scales.py)
+        from .audit import scales
+
+        out += scales.findings(scales.scan_checkpoint(ck), getattr(cand, "linear_names", None))
     missing = notes.get("missing") or []
     if missing:
         layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})

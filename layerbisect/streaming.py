@@ -577,18 +577,37 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 
 
 def parse_bytes(text: str | int | None) -> int | None:
-    """``--memory-cap``: bytes as an int or with a unit (``8GB``, ``6GiB``, ``512M``); None passes through."""
+    """``--memory-cap``: bytes as an int or with a unit (``8GB``, ``6GiB``, ``512M``); None passes through.
+
+    Sane range only: at least one byte, at most 1 PiB; ``1e400``, ``inf``, ``nan``, zero and negative sizes
+    are refused (a cap below one layer's weights simply streams).
+    """
+    import math
+
     from .errors import InputError
 
-    if text is None or isinstance(text, int):
-        return text
-    s = text.strip().lower().replace(" ", "").replace("_", "")
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num) :]
-    try:
-        value = float(num)
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or value <= 0:
-        raise InputError("--memory-cap", f"{text!r} is not a size in bytes (e.g. 8000000000, 8GB, 6GiB)")
-    return int(value * _UNITS[unit])
+    if text is None:
+        return None
+    bad = InputError("--memory-cap", f"{text!r} is not a size in bytes (e.g. 8000000000, 8GB, 6GiB)")
+    if isinstance(text, int) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    elif isinstance(text, str):
+        s = text.strip().lower().replace(" ", "").replace("_", "")
+        num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = s[len(num) :]
+        try:
+            value = float(num)
+        except (ValueError, OverflowError):
+            raise bad from None
+    else:
+        raise bad
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0:
+        raise bad
+    n = value * _UNITS[unit]
+    if not (MEMORY_CAP_MIN <= n <= MEMORY_CAP_MAX):
+        raise InputError("--memory-cap", f"{text!r} is {n:.4g} bytes; give between 1 byte and 1 PiB")
+    return int(n)
+
+
+MEMORY_CAP_MIN = 1
+MEMORY_CAP_MAX = 1 << 50

@@ -42,7 +42,6 @@ a few seconds; it is cached per (path, mtime, size).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Sequence
@@ -332,23 +331,23 @@ def _build_bpe(
 def tokenizer_from_hf(path: str | Path) -> Tokenizer:
     """A tokenizer.json (or a directory with one). BOS/EOS/add_bos come from tokenizer_config.json,
     then config.json, then what the tokenizer.json's post-processor does."""
+    from .validation import read_json, read_text
+
     p = Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         raise InputError(p, "no tokenizer.json here")
+    text = read_text(file, "tokenizer.json", max_bytes=1 << 30)  # a regular file (a FIFO would block)
     try:
-        hf = HFTokenizer.from_file(str(file))
+        hf = HFTokenizer.from_str(text)
     except Exception as e:  # the Rust side raises a bare Exception on malformed JSON
-        raise InputError(file, f"not a tokenizers tokenizer.json: {e}") from e
+        raise InputError(file, f"not a tokenizers tokenizer.json: {' '.join(str(e).split())}") from None
 
     def load(name: str) -> dict[str, Any]:
         f = file.parent / name
-        if not f.is_file():
+        if not f.exists() and not f.is_symlink():
             return {}
-        try:
-            return json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f, f"unreadable JSON: {e}") from e
+        return read_json(f, name)
 
     tcfg, cfg = load("tokenizer_config.json"), load("config.json")
     cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg

@@ -88,3 +88,13 @@ def tiny_quantized(tmp_path_factory):
         return made[(arch, scheme)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """The `bisect` CLI in a fork server (tests/fuzz/sandbox.py): torch imported once, each case bounded in
+    time (hang = killed at the timeout) and memory (RLIMIT_AS: a memory bomb fails as MemoryError)."""
+    from fuzz.sandbox import Sandbox
+
+    with Sandbox(timeout=60, mem_bytes=1 << 30) as sb:
+        yield sb

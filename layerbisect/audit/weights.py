@@ -208,8 +208,11 @@ def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]
     return "norm", None, parts[0]
 
 
-def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
-    """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint)."""
+def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> WeightAudit:
+    """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint).
+
+    ``scales``: also check every stored scale tensor (non-finite, zero, negative: ``audit/scales.py``).
+    """
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
 
     rm, cm = ref_runner.model, cand_runner.model
@@ -264,10 +267,24 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             row.evidence.update({"stored_scale": scale, "convention": conv, "k": k})
             row.note = _scale_note(cause, row.alpha, scale, conv, k)
     _repeated_dense_scale(rows)
+    if scales and getattr(cand_runner, "checkpoint", None) is not None:
+        rows += _scale_rows(cand_runner.checkpoint, getattr(cand_runner, "linear_names", None))
     for extra in getattr(cand_runner, "load_notes", {}).get("unused", []):
         rows.append(TensorAudit(extra, "extra", None, None, "", (), status="extra", cause="extra_tensor",
                                 note="in the candidate checkpoint, used by no module of the graph"))
     return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows)
+
+
+def _scale_rows(ck: Any, linear_names: Any = None) -> list[TensorAudit]:
+    from .scales import canonical_module, scan_checkpoint
+
+    rows = []
+    for f in scan_checkpoint(ck):
+        canon, layer, op = canonical_module(f.module, linear_names)
+        name = f"{canon}.{f.tensor.rsplit('.', 1)[-1]}" if canon else f.tensor
+        rows.append(TensorAudit(name, "scale", layer, op, "", (f.numel,), status="fault", cause=f.cause,
+                                note=f.describe(), evidence={"tensor": f.tensor, "file": f.file}))
+    return rows
 
 
 def _stored_scale(lin: Any, fp8_cls: type, nv_cls: type) -> tuple[float | None, str]:

@@ -133,6 +133,12 @@ class CandidateRunner(ModelRunner):
                     missing.append(p.name)  # an engine that never maps this norm runs the identity
                     continue
                 raise InputError(ck.dir, f"checkpoint has no tensor for {p.name} (looked for {hf!r})")
+            if ck.shape(key) != p.shape:  # the header's shape and dtype against config.json, before any read
+                raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected {p.shape} "
+                                                "from config.json")
+            if ck.dtype(key) not in _DENSE_DTYPES:
+                raise InputError(ck.where[key], f"tensor {key!r} has dtype {ck.dtype(key)}; an unquantized "
+                                                f"{p.kind} is one of {', '.join(_DENSE_DTYPES)}")
             plan.dense[p.name] = (key, spec.hf_norm_offset if p.kind == "norm" else None)
             used.add(key)
         unused = [k for k in ck.keys() if k not in used and not HF_IGNORABLE.search(strip_hf_prefix(k))]
@@ -173,10 +179,16 @@ class CandidateRunner(ModelRunner):
             if name in plan.fused:
                 lin: nn.Module = _fused_linear(ck, name, plan.fused[name], (out_f, in_f), self.options)
             else:
-                tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
-                check_primary_shape(hf_name, tensors, (out_f, in_f))
-                scheme = DENSE if _is_plain(tensors) else plan.quant.scheme_for(hf_name)
-                lin = build_linear(hf_name, tensors, scheme, self.options)
+                try:
+                    tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
+                    check_primary_shape(hf_name, tensors, (out_f, in_f))
+                    scheme = DENSE if _is_plain(tensors) else plan.quant.scheme_for(hf_name)
+                    lin = build_linear(hf_name, tensors, scheme, self.options)
+                except InputError as e:  # the module's problem, said with the file that holds it
+                    if e.where != hf_name:
+                        raise
+                    raise InputError(ck.where[next(iter(plan.groups[name].values()))],
+                                     f"{hf_name}: {e.problem}") from None
             perm = fam.hf_row_permutation(name, spec)
             if perm is not None:
                 lin.permute_out_rows(perm)  # type: ignore[operator]
@@ -233,6 +245,9 @@ class CandidatePlan:
     @property
     def cfg(self) -> ModelSpec:
         return self.spec
+
+
+_DENSE_DTYPES = ("F32", "BF16", "F16", "F64")  # norms and embeddings: never integer, never FP8
 
 
 def _is_plain(tensors: dict[str, torch.Tensor]) -> bool:

@@ -175,6 +175,18 @@ class HFConfig:
         v = self.get(key)
         return None if v is None else _check_float(v, self.path, key, lo, hi)
 
+    def bool(self, key: str, default: bool) -> bool:
+        """true/false only: "yes", 1 or "false" in a config are typos, not booleans (validation.field_bool)."""
+        from ..validation import field_bool
+
+        return field_bool(self.cfg, key, where=self.path, default=default)
+
+    def int_list(self, key: str, lo: int = 0, hi: int = MAX_LAYERS) -> list[int]:
+        v = self.get(key, [])
+        if not isinstance(v, list):
+            raise InputError(self.path, f"{key} is {v!r:.40}, not a list of integers")
+        return [_check_int(x, self.path, f"{key}[{j}]", lo, hi) for j, x in enumerate(v)]
+
     def layer(self, i: int | None, key: str, default: Any = None) -> Any:
         if i is not None and key in self.overrides.get(i, {}):
             return self.overrides[i][key]
@@ -193,6 +205,9 @@ class HFConfig:
 
     def rope(self, layer_type: str | None = None) -> dict[str, Any]:
         """The rope parameters (transformers 5 ``rope_parameters``, per layer type where nested; 4.x keys too)."""
+        for key in ("rope_parameters", "rope_scaling"):
+            if not isinstance(self.get(key, {}), dict):
+                raise InputError(self.path, f"{key} is {self.get(key)!r:.40}, not an object")
         rp = self.get("rope_parameters")
         if isinstance(rp, dict) and layer_type is not None and isinstance(rp.get(layer_type), dict):
             rp = rp[layer_type]
@@ -202,6 +217,7 @@ class HFConfig:
             rp = dict(self.get("rope_scaling") or {})
         out = dict(rp)
         out.setdefault("rope_theta", self.get("rope_theta", 10_000.0))
+        out["rope_theta"] = _check_float(out["rope_theta"], self.path, "rope_theta", 1e-6, 1e30)
         return out
 
     def rope_scaling(self, rp: dict[str, Any]) -> RopeScaling:
@@ -215,9 +231,11 @@ class HFConfig:
             return RopeScaling(
                 kind="llama3",
                 factor=_check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6),
-                low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
-                high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
-                original_context=int(rp.get("original_max_position_embeddings", 8192)),
+                low_freq_factor=_check_float(rp.get("low_freq_factor", 1.0), self.path, "low_freq_factor", 1e-6, 1e6),
+                high_freq_factor=_check_float(rp.get("high_freq_factor", 4.0), self.path, "high_freq_factor", 1e-6,
+                                              1e6),
+                original_context=_check_int(rp.get("original_max_position_embeddings", 8192), self.path,
+                                            "original_max_position_embeddings", 1, 1 << 31),
             )
         raise InputError(self.path, f"rope scaling {kind!r} is not supported (supported: default, linear, llama3)")
 
