@@ -51,9 +51,10 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 def _previous_report(d: Path) -> dict[str, bytes]:
     from layerbisect.comparison import Report, compare_captures
+    from layerbisect.comparison.record import RunRecord
 
     ref, cand, info = synthetic_pair()
-    Report(compare_captures(ref, cand, info), meta={"prompt": "an older run"}).save(d)
+    Report(compare_captures(ref, cand, info), record=RunRecord(title="an older run")).save(d)
     return _snapshot(d)
 
 
@@ -93,7 +94,7 @@ def test_sigint_during_the_swap_gives_the_whole_new_report(fp8, tmp_path):
     assert res.returncode == 130, res.stderr[-3000:]
     after = _snapshot(rep)
     assert after != before and set(after) >= {"report.md", "report.html", "report.json", ".layerbisect-report"}
-    assert json.loads(after["report.json"])["meta"]["token_ids"][:3] == [2, 10, 11]  # all of it is the new run
+    assert json.loads(after["report.json"])["run"]["tokens"]["ids"][:3] == [2, 10, 11]  # all of it is the new run
     assert _leftovers(tmp_path) == []
 
 
@@ -111,7 +112,7 @@ def test_ctrl_c_at_an_arbitrary_moment(fp8, tmp_path):
         assert "Traceback" not in err, err[-3000:]
         after = _snapshot(rep)
         if p.returncode == 130:
-            assert after == before or json.loads(after["report.json"])["meta"]["token_ids"][:3] == [2, 10, 11]
+            assert after == before or json.loads(after["report.json"])["run"]["tokens"]["ids"][:3] == [2, 10, 11]
         else:  # finished before the signal
             assert p.returncode in (0, 1), err
         assert _leftovers(tmp_path) == []
