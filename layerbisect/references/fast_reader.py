@@ -6,6 +6,9 @@ before a single tensor is touched. This subclass keeps the reader's data model â
 ``ReaderField`` whose ``parts[data[k]]`` is element k, so ``field.contents()`` and every
 consumer work unchanged â€” but makes ``parts`` a lazy sequence: a scalar array is one view,
 a string array is one pass over the length prefixes, and element views are cut on access.
+``array_values(key)`` decodes a whole array straight from the map (strings with one slice
+per element, scalars with one ``tolist``): ``field.contents()`` builds a numpy view per
+element, ~30 s for Gemma 4's 515k merges, this well under a second.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ class _ArrayParts(Sequence):
 
 
 class FastGGUFReader(GGUFReader):
+    def array_values(self, key: str) -> list[Any] | None:
+        """The Python list of metadata array ``key`` (None if absent or not a flat array)."""
+        getter = getattr(self, "_array_getters", {}).get(key)
+        return None if getter is None else getter()
+
     def _build_fields(self, offs: int, count: int) -> int:
         for _ in range(count):
             orig_offs = offs
@@ -57,7 +65,7 @@ class FastGGUFReader(GGUFReader):
             raw_kv_type = self._get(offs, np.uint32)
             offs += int(raw_kv_type.nbytes)
             head = [kv_klen, kv_kdata, raw_kv_type]
-            fast = self._fast_array(offs, int(raw_kv_type[0]), head)
+            fast = self._fast_array(offs, int(raw_kv_type[0]), head, str(bytes(kv_kdata), encoding="utf-8"))
             if fast is None:
                 size, fparts, fidxs, ftypes = self._get_field_parts(offs, raw_kv_type[0])
                 parts: Any = head + fparts
@@ -70,7 +78,8 @@ class FastGGUFReader(GGUFReader):
             offs += size
         return offs
 
-    def _fast_array(self, offs: int, raw_type: int, head: list[Any]) -> tuple[int, Any, list[int], list] | None:
+    def _fast_array(self, offs: int, raw_type: int, head: list[Any],
+                    key: str = "") -> tuple[int, Any, list[int], list] | None:
         if GGUFValueType(raw_type) != GGUFValueType.ARRAY:
             return None
         raw_itype = self._get(offs, np.uint32)
@@ -99,6 +108,11 @@ class FastGGUFReader(GGUFReader):
                 s = int(starts[k])
                 return self._get(s, np.uint64) if j == 0 else self._get(s + 8, np.uint8, int(lens[k]))
 
+            def strings(starts: np.ndarray = starts, lens: np.ndarray = lens) -> list[str]:
+                return [bytes(mv[s + 8 : s + 8 + ln]).decode("utf-8", errors="replace")
+                        for s, ln in zip(starts.tolist(), lens.tolist())]
+
+            self.__dict__.setdefault("_array_getters", {})[key] = strings
             parts = _ArrayParts(head, raw_itype, alen, elem, 2, n)
             idxs = [base + 2 * k + 1 for k in range(n)]
             return pos - offs, parts, idxs, [GGUFValueType.ARRAY, itype]
@@ -106,6 +120,7 @@ class FastGGUFReader(GGUFReader):
         if nptype is None:
             return None  # nested arrays: the library's own path
         arr = self._get(start, nptype, n)
+        self.__dict__.setdefault("_array_getters", {})[key] = arr.tolist
 
         def elem_s(k: int, j: int) -> Any:
             return arr[k : k + 1]
