@@ -215,6 +215,10 @@ def compare(
     report = Report(comparison, meta=meta)
     for f in findings:
         report.add_finding(f)
+    if dump_caps is not None:  # nothing to patch: name a cause from the comparison's shape alone
+        from .audit.causes import annotate_dump
+
+        annotate_dump(report, ref_runner.config)
     if o.localize and cand_runner is not None:
         try:
             from .localize import localize
@@ -294,22 +298,28 @@ def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, 
 def _load_findings(cand: ModelRunner) -> list[Finding]:
     notes = getattr(cand, "load_notes", {}) or {}
     out: list[Finding] = []
-    missing = notes.get("missing") or []
-    if missing:
+    all_missing = notes.get("missing") or []
+    mkinds = notes.get("missing_kinds") or {}
+    for what in ("norm", "scale"):  # norms run as the identity, scale parameters as 1.0
+        missing = [m for m in all_missing if mkinds.get(m, "norm") == what]
+        if not missing:
+            continue
         layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})
         kinds = sorted({m.split(".", 2)[-1] if m.startswith("layers.") else m for m in missing})
+        first = kinds[0].removesuffix(".weight") if kinds else None
+        run_as = "identity norms" if what == "norm" else "every scale at 1.0"
         out.append(
             Finding(
                 severity="critical",
                 kind="missing_tensor",
-                title=f"Checkpoint lacks {len(missing)} norm tensors ({', '.join(kinds)}); run with identity norms",
-                point=f"layers.{layers[0]}.{kinds[0].replace('.weight', '')}" if layers else None,
+                title=f"Checkpoint lacks {len(missing)} {what} tensors ({', '.join(kinds)}); run with {run_as}",
+                point=f"layers.{layers[0]}.{first}" if layers else None,
                 layer=layers[0] if layers else None,
-                op=kinds[0].replace(".weight", "") if kinds else None,
+                op=first,
                 token_index=None,
                 detail=f"missing in {len(layers)} layers: {', '.join(missing[:6])}"
                 + (" ..." if len(missing) > 6 else ""),
-                evidence={"missing": missing},
+                evidence={"missing": missing, "kind": what},
             )
         )
     unused = notes.get("unused") or []

@@ -224,6 +224,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
     cfg = rm.cfg
     lins = cand_runner.quant_linears()
     missing = set(getattr(cand_runner, "load_notes", {}).get("missing", []))
+    missing_kinds = getattr(cand_runner, "load_notes", {}).get("missing_kinds") or {}
     cand_sd = {k: v for k, v in cm.state_dict().items() if not any(k.startswith(n + ".") for n in lins)}
     rows: list[TensorAudit] = []
     for name, r in ref_sd.items():
@@ -244,7 +245,11 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
         row = TensorAudit(name, kind, layer, op, scheme, tuple(r.shape))
         rows.append(row)
         if name in missing or c is None:
-            row.status, row.cause = "missing", "missing_norm" if kind == "norm" else "missing_tensor"
+            mk = missing_kinds.get(name, kind)
+            row.status = "missing"
+            row.cause = {"norm": "missing_norm", "scale": "missing_scale"}.get(mk, "missing_tensor")
+            if mk == "scale":
+                row.kind = "scale"
             row.note = "absent from the candidate checkpoint; the loader ran it as the identity"
             continue
         c = c.float()

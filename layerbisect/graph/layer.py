@@ -43,6 +43,13 @@ def build_layer_ffn(layer: LayerSpec, d_model: int, prefix: str, rec: Recorder, 
     return build_ffn(f, d_model, prefix, rec)
 
 
+def residual_norms(layer: LayerSpec) -> list[str]:
+    """Names (relative to the layer) of the RMSNorms whose output is added to the residual stream."""
+    out = ["post_attn_norm"] if layer.norms.attn_post else []
+    out += ["post_mlp_norm"] if layer.norms.ffn_post else []
+    return out + (["ple.post_norm"] if layer.per_layer_input else [])
+
+
 class Layer(nn.Module):
     scale_params = ("layer_scalar",)
 
@@ -112,4 +119,4 @@ class Layer(nn.Module):
         return x
 
 
-__all__ = ["Layer", "build_mixer"]
+__all__ = ["Layer", "build_layer_ffn", "build_mixer", "residual_norms"]
