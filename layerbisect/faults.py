@@ -313,9 +313,11 @@ def gemma4_workspace_bug(model: torch.nn.Module) -> Iterator[None]:
     and single-token decode steps are untouched, as in the seed (the overflow needs two rows).
     """
     cfg = model.config.get_text_config()
-    hd_swa = int(cfg.head_dim)
+    layers = model.model.layers
+    # transformers refuses cfg.head_dim for heterogeneous configs: the sliding layers' is the engine's scalar
+    hd_swa = next(int(ly.self_attn.head_dim) for ly in layers if ly.self_attn.is_sliding)
     handles = []
-    for layer in model.model.layers:
+    for layer in layers:
         attn = layer.self_attn
         for proj, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", None), ("v_proj", None)):
             lin = getattr(attn, proj, None)
@@ -391,16 +393,16 @@ GEMMA4_CASES: tuple[FaultCase, ...] = (
               "double_scale", 0, "attn.post_norm"),
     FaultCase("g4_dropped_ffn_norms", "004", "gemma4-moe", "NVFP4",
               "base pre_feedforward_layernorm and post_feedforward_layernorm missing in every layer",
-              "missing_norm", 0, "mlp_norm"),
+              "missing_norm", 0, "mlp_norm", compare_kw={"generate": 0}),
     FaultCase("g4_missing_layer_scalars", "004", "gemma4-moe", "NVFP4",
               "layer_scalar missing in every layer (run as 1.0)",
-              "missing_scale", 0, "layer_scalar"),
+              "missing_scale", 0, "layer_scalar", compare_kw={"generate": 0}),
     FaultCase("g4_missing_router_scales", "004", "gemma4-moe", "NVFP4",
               "router.scale and router.per_expert_scale missing in every layer (run as 1.0)",
-              "missing_scale", 0, "mlp.router_scale"),
+              "missing_scale", 0, "mlp.router_scale", compare_kw={"generate": 0}),
     FaultCase("g4_global_head_dim_dump", "004", "gemma4-moe", "-",
               "engine dump: transformers with global-layer q/k/v buffers sized for the sliding head_dim",
-              "attention_geometry", 5, "attn.out", dump=True),
+              "attention_geometry", 5, "attn.v", dump=True),
 )
 
 
@@ -512,15 +514,19 @@ def run_case(name: str, root: Path, *, audit: bool = True) -> dict[str, Any]:
     clean = clean_candidate(root, srcs[case.arch], case.arch, case.scheme)
     ids = prompt_ids_for(clean)
     broken = build_case(name, clean, root / f"fault-{name}", ids)
-    opts = CompareOptions(prompt=None, tokens=ids, generate=4, **case.compare_kw)
+    opts = CompareOptions(prompt=None, tokens=ids, **{"generate": 4, **case.compare_kw})
     ctx = case.engine() if case.engine else contextlib.nullcontext()
     with ctx:
         report = compare(srcs[case.arch]["gguf"], broken, options=opts)
     result: dict[str, Any] = {"case": case, "report": report, "broken": broken, "ref": srcs[case.arch]["gguf"]}
     if audit:
         from .api import audit_weights
+        from .audit.weights import WeightAudit
 
-        result["audit"] = audit_weights(srcs[case.arch]["gguf"], broken)
+        # the comparison already audited the weights of the runners it loaded: no second load
+        done = report.meta.get("weight_audit")
+        result["audit"] = (WeightAudit.from_dict(done) if done and "rows" in done
+                           else audit_weights(srcs[case.arch]["gguf"], broken))
     return result
 
 

@@ -180,6 +180,18 @@ class WeightAudit:
             lines.append(f"  ... {len(self.faults) - limit} more")
         return "\n".join(lines)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightAudit:
+        """The audit ``to_dict`` wrote (e.g. ``report.meta["weight_audit"]``), rebuilt without loading anything."""
+        evidence = {f["name"]: f.get("evidence", {}) for f in d.get("faults", [])}
+        rows = []
+        for r in d.get("rows", []):
+            r = dict(r)
+            shape = str(r.pop("shape", ""))
+            r["shape"] = tuple(int(x) for x in shape.split("x") if x)
+            rows.append(TensorAudit(**r, evidence=dict(evidence.get(r["name"], {}))))
+        return cls(str(d.get("ref", "")), str(d.get("cand", "")), rows)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ref": self.ref_path,
@@ -248,8 +260,8 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             mk = missing_kinds.get(name, kind)
             row.status = "missing"
             row.cause = {"norm": "missing_norm", "scale": "missing_scale"}.get(mk, "missing_tensor")
-            if mk == "scale":
-                row.kind = "scale"
+            if mk == "scale":  # a parameter, not a module: the op is the parameter (layer_scalar, mlp.router_scale)
+                row.kind, row.op = "scale", name.split(".", 2)[2] if layer is not None else name
             row.note = "absent from the candidate checkpoint; the loader ran it as the identity"
             continue
         c = c.float()

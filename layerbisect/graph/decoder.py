@@ -26,7 +26,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.rec = Recorder()
-        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        # _weight skips nn.Embedding's normal_ init, which takes ~1 s per 262k-row table even on meta
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model, _weight=torch.empty(spec.vocab_size, spec.d_model))
         if spec.per_layer_input:
             self.per_layer = PerLayerInputs(spec, self.rec)
         self.layers = nn.ModuleList(Layer(spec, i, self.rec) for i in range(spec.n_layers))

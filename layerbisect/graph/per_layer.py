@@ -44,7 +44,8 @@ class PerLayerInputs(nn.Module):
         super().__init__()
         L, P = spec.n_layers, spec.per_layer_input
         self.n_layers, self.width, self.rec = L, P, rec
-        self.embed = nn.Embedding(spec.per_layer_vocab or spec.vocab_size, L * P)
+        V = spec.per_layer_vocab or spec.vocab_size
+        self.embed = nn.Embedding(V, L * P, _weight=torch.empty(V, L * P))  # no init: loaded later
         self.proj = nn.Linear(spec.d_model, L * P, bias=False)
         self.norm = RMSNorm(P, spec.norm_eps)
 
