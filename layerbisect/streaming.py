@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, get_module, set_module
-from .graph.per_layer import PerLayerInputs
 from .graph.inventory import estimate_fp32_bytes, layer_fp32_bytes
+from .graph.per_layer import PerLayerInputs
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ class CheckpointSource(PartSource):
         return rows.float().to(self.device)
 
     def final_norm(self) -> RMSNorm:
-        from .candidates.runner import final_norm_module
+        from .candidates.whatif_norms import final_norm_module
 
         with torch.device("meta"):
             norm = final_norm_module(self.runner.options, self.cfg.d_model, self.cfg.norm_eps)

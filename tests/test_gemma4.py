@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from layerbisect.families import spec_from_hf
-from layerbisect.producers.tiny_gemma4 import VARIANTS, _randomize, gemma4_config
+from layerbisect.producers.tiny_gemma4 import VARIANTS, gemma4_config, randomize
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,7 +34,7 @@ def _small(variant: str):
     cfg.vocab_size = cfg.vocab_size_per_layer_input = 300
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
-    _randomize(model, 0)
+    randomize(model, 0)
     return model.eval()
 
 
@@ -239,7 +239,7 @@ def test_reference_on_llamacpp_gguf_matches_transformers(variant):
     cos = torch.nn.functional.cosine_similarity(caps["logits"].double(), theirs, dim=-1)
     assert cos.min() >= 0.9999, f"{variant}: min cosine {cos.min():.8f}"
     assert torch.equal(caps["logits"].argmax(-1), theirs.argmax(-1))
-    for i, (w, idx) in routes.items():
+    for i, (_, idx) in routes.items():
         assert torch.equal(caps[f"layers.{i}.mlp.route"].long().sort(-1).values, idx.sort(-1).values), i
     gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=6, do_sample=False,
                          attention_mask=torch.ones(1, 8, dtype=torch.long))[0, 8:].tolist()
@@ -281,10 +281,10 @@ def test_llmcompressor_candidates_compare_cleanly(variant, scheme):
     assert top.evidence["cause"] == "quantization_noise"
     wa = report.meta["weight_audit"]
     assert wa["ok"], wa["faults"][:3]
-    if variant == "moe":
-        from layerbisect.comparison.routing import ROUTE_OP
-
-        assert any(k.endswith(ROUTE_OP) for k in report.df["point"].unique())
+    if variant == "moe":  # routing compared in every MoE layer; flips are allowed (noise), not a collapse
+        routing = report.comparison.routing
+        assert [r.layer for r in routing] == list(range(6))
+        assert min(r.mean_overlap for r in routing) > 0.5
     assert not math.isnan(report.meta["runtime"]["timings_s"]["compare"])
 
 

@@ -232,15 +232,6 @@ def _residual_and_head_norms(spec: ModelSpec) -> list[str]:
     return [f"layers.{ls.index}.{n}" for ls in spec.layers for n in residual_norms(ls)] + ["final_norm"]
 
 
-def final_norm_module(options: QuantOptions, dim: int, eps: float) -> nn.Module:
-    """The candidate's final norm as the what-if switches want it (streaming builds it alone)."""
-    if options.norm_act_quant == "unscaled":
-        return UnscaledFP8Norm(dim, eps)
-    from ..graph import RMSNorm
-
-    return RMSNorm(dim, eps)
-
-
 @dataclass
 class CandidatePlan:
     """Where each graph tensor of a candidate lives: filled without reading the weights."""
@@ -315,4 +306,4 @@ class TiedHead(nn.Module):
         return torch.nn.functional.linear(x.float(), self.embed.weight.float())
 
 
-__all__ = ["CandidatePlan", "CandidateRunner", "TiedHead", "check_primary_shape", "final_norm_module"]
+__all__ = ["CandidatePlan", "CandidateRunner", "TiedHead", "check_primary_shape"]

@@ -28,6 +28,8 @@ the activations (norm blow-up, softcap saturation, per-op best-fit scale at ``at
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..graph.ops import RMSNorm
@@ -45,10 +47,9 @@ class UnscaledFP8Norm(RMSNorm):
         return kfp8.cast_to_fp8(y / s).float()  # s is dropped: "absorbed"
 
 
-def unscaled_norm(like: RMSNorm) -> UnscaledFP8Norm:
-    """An ``UnscaledFP8Norm`` of the same size as ``like`` (built on CPU; weights are loaded by name later)."""
-    dim = like.weight.shape[0] if like.weight is not None else 0
-    return UnscaledFP8Norm(dim, like.eps, with_weight=like.weight is not None)
+def final_norm_module(options: Any, dim: int, eps: float) -> RMSNorm:
+    """The candidate's final norm as ``options.norm_act_quant`` wants it (the streamer builds it alone)."""
+    return UnscaledFP8Norm(dim, eps) if options.norm_act_quant == "unscaled" else RMSNorm(dim, eps)
 
 
-__all__ = ["MODES", "UnscaledFP8Norm", "unscaled_norm"]
+__all__ = ["MODES", "UnscaledFP8Norm", "final_norm_module"]

@@ -222,7 +222,8 @@ class Gemma4(Family):
             pairs = int(float(rp.get("partial_rotary_factor", 1.0)) * head_dim // 2)
             return Rope(base=base, style="neox", dim=head_dim, active_pairs=pairs if pairs < head_dim // 2 else None,
                         scaling=scaling)
-        raise InputError(cfg.path, f"rope_type {kind!r} is not supported for gemma4 (supported: default, proportional)")
+        raise InputError(cfg.path, f"rope_type {kind!r} is not supported for gemma4 "
+                                   "(supported: default, proportional)")
 
     @staticmethod
     def layer(i: int, d: int, heads: int, kv: int, hd: int, rope: Rope, *, window: int | None, k_eq_v: bool,

@@ -2,7 +2,7 @@
 
     x ─ attn_norm ─ mixer ─ [post_attn_norm] ─(+x)─▶ attn_residual
       ─ mlp_norm ─ ffn ─ [post_mlp_norm] ─(+)─▶ out
-                                             └─▶ mlp_residual ─ [ple block] ─(+)─▶ ple_residual ─ [× layer_scalar] ─▶ out
+    (Gemma 4: ─(+)─▶ mlp_residual ─ [ple block] ─(+)─▶ ple_residual ─ [× layer_scalar] ─▶ out)
 
 Capture points, in this order: ``attn_norm``, the mixer's, ``attn.post_norm`` (sandwich
 norms only), ``attn_residual``, ``mlp_norm``, the FFN's, ``mlp.post_norm``, then, only for
@@ -110,7 +110,8 @@ class Layer(nn.Module):
         if ls.per_layer_input:
             ple = cache.per_layer_inputs if cache is not None else None
             if ple is None:
-                raise RuntimeError(f"layer {self.index} needs the per-layer inputs of this pass (KVCache.per_layer_inputs)")
+                raise RuntimeError(f"layer {self.index} needs the per-layer inputs of this pass "
+                                   "(KVCache.per_layer_inputs)")
             x = x + self.ple(x, ple[:, self.index])
             rec(f"{p}ple_residual", x)
         if ls.out_scale:

@@ -74,7 +74,7 @@ def gemma4_config(variant: str) -> Any:
     raise InputError(variant, f"unknown tiny Gemma 4 variant; choose one of {', '.join(VARIANTS)}")
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def randomize(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     named = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if n.endswith("layer_scalar")]
     with torch.no_grad():
@@ -105,7 +105,7 @@ def make_tiny_gemma4(variant: str, out_dir: str | Path, *, seed: int = 0, dtype:
     tok = cached_tokenizer("gemma-4")
     torch.manual_seed(seed)  # transformers' own init runs first; ours overwrites every parameter
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    _randomize(model, seed)
+    randomize(model, seed)
     model = model.to(getattr(torch, dtype))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,5 +144,5 @@ def describe(variant: str) -> dict[str, Any]:
     return json.loads(gemma4_config(variant).to_json_string())
 
 
-__all__ = ["VARIANTS", "cached_tiny_gemma4", "describe", "gemma4_config", "make_tiny_gemma4", "tiny_gemma4",
-           "tiny_gemma4_gguf"]
+__all__ = ["VARIANTS", "cached_tiny_gemma4", "describe", "gemma4_config", "make_tiny_gemma4", "randomize",
+           "tiny_gemma4", "tiny_gemma4_gguf"]
