@@ -308,3 +308,38 @@ def test_hf_capture_map_reaches_the_same_activations(small, tmp_path):
     for n in dump.names():
         if n in ours.tensors:
             torch.testing.assert_close(dump[n], ours[n], rtol=1e-4, atol=1e-4, msg=n)
+
+
+def test_spec_from_gguf_metadata_as_llamacpp_writes_it():
+    """Metadata and tensor names as llama.cpp's converter writes them for the ple and moe variants (no weights)."""
+    from layerbisect.families import spec_from_gguf
+
+    a = "gemma4"
+    base = {"general.architecture": a, f"{a}.block_count": 6, f"{a}.embedding_length": 64,
+            f"{a}.attention.head_count": 4, f"{a}.rope.freq_base": 1e6, f"{a}.rope.freq_base_swa": 1e4,
+            f"{a}.attention.layer_norm_rms_epsilon": 1e-6, f"{a}.attention.key_length": 32,
+            f"{a}.attention.key_length_swa": 16, f"{a}.final_logit_softcapping": 30.0,
+            f"{a}.attention.sliding_window": 8, f"{a}.rope.dimension_count": 32,
+            f"{a}.rope.dimension_count_swa": 16}
+    ple = {**base, f"{a}.feed_forward_length": [128] * 4 + [256] * 2, f"{a}.attention.head_count_kv": 2,
+           f"{a}.attention.shared_kv_layers": 2, f"{a}.embedding_length_per_layer_input": 16,
+           f"{a}.attention.sliding_window_pattern": [True, True, True, False, True, False]}
+    tensors = ["rope_freqs.weight", "per_layer_token_embd.weight"] + [
+        f"blk.{i}.{t}.weight" for i in range(4) for t in ("attn_k", "attn_v")] + [
+        f"blk.{i}.layer_output_scale.weight" for i in range(6)]
+    s = spec_from_gguf(ple, tensors, 262144, path="ple.gguf")
+    assert [ls.mixer.kv_source for ls in s.layers] == [None] * 4 + [2, 3]  # llama.cpp: n_kv - 2 (swa) / - 1
+    assert [ls.mixer.head_dim for ls in s.layers] == [16, 16, 16, 32, 16, 32]
+    assert [ls.mixer.rope.freq_factors for ls in s.layers] == [False, False, False, True, False, True]
+    assert [ls.ffn.d_ff for ls in s.layers] == [128] * 4 + [256] * 2
+    assert s.per_layer_input == 16 and all(ls.out_scale for ls in s.layers) and s.hf_norm_offset == 0.0
+    assert not any(ls.mixer.k_eq_v for ls in s.layers)
+    moe = {**base, f"{a}.feed_forward_length": 64, f"{a}.attention.head_count_kv": [2] * 5 + [1],
+           f"{a}.expert_count": 8, f"{a}.expert_used_count": 2, f"{a}.expert_feed_forward_length": 32,
+           f"{a}.attention.sliding_window_pattern": [True] * 5 + [False]}
+    tensors = ["rope_freqs.weight"] + [f"blk.{i}.{t}.weight" for i in range(6) for t in ("attn_k", "ffn_gate_inp")]
+    tensors += [f"blk.{i}.attn_v.weight" for i in range(5)]  # the global layer has none: attention_k_eq_v
+    s = spec_from_gguf(moe, tensors, 262144, path="moe.gguf")
+    assert [ls.mixer.k_eq_v for ls in s.layers] == [False] * 5 + [True]
+    assert {ls.ffn.kind for ls in s.layers} == {"dense+moe"} and s.layers[0].ffn.d_ff_expert == 32
+    assert not any(ls.out_scale for ls in s.layers)  # no layer_output_scale tensors: no scalar (llama.cpp: optional)

@@ -122,6 +122,8 @@ class Gemma4(Family):
                                                                                        lo=1e-6)
         dim = meta.int("rope.dimension_count", hd_global)
         dim_swa = meta.int("rope.dimension_count_swa", hd_swa)
+        window = meta.int("attention.sliding_window", required=True) if any(sliding) else None
+        ple = meta.int("embedding_length_per_layer_input", 0, lo=0)
         n_exp = meta.int("expert_count", 0, lo=0)
         router = None
         if n_exp:
@@ -137,18 +139,17 @@ class Gemma4(Family):
             if moe and router is None:
                 raise InputError(meta.path, f"blk.{i}.ffn_gate_inp.weight but no {meta.key('expert_count')!r}")
             layers.append(self.layer(
-                i, d, heads[i], kv[i], hd, rope, window=meta.int("attention.sliding_window", required=True)
-                if sliding[i] else None, k_eq_v=k_eq_v, kv_source=src, d_ff=ff[i],
+                i, d, heads[i], kv[i], hd, rope, window=window if sliding[i] else None, k_eq_v=k_eq_v,
+                kv_source=src, d_ff=ff[i],
                 moe=(n_exp, meta.int("expert_feed_forward_length", required=True), router) if moe else None,
-                act="gelu_tanh", ple=meta.int("embedding_length_per_layer_input", 0, lo=0),
-                out_scale=f"blk.{i}.layer_output_scale.weight" in meta.tensors))
+                act="gelu_tanh", ple=ple, out_scale=f"blk.{i}.layer_output_scale.weight" in meta.tensors))
         return ModelSpec(
             family=self.name, arch="gemma4", vocab_size=meta.n_vocab, d_model=d, layers=tuple(layers),
             norm_eps=meta.float("attention.layer_norm_rms_epsilon", 1e-6, lo=0.0, hi=1.0),
             embed_scale=gemma.embed_scale(d), final_softcap=meta.opt_float("final_logit_softcapping"),
             tied_embeddings="output.weight" not in meta.tensors, hf_norm_offset=0.0,
             context_length=meta.int("context_length", 8192, hi=1 << 31),
-            per_layer_input=meta.int("embedding_length_per_layer_input", 0, lo=0), per_layer_vocab=meta.n_vocab,
+            per_layer_input=ple, per_layer_vocab=meta.n_vocab if ple else 0,
         )
 
     # -- HF ------------------------------------------------------------------------------------
