@@ -521,12 +521,8 @@ def run_case(name: str, root: Path, *, audit: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"case": case, "report": report, "broken": broken, "ref": srcs[case.arch]["gguf"]}
     if audit:
         from .api import audit_weights
-        from .audit.weights import WeightAudit
 
-        # the comparison already audited the weights of the runners it loaded: no second load
-        done = report.meta.get("weight_audit")
-        result["audit"] = (WeightAudit.from_dict(done) if done and "rows" in done
-                           else audit_weights(srcs[case.arch]["gguf"], broken))
+        result["audit"] = audit_weights(srcs[case.arch]["gguf"], broken)
     return result
 
 

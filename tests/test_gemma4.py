@@ -279,13 +279,13 @@ def test_llmcompressor_candidates_compare_cleanly(variant, scheme):
     assert not critical, critical
     top = next(f for f in report.findings if f.kind == "culprit")
     assert top.evidence["cause"] == "quantization_noise"
-    wa = report.meta["weight_audit"]
-    assert wa["ok"], wa["faults"][:3]
+    faults = report.record.audits.weight_faults
+    assert not faults, faults[:3]
     if variant == "moe":  # routing compared in every MoE layer; flips are allowed (noise), not a collapse
         routing = report.comparison.routing
         assert [r.layer for r in routing] == list(range(6))
         assert min(r.mean_overlap for r in routing) > 0.5
-    assert not math.isnan(report.meta["runtime"]["timings_s"]["compare"])
+    assert not math.isnan(report.record.runtime.timings_s["compare"])
 
 
 def test_hf_capture_map_reaches_the_same_activations(small, tmp_path):

@@ -155,7 +155,7 @@ OP_SCALE = 2.0  # an op output ≥ 2× (or ≤ ½×) the reference's at high cos
 OP_COS = 0.99
 
 
-def from_ops(layer_ops: Mapping[Any, Sequence[dict[str, Any]]] | None) -> list[Evidence]:
+def from_ops(ops: Iterable[Any]) -> list[Evidence]:
     """Activation patching per op: the first op of a layer whose output is α·ref with α far from 1 at high cosine.
 
     With the layer run on the reference's own input, an op that scales its output by a factor
@@ -163,16 +163,18 @@ def from_ops(layer_ops: Mapping[Any, Sequence[dict[str, Any]]] | None) -> list[E
     quantization scale) is a scale applied on top of one the model already accounts for:
     ``double_scale``. Only the first such op per layer counts: what follows inherits it.
     """
-    out = []
-    for layer, ops in (layer_ops or {}).items():
-        for o in ops:
-            a, c = o.get("alpha", float("nan")), o.get("cosine", float("nan"))
-            if a == a and c == c and a > 0 and c > OP_COS and abs(math.log(a)) > math.log(OP_SCALE):
-                out.append(Evidence("double_scale", int(layer), o["op"], "patching",
-                                    f"{o['op']} output ≈ {a:.4g}× the reference's at cosine {c:.4f} with the layer "
-                                    "on the reference's input: a scale applied on top of one the model already "
-                                    "accounts for"))
-                break
+    out: list[Evidence] = []
+    done: set[int] = set()
+    for o in ops:  # comparison.record.OpLocal rows, execution order
+        a, c = o.alpha, o.cosine
+        if o.layer in done or not (a == a and c == c and a > 0 and c > OP_COS):
+            continue
+        if abs(math.log(a)) > math.log(OP_SCALE):
+            done.add(o.layer)
+            out.append(Evidence("double_scale", int(o.layer), o.op, "patching",
+                                f"{o.op} output ≈ {a:.4g}× the reference's at cosine {c:.4f} with the layer "
+                                "on the reference's input: a scale applied on top of one the model already "
+                                "accounts for"))
     return out
 
 
@@ -239,16 +241,23 @@ def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
     return cause
 
 
-def collect(report: Any, cand_runner: Any = None, weight_audit: Any = None) -> list[Evidence]:
+def collect(
+    report: Any,
+    cand_runner: Any = None,
+    weight_audit: Any = None,
+    localization: Any = None,
+    clipped: Mapping[str, float] | None = None,
+) -> list[Evidence]:
+    """Evidence from every audit; ``clipped``: module → input amax / static-scale limit for inputs that clip."""
     ev: list[Evidence] = []
     if weight_audit is not None:
         ev += from_weight_audit(weight_audit)
     ev += from_findings(report.findings)
     if cand_runner is not None and weight_audit is None:
         ev += from_load_notes(getattr(cand_runner, "load_notes", None))
-    loc = report.meta.get("localization") or {}
-    ev += from_modules(loc.get("modules", []), report.meta.get("clipped_inputs"))
-    ev += from_ops(loc.get("layer_ops"))
+    if localization is not None:  # comparison.record.Localization
+        ev += from_modules((asdict(m) for m in localization.modules), clipped)
+        ev += from_ops(localization.ops)
     return ev
 
 

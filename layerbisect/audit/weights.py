@@ -180,18 +180,6 @@ class WeightAudit:
             lines.append(f"  ... {len(self.faults) - limit} more")
         return "\n".join(lines)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WeightAudit:
-        """The audit ``to_dict`` wrote (e.g. ``report.meta["weight_audit"]``), rebuilt without loading anything."""
-        evidence = {f["name"]: f.get("evidence", {}) for f in d.get("faults", [])}
-        rows = []
-        for r in d.get("rows", []):
-            r = dict(r)
-            shape = str(r.pop("shape", ""))
-            r["shape"] = tuple(int(x) for x in shape.split("x") if x)
-            rows.append(TensorAudit(**r, evidence=dict(evidence.get(r["name"], {}))))
-        return cls(str(d.get("ref", "")), str(d.get("cand", "")), rows)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "ref": self.ref_path,
@@ -203,16 +191,9 @@ class WeightAudit:
         }
 
     def add_to_report(self, report: Any) -> None:
+        """The findings; the rows reach the run record as ``Audits.weights`` (``audit.after_localize``)."""
         for f in self.findings():
             report.add_finding(f)
-        shown = self.faults or []
-        report.add_section(
-            "Weight audit (candidate tensors dequantized vs reference)",
-            [r.row() for r in shown] if shown else f"No fault in {len(self.rows)} tensors.",
-            "alpha: best-fit scale cand ≈ alpha·ref; cause from the stored scale's powers and layout checks "
-            "(docs/AUDIT.md).",
-        )
-        report.meta["weight_audit"] = self.to_dict()
 
 
 def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:
