@@ -143,18 +143,22 @@ def _residual_selector():
     return Selector(["embed", "layers.*.out", "logits"])
 
 
-def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate"):
+def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate",
+                      norm_act_quant: str = "off"):
     """What-if switches of the candidate runner (see docs: README 'What-if switches')."""
     from .candidates.qlinear import QuantOptions
+    from .candidates.whatif_norms import MODES
 
     for name, value, allowed in (
         ("--act-quant", act_quant, ("checkpoint", "static", "dynamic", "off")),
         ("--nvfp4-act-scale", nvfp4_act_scale, ("checkpoint", "observed")),
         ("--impl", impl, ("emulate", "native")),
+        ("--norm-act-quant", norm_act_quant, MODES),
     ):
         if value not in allowed:
             raise InputError(name, f"{value!r} is not one of {', '.join(allowed)}")
-    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl)  # type: ignore[arg-type]
+    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl,  # type: ignore[arg-type]
+                        norm_act_quant=norm_act_quant)  # type: ignore[arg-type]
 
 
 def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):

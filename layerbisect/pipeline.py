@@ -243,6 +243,13 @@ def compare(
     report = Report(comparison, record=record)
     for f in findings:
         report.add_finding(f)
+    if dump_caps is not None:  # nothing to patch: name a cause from the comparison's shape alone
+        from .audit.causes import annotate_dump
+        from .comparison.record import Audits
+
+        cause = annotate_dump(report, ref_runner.config)
+        if cause:
+            report.put(audits=Audits(cause=cause))
     if o.localize and cand_runner is not None:
         from .audit import after_localize
         from .localize import localize
@@ -380,22 +387,28 @@ def _load_findings(cand: ModelRunner) -> list[Finding]:
         from .audit import scales
 
         out += scales.findings(scales.scan_checkpoint(ck), getattr(cand, "linear_names", None))
-    missing = notes.get("missing") or []
-    if missing:
+    all_missing = notes.get("missing") or []
+    mkinds = notes.get("missing_kinds") or {}
+    for what in ("norm", "scale"):  # norms run as the identity, scale parameters as 1.0
+        missing = [m for m in all_missing if mkinds.get(m, "norm") == what]
+        if not missing:
+            continue
         layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})
         kinds = sorted({m.split(".", 2)[-1] if m.startswith("layers.") else m for m in missing})
+        first = kinds[0].removesuffix(".weight") if kinds else None
+        run_as = "identity norms" if what == "norm" else "every scale at 1.0"
         out.append(
             Finding(
                 severity="critical",
                 kind="missing_tensor",
-                title=f"Checkpoint lacks {len(missing)} norm tensors ({', '.join(kinds)}); run with identity norms",
-                point=f"layers.{layers[0]}.{kinds[0].replace('.weight', '')}" if layers else None,
+                title=f"Checkpoint lacks {len(missing)} {what} tensors ({', '.join(kinds)}); run with {run_as}",
+                point=f"layers.{layers[0]}.{first}" if layers else None,
                 layer=layers[0] if layers else None,
-                op=kinds[0].replace(".weight", "") if kinds else None,
+                op=first,
                 token_index=None,
                 detail=f"missing in {len(layers)} layers: {', '.join(missing[:6])}"
                 + (" ..." if len(missing) > 6 else ""),
-                evidence={"missing": missing},
+                evidence={"missing": missing, "kind": what},
             )
         )
     unused = notes.get("unused") or []

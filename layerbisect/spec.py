@@ -142,8 +142,29 @@ class MoESpec:
     kind: Literal["moe"] = "moe"
 
 
+@dataclass(frozen=True)
+class ParallelMoESpec:
+    """A dense gated MLP beside routed experts, summed (Gemma 4's MoE layers, ``enable_moe_block``).
+
+    The block gets the layer's residual stream as well as the pre-FFN norm's output:
+    dense branch ``post_norm_1(MLP(pre_norm(x)))``; router on the residual itself
+    (``rms(x) · router_scale · d^-0.5``, a weightless RMSNorm, then softmax top-k, renormalized,
+    each weight × ``per_expert_scale[expert]``); experts on ``pre_norm_2(x)``, summed and
+    ``post_norm_2``-ed; the two branch outputs are added (the layer's own post-FFN norm follows).
+    Sources: transformers ``Gemma4TextDecoderLayer``/``Gemma4TextRouter``; llama.cpp
+    ``src/models/gemma4.cpp`` (``ffn_gate_inp.scale``, ``ffn_down_exps.scale``).
+    """
+
+    d_ff: int
+    n_experts: int
+    d_ff_expert: int
+    router: RouterSpec
+    activation: Activation = "gelu_tanh"
+    kind: Literal["dense+moe"] = "dense+moe"
+
+
 MixerSpec = AttentionSpec
-FFNSpec = DenseFFNSpec | MoESpec
+FFNSpec = DenseFFNSpec | MoESpec | ParallelMoESpec
 
 
 @dataclass(frozen=True)
@@ -156,10 +177,16 @@ class NormsSpec:
 
 @dataclass(frozen=True)
 class LayerSpec:
+    """One layer. ``per_layer_input``: width of the per-layer input block that follows the FFN (Gemma 4
+    PLE, 0 = none); ``out_scale``: the layer's output (residual included) is multiplied by a
+    learned scalar (Gemma 4 ``layer_scalar``, GGUF ``layer_output_scale``)."""
+
     index: int
     mixer: MixerSpec
     ffn: FFNSpec
     norms: NormsSpec = field(default_factory=NormsSpec)
+    per_layer_input: int = 0
+    out_scale: bool = False
 
     @property
     def kind(self) -> str:
@@ -174,6 +201,9 @@ class ModelSpec:
 
     ``embed_scale`` multiplies the embedding rows (Gemma: sqrt(d_model), rounded as the family
     rounds it); ``hf_norm_offset`` is added to HF norm weights to get the effective multiplier.
+    ``per_layer_input``: width P of Gemma 4's per-layer input embeddings (PLE, 0 = none): a second
+    embedding table of ``per_layer_vocab`` rows × (n_layers · P) plus a projection of the
+    embedded tokens feed every layer's PLE block (``graph/per_layer.py``).
     """
 
     family: str
@@ -187,6 +217,8 @@ class ModelSpec:
     tied_embeddings: bool = True
     hf_norm_offset: float = 0.0
     context_length: int = 8192
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -247,6 +279,7 @@ __all__ = [
     "MoESpec",
     "ModelSpec",
     "NormsSpec",
+    "ParallelMoESpec",
     "Rope",
     "RopeScaling",
     "RopeStyle",

@@ -57,8 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, set_module
+from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, get_module, set_module
 from .graph.inventory import estimate_fp32_bytes, layer_fp32_bytes
+from .graph.per_layer import PerLayerInputs
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -188,6 +189,10 @@ class PartSource:
     def head_module(self) -> nn.Module:
         raise NotImplementedError
 
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        """The model-level half of per-layer input embeddings (Gemma 4 PLE), loaded whole."""
+        raise NotImplementedError
+
 
 def _load_part(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True) -> None:
     module.load_state_dict(state, assign=True, strict=strict)
@@ -237,6 +242,12 @@ class GGUFSource(PartSource):
         src = self.tmap.sources["embed.weight" if self.cfg.tied_embeddings else "lm_head.weight"]
         return self._dequant(src, slice(lo, hi))
 
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        with torch.device("meta"):
+            part = PerLayerInputs(self.cfg, rec)
+        _load_part(part, {k: self._dequant(v) for k, v in self.tmap.under("per_layer.").items()}, "per_layer")
+        return part
+
 
 class CheckpointSource(PartSource):
     """Parts of a quantized HF checkpoint, through the candidate runner's own plan and builders."""
@@ -271,8 +282,10 @@ class CheckpointSource(PartSource):
         return rows.float().to(self.device)
 
     def final_norm(self) -> RMSNorm:
+        from .candidates.whatif_norms import final_norm_module
+
         with torch.device("meta"):
-            norm = RMSNorm(self.cfg.d_model, self.cfg.norm_eps)
+            norm = final_norm_module(self.runner.options, self.cfg.d_model, self.cfg.norm_eps)
         state, _ = self.runner.materialize(self.plan, "final_norm.")
         if not state:  # a missing final norm runs as the identity, as in the resident runner
             state = {"weight": torch.ones(self.cfg.d_model)}
@@ -291,6 +304,15 @@ class CheckpointSource(PartSource):
     def head_module(self) -> nn.Module:
         _, linears = self.runner.materialize(self.plan, "lm_head")
         return linears[""].to(self.device)
+
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        with torch.device("meta"):
+            part = PerLayerInputs(self.cfg, rec)
+        state, linears = self.runner.materialize(self.plan, "per_layer.")
+        for name, lin in linears.items():
+            set_module(part, name, lin)
+        _load_part(part, state, "per_layer", strict=False)
+        return part.to(self.device)
 
 
 # --- the streamed model -----------------------------------------------------------------------
@@ -412,6 +434,15 @@ class StreamedDecoder:
         tokens = tokens.to(self.device)
         pos = torch.arange(start_pos, start_pos + tokens.shape[0], device=self.device)
         x = self.embed_tokens(tokens)
+        cache = cache if cache is not None else KVCache()
+        if self.cfg.per_layer_input:  # Gemma 4 PLE: the model-level half, then freed like a layer
+            part = self.per_layer_part()
+            self.tracker.add("per_layer", module_nbytes(part))
+            try:
+                cache.per_layer_inputs = part(tokens, x)
+            finally:
+                del part
+                self.tracker.drop("per_layer")
         for layer in self.layers:
             x = layer(x, pos, cache)
         self.layers.release()
@@ -420,6 +451,9 @@ class StreamedDecoder:
         return self.head(x)
 
     __call__ = forward
+
+    def per_layer_part(self) -> PerLayerInputs:
+        return self.source.per_layer_part(self.rec)
 
     @property
     def spec(self) -> ModelSpec:
@@ -462,6 +496,8 @@ class LazyStateDict(Mapping):
 
     def __iter__(self) -> Iterator[str]:
         yield "embed.weight"
+        if self.model.cfg.per_layer_input:
+            yield from (f"per_layer.{k}" for k in self.model.per_layer_part().state_dict())
         for i in range(self.model.cfg.n_layers):
             yield from self._layer_keys(i)
         yield "final_norm.weight"
@@ -479,6 +515,8 @@ class LazyStateDict(Mapping):
                 return m.layers[int(i)].state_dict()[rest]
         elif name == "embed.weight":
             return m.source.embed_rows(torch.arange(cfg.vocab_size))
+        elif name.startswith("per_layer.") and cfg.per_layer_input:
+            return m.per_layer_part().state_dict()[name.removeprefix("per_layer.")]
         elif name == "final_norm.weight":
             return m.source.final_norm().weight.detach()
         elif name.startswith("lm_head.") and not cfg.tied_embeddings:
@@ -506,6 +544,8 @@ class LazyModules(Mapping):
             raise KeyError(name)
         if name == "lm_head":
             return self.model.lm_head
+        if name.startswith("per_layer."):  # Gemma 4 PLE projection: built with its part
+            return get_module(self.model.per_layer_part(), name.removeprefix("per_layer."))
         _, i, rest = name.split(".", 2)
         m: nn.Module = self.model.layers[int(i)]
         for part in rest.split("."):

@@ -20,7 +20,7 @@ from layerbisect.errors import InputError
 from layerbisect.families import families, family_of, spec_from_gguf, spec_from_hf
 from layerbisect.graph import Decoder, capture_points, meta_model, quantizable_linears
 from layerbisect.graph.inventory import layer_fp32_bytes, params
-from layerbisect.graph.names import gguf_source, hf_param_name, pattern_of
+from layerbisect.graph.names import gguf_source, hf_fused_source, hf_param_name, pattern_of
 from layerbisect.spec import MoESpec
 
 transformers = pytest.importorskip("transformers")
@@ -42,7 +42,16 @@ def _configs() -> dict[str, object]:
         "qwen3_moe": t.Qwen3MoeConfig(**COMMON, head_dim=16, moe_intermediate_size=32, num_experts=8,
                                       num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
                                       tie_word_embeddings=False),
+        **{f"gemma4_{v}": _gemma4(v) for v in ("dense", "moe", "ple")},
     }
+
+
+def _gemma4(variant: str):
+    from layerbisect.producers.tiny_gemma4 import gemma4_config
+
+    cfg = gemma4_config(variant)
+    cfg.vocab_size = cfg.vocab_size_per_layer_input = 300
+    return cfg
 
 
 CONFIGS = _configs()
@@ -59,7 +68,7 @@ def test_every_family_is_registered_once():
     archs = [a for f in fams.values() for a in f.gguf_archs]
     types = [t for f in fams.values() for t in f.hf_model_types]
     assert len(archs) == len(set(archs)) and len(types) == len(set(types))
-    assert {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3"} <= set(archs)
+    assert {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "gemma4"} <= set(archs)
 
 
 def test_heterogeneous_layers_are_data(spec_case):
@@ -121,6 +130,9 @@ def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
         if p.name == "lm_head.weight" and spec.tied_embeddings:
             continue
         hf = hf_param_name(p.name, fam.hf_names)
+        fused = hf_fused_source(p.module, fam.hf_fused)
+        if "model." + hf not in on_disk and fused is not None:  # Gemma 4: fused 3-D experts on disk
+            hf = fused[0]
         ours.add(hf if hf.startswith("lm_head") else "model." + hf)
     assert ours == on_disk, f"{name}: ours only {sorted(ours - on_disk)[:5]}, theirs only {sorted(on_disk - ours)[:5]}"
 
@@ -128,7 +140,7 @@ def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
 def test_linears_in_execution_order(spec_case):
     _, _, spec = spec_case
     names = quantizable_linears(spec)
-    assert names[0] == "layers.0.attn.q_proj"
+    assert names[0] == ("per_layer.proj" if spec.per_layer_input else "layers.0.attn.q_proj")  # PLE runs first
     layers = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
     assert layers == sorted(layers)
     if isinstance(spec.layers[0].ffn, MoESpec):

@@ -220,6 +220,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
     cfg = rm.cfg
     lins = cand_runner.quant_linears()
     missing = set(getattr(cand_runner, "load_notes", {}).get("missing", []))
+    missing_kinds = getattr(cand_runner, "load_notes", {}).get("missing_kinds") or {}
     cand_sd = {k: v for k, v in cm.state_dict().items() if not any(k.startswith(n + ".") for n in lins)}
     rows: list[TensorAudit] = []
     for name, r in ref_sd.items():
@@ -240,7 +241,11 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
         row = TensorAudit(name, kind, layer, op, scheme, tuple(r.shape))
         rows.append(row)
         if name in missing or c is None:
-            row.status, row.cause = "missing", "missing_norm" if kind == "norm" else "missing_tensor"
+            mk = missing_kinds.get(name, kind)
+            row.status = "missing"
+            row.cause = {"norm": "missing_norm", "scale": "missing_scale"}.get(mk, "missing_tensor")
+            if mk == "scale":  # a parameter, not a module: the op is the parameter (layer_scalar, mlp.router_scale)
+                row.kind, row.op = "scale", name.split(".", 2)[2] if layer is not None else name
             row.note = "absent from the candidate checkpoint; the loader ran it as the identity"
             continue
         c = c.float()

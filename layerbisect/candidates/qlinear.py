@@ -20,6 +20,8 @@ What-if switches (``QuantOptions``)
     scales (FP8 ``input_scale``; NVFP4 static global scale); "dynamic" forces dynamic per-token FP8 activations
     (NVFP4: a global scale observed on the current input, 448*6/amax); "off" leaves activations unquantized.
     ``nvfp4_act_global_scale``: "observed" replaces the checkpoint's NVFP4 input global scale by the observed one.
+    ``norm_act_quant``: "unscaled" emulates an engine that FP8-quantizes the residual-writing norms' outputs per
+    token and never applies the scale back (seed 000; ``candidates/whatif_norms.py``).
 
 Emulation reproduces each quantization step of the producer in FP32 and matmuls in FP32. ``impl="native"``
 uses ``kernels.fp8.fp8_gemm`` (scaled_mm, else Triton) and ``kernels.nvfp4.nvfp4_gemm(impl="triton")`` on CUDA;
@@ -47,6 +49,8 @@ class QuantOptions:
     act_quant: Literal["checkpoint", "static", "dynamic", "off"] = "checkpoint"
     nvfp4_act_global_scale: Literal["checkpoint", "observed"] = "checkpoint"
     impl: Literal["emulate", "native"] = "emulate"
+    # "unscaled": residual-writing and final norm outputs FP8-quantized per token, scale dropped (whatif_norms.py)
+    norm_act_quant: Literal["off", "unscaled"] = "off"
 
 
 def _shape(t: torch.Tensor) -> str:

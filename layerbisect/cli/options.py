@@ -20,6 +20,14 @@ ActQuant = Annotated[
         help="What-if for candidate activation quantization: checkpoint (as declared), static, dynamic, off.",
     ),
 ]
+NormActQuant = Annotated[
+    str,
+    typer.Option(
+        "--norm-act-quant",
+        help="What-if (seed 000): 'unscaled' FP8-quantizes the outputs of the norms that write the residual and of "
+        "the final norm per token and drops the scale, as an engine that thinks it was absorbed; default off.",
+    ),
+]
 Nvfp4ActScale = Annotated[
     str,
     typer.Option(

@@ -19,6 +19,7 @@ def run(
     device: o.Device = "cpu",
     act_quant: o.ActQuant = "checkpoint",
     nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
+    norm_act_quant: o.NormActQuant = "off",
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
     impl: o.Impl = "emulate",
@@ -39,7 +40,7 @@ def run(
         progress = shown.progress
         res = api.run_model(
             model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
-            options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
+            options=api.candidate_options(act_quant, nvfp4_act_scale, impl, norm_act_quant),
             kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
             tokenizer=tokenizer,
         )

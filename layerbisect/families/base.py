@@ -246,8 +246,9 @@ class Family:
     name: ClassVar[str] = ""
     gguf_archs: ClassVar[tuple[str, ...]] = ()
     hf_model_types: ClassVar[tuple[str, ...]] = ()
-    hf_names: ClassVar[dict[str, str]] = {}  # canonical module pattern → HF module (overrides graph/names.HF)
+    hf_names: ClassVar[dict[str, str]] = {}  # canonical module (or parameter) pattern → HF name (overrides names.HF)
     gguf_names: ClassVar[dict[str, Any]] = {}  # canonical module pattern → gguf MODEL_TENSOR / Stacked
+    hf_fused: ClassVar[dict[str, Any]] = {}  # canonical module pattern → names.Fused (overrides names.HF_FUSED)
 
     def from_gguf(self, meta: GGUFMeta) -> ModelSpec:
         raise NotImplementedError

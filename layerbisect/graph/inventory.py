@@ -39,7 +39,7 @@ class ParamInfo:
     module: str
     leaf: str
     shape: tuple[int, ...]
-    kind: str  # linear / norm / embedding / buffer
+    kind: str  # linear / norm / embedding / scale / buffer
 
     @property
     def layer(self) -> int | None:
@@ -54,10 +54,12 @@ def params(model: nn.Module, prefix: str = "") -> list[ParamInfo]:
         full = f"{prefix}{mname}" if mname else prefix.rstrip(".")
         kind = ("linear" if isinstance(mod, nn.Linear) else "norm" if isinstance(mod, RMSNorm)
                 else "embedding" if isinstance(mod, nn.Embedding) else "buffer")
+        scales = getattr(mod, "scale_params", ())  # learned multipliers whose identity is 1.0 (Gemma 4)
         for leaf, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
             if p is None:
                 continue
-            out.append(ParamInfo(f"{full}.{leaf}" if full else leaf, full, leaf, tuple(p.shape), kind))
+            out.append(ParamInfo(f"{full}.{leaf}" if full else leaf, full, leaf, tuple(p.shape),
+                                 "scale" if leaf in scales else kind))
     return out
 
 

@@ -72,6 +72,10 @@ def map_tensors(f: GGUFFile, spec: ModelSpec, model: torch.nn.Module | None = No
             if len(shape) != 3 or src.expert >= shape[0]:
                 raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}: no expert {src.expert}")
             shape = shape[1:]
+        if src.parts > 1:  # fused along the rows (ffn_gate_up_exps): this module's share
+            if shape[0] % src.parts:
+                raise InputError(f.path, f"tensor {src.tensor!r} has {shape[0]} rows, not {src.parts} equal parts")
+            shape = (shape[0] // src.parts, *shape[1:])
         if shape != p.shape:
             raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}, expected {p.shape} for {p.name}")
         sources[p.name] = src
@@ -100,6 +104,9 @@ def dequantize_source(f: GGUFFile, src: GGUFSource | str, *, device: torch.devic
     data = t.data
     if src.expert is not None:  # an expert's slab is whole rows of whole blocks: slicing the bytes is exact
         data, shape = data[src.expert], shape[1:]
+    if src.parts > 1:  # one module of a row-fused tensor: whole rows again
+        n = shape[0] // src.parts
+        data, shape = data[src.part * n:(src.part + 1) * n], (n, *shape[1:])
     if rows is not None:
         data = data[rows]
         shape = (data.shape[0], *shape[1:])

@@ -66,6 +66,38 @@ def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
         assert {r.layer for r in audit.faults} == {1} and len(audit.faults) == 7
         assert {r.cause for r in audit.faults} == {"nibble_order"}
         assert all(r.evidence["restored_cosine"] > 0.99 for r in audit.faults)
+    elif name in ("g4_norm_act_unscaled", "g4_double_scale_norms"):  # seed 000 on Gemma 4
+        _check_seed000(report, text)
+        if name == "g4_norm_act_unscaled":
+            assert audit.ok  # the checkpoint is fine: the engine re-scales
+        else:
+            assert audit.by_cause().keys() == {"double_scale"}
+            assert all(abs(r.alpha - 8.0) < 0.05 for r in audit.faults) and len(audit.faults) == 13
+    elif name in ("g4_dropped_ffn_norms", "g4_missing_layer_scalars", "g4_missing_router_scales"):  # seed 004
+        missing = [f for f in report.findings if f.kind == "missing_tensor"]
+        assert missing and missing[0].severity == "critical" and missing[0].layer == 0, text
+        want = {"g4_dropped_ffn_norms": ({"mlp_norm", "post_mlp_norm"}, "missing_norm"),
+                "g4_missing_layer_scalars": ({"layer_scalar"}, "missing_scale"),
+                "g4_missing_router_scales": ({"mlp.router_scale", "mlp.expert_scale"}, "missing_scale")}[name]
+        assert {r.op for r in audit.faults} == want[0] and {r.cause for r in audit.faults} == {want[1]}
+        assert {r.layer for r in audit.faults} == set(range(6))
+    elif name == "g4_global_head_dim_dump":  # seed 004's engine: global-layer rows overflow a sliding-sized buffer
+        first = [f for f in report.findings if f.kind == "first_divergence"][0]
+        assert (first.layer, first.op) == (5, "attn.v"), text
+        pts = report.df[report.df["layer"] < 5]
+        assert pts["cosine"].min() > 0.9999, "the sliding layers before it must match exactly"
+        assert audit is None
+
+
+def _check_seed000(report, text: str) -> None:
+    """Seed 000's symptoms: residual blow-up from layer 0, logits pinned at the final softcap (30), collapse."""
+    blow = [f for f in report.findings if f.kind == "norm_blowup"][0]
+    assert blow.layer == 0 and blow.op == "attn.post_norm", text
+    sat = [f for f in report.findings if f.kind == "softcap_saturation"][0]
+    assert sat.severity == "critical" and sat.evidence["cand_share"] > 0.05 and sat.evidence["ref_share"] == 0.0
+    assert all(abs(v - 30.0) < 0.5 for _, v in sat.evidence["cand_top"])  # pinned at the cap (bf16 prints 30)
+    assert all(v < 28.0 for _, v in sat.evidence["ref_top"])
+    assert "(as bf16 prints them): candidate [30 (id" in sat.detail
 
 
 def test_input_scale_overflow_saturates_without_the_engine_fault(fault_root) -> None:
