@@ -154,14 +154,20 @@ def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "che
     return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl)  # type: ignore[arg-type]
 
 
-def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):
+def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint", calibration: str = "prompt"):
     from .kv_cache import KVCacheOptions
+    from .kv_calibration import CALIBRATION_INPUTS
 
     if dtype not in ("auto", "fp8_e4m3", "none"):
         raise InputError("--kv-cache-dtype", f"{dtype!r} is not one of auto, fp8_e4m3, none")
     if scales not in ("checkpoint", "calibrate", "unit"):
         raise InputError("--kv-scales", f"{scales!r} is not one of checkpoint, calibrate, unit")
-    return KVCacheOptions(dtype=dtype, scales=scales)  # type: ignore[arg-type]
+    if calibration not in CALIBRATION_INPUTS:
+        raise InputError("--kv-calibration", f"{calibration!r} is not one of {', '.join(CALIBRATION_INPUTS)}")
+    if calibration != "prompt" and scales != "calibrate":
+        raise InputError("--kv-calibration", f"{calibration!r} chooses the calibration pass of --kv-scales calibrate, "
+                                             f"not of --kv-scales {scales}")
+    return KVCacheOptions(dtype=dtype, scales=scales, calibration=calibration)  # type: ignore[arg-type]
 
 
 def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> Any:

@@ -137,6 +137,10 @@ def compare(
     }
     if cand_runner is not None:
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
+        calibrate = getattr(cand_runner, "calibrate_kv", None)
+        if calibrate is not None:  # --kv-scales calibrate: the chosen first pass, before anything else runs
+            say("calibrating the KV-cache scales")
+            calibrate(prompt_ids)
 
     t0 = time.perf_counter()
     say(f"greedy {gen} tokens" + (" (both sides at once)" if concurrent else ""))
@@ -215,6 +219,11 @@ def compare(
     report = Report(comparison, meta=meta)
     for f in findings:
         report.add_finding(f)
+    calib = getattr(cand_runner, "kv_calibration", None)
+    if calib is not None:
+        from .audit.kv_calibration import audit_kv_calibration
+
+        audit_kv_calibration(report, calib, ref_caps)
     if o.localize and cand_runner is not None:
         try:
             from .localize import localize

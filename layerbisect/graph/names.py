@@ -72,9 +72,19 @@ GGUF: dict[str, T | Stacked] = {
     "layers.{i}.mlp.shared_expert.up_proj": T.FFN_UP_SHEXP,
     "layers.{i}.mlp.shared_expert.down_proj": T.FFN_DOWN_SHEXP,
     "layers.{i}.mlp.shared_expert_gate": T.FFN_GATE_INP_SHEXP,
+    # Gated DeltaNet (graph/deltanet.py; llama.cpp qwen35/qwen35moe/qwen3next)
+    "layers.{i}.attn.in_proj_qkv": T.ATTN_QKV,
+    "layers.{i}.attn.in_proj_z": T.ATTN_GATE,
+    "layers.{i}.attn.in_proj_b": T.SSM_BETA,
+    "layers.{i}.attn.in_proj_a": T.SSM_ALPHA,
+    "layers.{i}.attn.conv1d": T.SSM_CONV1D,
+    "layers.{i}.attn.norm": T.SSM_NORM,
+    "layers.{i}.attn.out_proj": T.SSM_OUT,
 }
-GGUF_PARAMS: dict[str, tuple[T, str]] = {
+GGUF_PARAMS: dict[str, tuple[T, str]] = {  # leaf "" = a tensor name without a leaf (llama.cpp's ``blk.{i}.ssm_a``)
     "layers.{i}.mlp.score_bias": (T.FFN_EXP_PROBS_B, "bias"),
+    "layers.{i}.attn.A_log": (T.SSM_A, ""),
+    "layers.{i}.attn.dt_bias": (T.SSM_DT, "bias"),
 }
 GGUF_EXTRA: dict[str, T] = {"rope_freqs": T.ROPE_FREQS}  # tensors that are no parameter of the graph
 
@@ -101,9 +111,18 @@ HF: dict[str, str] = {
     "layers.{i}.mlp.shared_expert.up_proj": "layers.{i}.mlp.shared_expert.up_proj",
     "layers.{i}.mlp.shared_expert.down_proj": "layers.{i}.mlp.shared_expert.down_proj",
     "layers.{i}.mlp.shared_expert_gate": "layers.{i}.mlp.shared_expert_gate",
+    "layers.{i}.attn.in_proj_qkv": "layers.{i}.linear_attn.in_proj_qkv",
+    "layers.{i}.attn.in_proj_z": "layers.{i}.linear_attn.in_proj_z",
+    "layers.{i}.attn.in_proj_b": "layers.{i}.linear_attn.in_proj_b",
+    "layers.{i}.attn.in_proj_a": "layers.{i}.linear_attn.in_proj_a",
+    "layers.{i}.attn.conv1d": "layers.{i}.linear_attn.conv1d",
+    "layers.{i}.attn.norm": "layers.{i}.linear_attn.norm",
+    "layers.{i}.attn.out_proj": "layers.{i}.linear_attn.out_proj",
 }
 HF_PARAMS: dict[str, str] = {
     "layers.{i}.mlp.score_bias": "layers.{i}.mlp.gate.e_score_correction_bias",
+    "layers.{i}.attn.A_log": "layers.{i}.linear_attn.A_log",
+    "layers.{i}.attn.dt_bias": "layers.{i}.linear_attn.dt_bias",
 }
 HF_FUSED: dict[str, Fused] = {  # transformers 5's in-memory expert layout, should a checkpoint hold it
     "layers.{i}.mlp.experts.{e}.gate_proj": Fused("layers.{i}.mlp.experts.gate_up_proj", 0, 2),
@@ -169,7 +188,7 @@ def gguf_source(param: str, overrides: dict[str, object] | None = None) -> GGUFS
     pattern, i, e = pattern_of(param)
     if pattern in GGUF_PARAMS:
         t, leaf = GGUF_PARAMS[pattern]
-        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}")
+        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}" if leaf else gguf_tensor_name(t, i))
     module, _, leaf = pattern.rpartition(".")
     entry = table.get(module)
     if entry is None:
