@@ -104,6 +104,9 @@ def run_model(
     runner.activate()
     use_tokenizer(runner, tokenizer)
     ids = resolve_tokens(runner, prompt, tokens)
+    calibrate = getattr(runner, "calibrate_kv", None)
+    if calibrate is not None:  # --kv-scales calibrate: the chosen first pass before the real one
+        calibrate(ids)
     caps = Captures(summary_only=True, selector=_residual_selector(), token_ids=list(ids))
     new = runner.generate(ids, generate, captures=caps) if generate else []
     if not generate:

@@ -219,6 +219,9 @@ def compare(
     report = Report(comparison, meta=meta)
     for f in findings:
         report.add_finding(f)
+    from .comparison.recurrent import add_state_section
+
+    add_state_section(report, ref_caps, cand_caps, len(prompt_ids))
     calib = getattr(cand_runner, "kv_calibration", None)
     if calib is not None:
         from .audit.kv_calibration import audit_kv_calibration

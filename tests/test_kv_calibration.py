@@ -115,3 +115,26 @@ def test_shard_fit_names_the_rows_of_a_scale_applied_to_the_first_shard_only():
     assert note is not None and note.startswith("rows 8:24 (k, v)") and "first shard (q) only" in note
     assert shard_fault(shard_fits(w, w * 1.001, shards)) is None  # all shards agree: no shard fault
     assert shard_fault(shard_fits(w, w * 5.0, shards)) is None  # one scale wrong everywhere: another cause
+
+
+def test_recurrent_state_rows_show_garbage_start_and_blow_up():
+    from layerbisect.comparison.recurrent import state_findings, state_rows
+
+    ref, cand = Captures(), Captures()
+    norms = torch.linspace(1.0, 2.0, 6)[:, None].repeat(1, 4)  # (T, Hv)
+    ref.record("layers.1.attn.state", norms)
+    cand.record("layers.1.attn.state", norms * 1.01)
+    ref.record("layers.2.attn.state", norms)
+    blow = norms.clone()
+    blow[4:] *= 50  # takes off in the second decode step
+    cand.record("layers.2.attn.state", blow)
+    rows = state_rows(ref, cand, n_prompt=3)
+    assert [r["first_off_token"] for r in rows] == [None, 4]
+    assert rows[0]["ref_after_prompt"] == pytest.approx(1.4) and len(rows[0]["cand_decode"]) == 3
+    (f,) = state_findings(rows)
+    assert (f.kind, f.layer, f.token_index) == ("recurrent_state", 2, 4)
+    garbage = norms.clone()
+    garbage[0] = float("nan")
+    cand = Captures()  # recording again would append (decode steps)
+    cand.record("layers.1.attn.state", garbage)
+    assert state_findings(state_rows(ref, cand, 3))[0].title.startswith("Recurrent state of layer 1 starts off")

@@ -146,3 +146,48 @@ def test_value_head_order_is_undone_on_the_gguf_side():
     assert torch.equal(tiled[5:10], x[15:20])  # tiled head 1 = (r=0, h=1) = grouped head 1·3 + 0
     assert torch.equal(untile_v_heads(tiled, 0, 2, 3, 5), x)
     assert torch.equal(untile_v_heads(tile_v_heads(x.T, 1, 2, 3, 5), 1, 2, 3, 5), x.T)
+
+
+# -- candidates written by llmcompressor ---------------------------------------------------------------------------
+
+# Residual-stream floors measured on these tiny models (docs/RESULTS_QWEN35.md): FP8 ≥ 0.988, NVFP4 ≥ 0.90 at
+# layer 5 (dense). A fault (a wrong scale, a lost permutation) drops far below; noise does not.
+SCHEME_FLOOR = {"FP8_DYNAMIC": 0.98, "FP8_BLOCK": 0.98, "NVFP4": 0.85}
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def qwen35_bf16(request):
+    from layerbisect.producers.llamacpp import converted_gguf
+    from layerbisect.producers.tiny import cached_tiny_qwen35
+
+    hf = cached_tiny_qwen35(request.param, dtype="bfloat16")
+    gguf = converted_gguf(hf, outtype="f32", extra_args=("--no-mtp",))
+    return request.param, hf, ReferenceRunner(gguf).activate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", sorted(SCHEME_FLOOR))
+def test_llmcompressor_candidates_compare_cleanly(qwen35_bf16, scheme):
+    """Every tensor mapped (in_proj_qkv/z/a/b and out_proj quantized; conv1d, A_log, dt_bias BF16), weights
+    equal the reference's up to the format's noise (α ≈ 1), residual stream and routing close."""
+    from layerbisect.audit.weights import audit_runners
+    from layerbisect.comparison.routing import compare_routing, mean_overlap
+    from layerbisect.producers.quantize import quantize_checkpoint
+
+    kind, hf, ref = qwen35_bf16
+    cand = CandidateRunner(quantize_checkpoint(hf, scheme)).activate()
+    assert cand.load_notes == {"missing": [], "unused": []}
+    quantized = [n for n, lin in cand.quant_linears().items() if lin.scheme.weight != "dense"]
+    assert "layers.0.attn.in_proj_qkv" in quantized and "layers.0.attn.in_proj_b" in quantized
+    assert all(n.endswith("lm_head") or ".mlp.router" in n for n in set(cand.quant_linears()) - set(quantized))
+    audit = audit_runners(ref, cand)
+    assert audit.ok, audit.summary_text()
+    lin_rows = [r for r in audit.rows if r.kind == "linear"]
+    assert all(abs(r.alpha - 1) < 0.02 for r in lin_rows), [(r.name, r.alpha) for r in lin_rows if abs(r.alpha - 1) >= .02]
+    sel = ["layers.*.out", "layers.*.mlp.route", "logits"]
+    rc, cc = ref.run(PROMPT, select=sel), cand.run(PROMPT, select=sel)
+    worst = min((float(_cos(rc[n], cc[n]).min()), n) for n in rc.names() if n.endswith(".out"))
+    assert worst[0] >= SCHEME_FLOOR[scheme], f"{kind} {scheme}: {worst[1]} cosine {worst[0]:.4f}"
+    if kind == "moe":
+        routing, _ = compare_routing(rc, cc, list(range(len(PROMPT))), PROMPT)
+        assert mean_overlap(routing) >= 0.7, f"{kind} {scheme}: mean top-k overlap {mean_overlap(routing):.3f}"

@@ -241,7 +241,7 @@ def make_tiny_hf(
 # ---------------------------------------------------------------------------------------------------------------
 
 QWEN35_KINDS: tuple[str, ...] = ("dense", "moe")
-QWEN35_RECIPE = "2"  # bump when the config or the init below changes (cache key of cached_tiny_qwen35)
+QWEN35_RECIPE = "3"  # bump when the config or the init below changes (cache key of cached_tiny_qwen35)
 
 
 def _qwen35_config(kind: str, *, n_layers: int, hidden: int, layer_types: list[str] | None, ids: dict[str, Any],
@@ -265,7 +265,8 @@ def _qwen35_config(kind: str, *, n_layers: int, hidden: int, layer_types: list[s
                                 num_experts_per_tok=2, **common)
 
 
-def _randomize_qwen35(model: torch.nn.Module, seed: int, *, qk_corr: float = 0.9, out_scale: float = 0.3) -> None:
+def _randomize_qwen35(model: torch.nn.Module, seed: int, *, qk_corr: float = 0.9, out_scale: float = 0.3,
+                      router_scale: float = 4.0) -> None:
     """Seeded init that makes Qwen3.5's conventions visible and keeps quantization noise realistic.
 
     - RMSNorms compute x·(1 + w): stored w ~ U(-0.5, 0.5); the DeltaNet's gated norm computes x·w:
@@ -280,6 +281,8 @@ def _randomize_qwen35(model: torch.nn.Module, seed: int, *, qk_corr: float = 0.9
     - Output projections (out_proj, o_proj, down_proj) scaled by ``out_scale`` (GPT-2's
       1/√(2·layers) idea): each layer adds a modest update to the residual stream, as trained
       models do, so 6 layers do not amplify per-layer noise chaotically.
+    - MoE router weights × ``router_scale``: trained routers are peaked; a random one's top-k
+      margins are so thin that FP8 noise flips experts for most tokens.
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -298,8 +301,10 @@ def _randomize_qwen35(model: torch.nn.Module, seed: int, *, qk_corr: float = 0.9
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             elif p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-                if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight")):
+                if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight", "experts.down_proj")):
                     p.mul_(out_scale)
+                elif name.endswith("mlp.gate.weight"):
+                    p.mul_(router_scale)
             else:
                 raise InputError(name, "no init rule for this Qwen3.5 parameter")
             if name.endswith(("in_proj_qkv.weight", "conv1d.weight")):
