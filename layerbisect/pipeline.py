@@ -44,6 +44,7 @@ class CompareOptions:
     stream: bool | None = None  # None: stream a side whose FP32 size exceeds its memory budget (streaming.py)
     memory_cap: int | None = None  # bytes of weights per side on its device; default: free device memory
     concurrent: bool | None = None  # run both sides' passes in two threads; None: when their devices differ
+    dump_map: str | None = None  # name map for a foreign engine dump (SGLang, TensorRT-LLM); default by format
 
 
 def _peak_rss_bytes() -> int:
@@ -104,7 +105,12 @@ def compare(
     if candidate_dump is not None:
         from .engines.dump import load_dump
 
-        dump_caps = load_dump(candidate_dump, token_ids=list(o.tokens) if o.tokens else None)
+        dump_caps = load_dump(
+            candidate_dump,
+            token_ids=list(o.tokens) if o.tokens else None,
+            name_map=o.dump_map,
+            config=ref_runner.config,
+        )
     else:
         t0 = time.perf_counter()
         say("loading candidate")
@@ -195,6 +201,8 @@ def compare(
 
         thresholds = GateConfig.builtin().default
     comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds)
+    if dump_caps is not None:
+        _dump_logits_at_sampled_positions(comparison, ref_caps, dump_caps, candidate_dump, o, ref_runner, thresholds)
     timings["compare"] = time.perf_counter() - t0
 
     tok = ref_runner.tokenizer
@@ -247,6 +255,50 @@ def compare(
     report.meta["runtime"] = {"timings_s": timings, "peak_memory": peak, "concurrent": concurrent}
     report.meta.update(o.extra_meta)
     return report
+
+
+def _dump_logits_at_sampled_positions(
+    comparison: Any,
+    ref_caps: Captures,
+    dump_caps: Captures,
+    dump: str | Path | None,
+    o: CompareOptions,
+    ref_runner: ModelRunner,
+    thresholds: Any,
+) -> None:
+    """Engines compute logits for the sampled rows only (vLLM, SGLang: the last prompt position and
+    each decode step), so a dump's ``logits`` cover a subset of its positions and are left out of
+    the point comparison. Compare them at the positions they have: KL, top-1, top-5 there."""
+    from .engines.dump import load_dump
+
+    if comparison.logits is not None or "logits" not in dump_caps.meta.get("incomplete", {}):
+        return
+    if "logits" not in ref_caps.tensors or dump is None:
+        return
+    part = load_dump(
+        dump, select=["logits"], keep_incomplete=True, name_map=o.dump_map, config=ref_runner.config
+    )
+    have = part.meta.get("row_positions", {}).get("logits", [])
+    positions = [int(p) for p in dump_caps.meta.get("positions", [])]
+    index = {p: r for r, p in enumerate(positions)}
+    keep = [(i, index[p]) for i, p in enumerate(have) if p in index]
+    if not keep or "logits" not in part.tensors:
+        return
+    ref_logits = ref_caps.tensors["logits"]
+    if part.tensors["logits"].shape[1] != ref_logits.shape[1]:
+        return  # a vocabulary mismatch is reported by the point comparison's shape checks elsewhere
+    full = torch.full(ref_logits.shape, float("nan"))
+    full[[r for _, r in keep]] = part.tensors["logits"][[i for i, _ in keep]]
+    sub = compare_captures(
+        Captures(tensors={"logits": ref_logits}, token_ids=list(ref_caps.token_ids)),
+        Captures(tensors={"logits": full}, token_ids=list(dump_caps.token_ids)),
+        comparison.info,
+        thresholds=thresholds,
+        positions=[r for _, r in keep],
+    )
+    comparison.logits, comparison.logits_df = sub.logits, sub.logits_df
+    comparison.only_ref = [n for n in comparison.only_ref if n != "logits"]
+    comparison.cand_meta["logits_positions"] = [positions[r] for _, r in keep]
 
 
 def _memory_mode(runner: ModelRunner, o: CompareOptions, share: int) -> ModelRunner:

@@ -40,6 +40,13 @@ def compare(
     candidate_dump: Annotated[
         Path | None, typer.Option("--candidate-dump", help="An engine activation dump (see docs/ENGINE_CAPTURE.md).")
     ] = None,
+    dump_map: Annotated[
+        str | None,
+        typer.Option(
+            "--dump-map",
+            help="Name map (built-in name or TOML) for an SGLang or TensorRT-LLM dump given to --candidate-dump.",
+        ),
+    ] = None,
     select: Annotated[str, typer.Option("--select", help="Capture points (comma-separated globs).")] = "*",
     device: o.Device = "cpu",
     ref_device: Annotated[str | None, typer.Option("--ref-device", help="Device of the reference.")] = None,
@@ -100,6 +107,7 @@ def compare(
         stream=False if bisect_modules else stream,  # the bisect swaps modules in a resident model
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
+        dump_map=dump_map,
     )
     from .progress import progress_display
 

@@ -63,7 +63,9 @@ def _engine_info(model: torch.nn.Module) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         pass
     cfg = getattr(model, "config", None)
-    for key in ("model_type", "name_or_path", "_name_or_path", "num_hidden_layers", "hidden_size"):
+    keys = ("model_type", "name_or_path", "_name_or_path", "num_hidden_layers", "hidden_size", "num_attention_heads",
+            "num_key_value_heads", "head_dim")
+    for key in keys:
         v = getattr(cfg, key, None) if cfg is not None else None
         if isinstance(v, (str, int, float)) and v != "":
             info[key.lstrip("_")] = v
@@ -79,7 +81,9 @@ def _engine_info(model: torch.nn.Module) -> dict[str, Any]:
 def _pick(value: Any, index: int | str) -> torch.Tensor | None:
     """The tensor a map entry means: element ``index`` of a tuple/ModelOutput, or their sum."""
     if isinstance(value, torch.Tensor):
-        return value
+        # A bare tensor is element 0 (and the "sum" of itself): a vLLM/SGLang norm called without
+        # a residual returns one tensor where later calls return (normed, residual).
+        return value if index in (0, "sum") else None
     if hasattr(value, "to_tuple"):  # transformers ModelOutput: drops None fields (loss)
         value = value.to_tuple()
     elif isinstance(value, dict):
@@ -165,7 +169,11 @@ class ActivationCapture:
     def _bind(self) -> list[Binding]:
         """The map's bindings for this model, keeping only entries whose names are selected."""
         out = []
-        for b in self.name_map.bind(n for n, _ in self.model.named_modules()):
+        cfg = getattr(self.model, "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        n_layers = getattr(cfg, "num_hidden_layers", None)
+        n_layers = n_layers if isinstance(n_layers, int) and n_layers > 0 else None
+        for b in self.name_map.bind((n for n, _ in self.model.named_modules()), n_layers):
             ents = tuple(e for e in b.entries if self._selected(e.name))
             if ents:
                 out.append(Binding(b.module, b.layer, ents))

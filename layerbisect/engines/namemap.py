@@ -27,6 +27,21 @@ Format::
     into = ["layers.{i}.attn.q_proj", "layers.{i}.attn.k_proj", ""]   # "" drops that part
     sizes = ["q_size", "kv_size", "kv_size"]   # ints, attribute names, or "equal"
 
+Key placeholders: ``{i}`` is the layer; ``{i+K}`` / ``{i-K}`` when the number in the module
+name is the layer plus K (TensorRT-LLM's call counters put decoder layer i at call i+2 of the
+model); ``{*}`` any one name part (letters, digits, ``_``: a call counter or class name the map
+does not care about). Canonical names take
+``{i}``, ``{i-1}`` (SGLang's ``model.layers.{i}.input_layernorm`` returns the *previous* layer's
+output as its residual; an entry whose layer falls outside the model is dropped) and ``{last}``
+(``model.norm``'s residual is the last layer's output). Keys are tried in file
+order, so a specific key (``-1.Linear``) goes before a general one (``-{*}.Linear``).
+
+``[meta] qk_layout``: ``"hf"`` when the engine's q/k features are in HF's row order (rotate-half
+pairs ``(j, j + d/2)`` per head, as HF checkpoints store them), ``"gguf"`` (default) when they
+are as in the GGUF reference. For architectures whose GGUF permutes Q/K rows (llama, mistral:
+llama.cpp's ``LlamaModel.permute``), ``load_dump`` applies that permutation to an ``"hf"`` dump's
+``attn.q``/``attn.k`` (and ``q_proj``/``k_proj``) features before comparing.
+
 A map entry's value is a canonical name, a table ``{name, from = "output"|"input", index}``
 or a list of those. ``index`` picks the tuple element (default 0: HF modules return a tensor
 or ``(hidden, attn_weights)``; vLLM linears return ``(out, bias)``); ``"sum"`` adds all
@@ -62,6 +77,27 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 Source = Literal["output", "input"]
+QkLayout = Literal["hf", "gguf"]
+
+_PLACEHOLDER = re.compile(r"\{(i(?:[+-]\d+)?|\*)\}")
+
+
+def _key_pattern(key: str) -> tuple[re.Pattern[str], int | None]:
+    """Compile a map key: literal text, ``{i}``/``{i+K}``/``{i-K}`` (the layer, offset K), ``{*}`` (one name part)."""
+    out, pos, offset = [], 0, None
+    for m in _PLACEHOLDER.finditer(key):
+        out.append(re.escape(key[pos : m.start()]))
+        tok = m.group(1)
+        if tok == "*":
+            out.append(r"[A-Za-z0-9_]+")
+        elif offset is not None:
+            raise InputError(f"name map key {key!r}", "the layer placeholder {i} may appear only once")
+        else:
+            offset = int(tok[1:]) if len(tok) > 1 else 0
+            out.append(r"(?P<i>\d+)")
+        pos = m.end()
+    out.append(re.escape(key[pos:]))
+    return re.compile("".join(out) + r"\Z"), offset
 
 
 @dataclass(frozen=True)
@@ -102,12 +138,11 @@ class NameMap:
     notes: str = ""
     engine: str = "transformers"
     source: str = "<memory>"
+    qk_layout: QkLayout = "gguf"
 
     def __post_init__(self) -> None:
-        # `{i}` becomes a digits group; the rest of the key is literal.
-        self._patterns = [
-            (re.compile(re.escape(k).replace(re.escape("{i}"), r"(?P<i>\d+)") + r"\Z"), k) for k in self.entries
-        ]
+        # `{i}` (with an optional offset) becomes a digits group, `{*}` any digits; the rest is literal.
+        self._patterns = [(*_key_pattern(k), k) for k in self.entries]
 
     # -- loading -------------------------------------------------------------------------
 
@@ -144,6 +179,9 @@ class NameMap:
                     raise InputError(where, '`sizes` must be "equal" or a list as long as `into`')
                 sizes = tuple(sizes)
             split[target] = SplitRule(into=tuple(rule["into"]), sizes=sizes)
+        qk_layout = meta.get("qk_layout", "gguf")
+        if qk_layout not in ("hf", "gguf"):
+            raise InputError(f"{source}: [meta] qk_layout", f'must be "hf" or "gguf", not {qk_layout!r}')
         return cls(
             name=str(meta.get("name", Path(source).stem)),
             entries=entries,
@@ -153,6 +191,7 @@ class NameMap:
             notes=str(meta.get("notes", "")),
             engine=str(meta.get("engine", "transformers")),
             source=source,
+            qk_layout=qk_layout,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +202,7 @@ class NameMap:
                 "engine": self.engine,
                 "model_types": list(self.model_types),
                 "notes": self.notes,
+                "qk_layout": self.qk_layout,
             },
             "rewrite": dict(self.rewrite),
             "map": {
@@ -182,23 +222,36 @@ class NameMap:
                 return new + module[len(old) :]
         return module
 
-    def match(self, module: str) -> Binding | None:
-        """The binding for one engine module name, or None when the map does not use it."""
+    def match(self, module: str, n_layers: int | None = None) -> Binding | None:
+        """The binding for one engine module name, or None when the map does not use it.
+
+        ``n_layers`` resolves ``{last}`` in canonical names; without it those entries are left out.
+        A key whose layer falls outside the model (below 0, or ``n_layers`` and above) does not
+        bind, and the next key is tried.
+        """
         m_name = self.canonical_module_name(module)
-        for pat, key in self._patterns:
+        for pat, offset, key in self._patterns:
             m = pat.match(m_name)
             if m is None:
                 continue
-            layer = int(m.group("i")) if "{i}" in key else None
-            ents = tuple(
-                MapEntry(e.name.replace("{i}", str(layer)) if layer is not None else e.name, e.source, e.index)
-                for e in self.entries[key]
-            )
-            return Binding(module=module, layer=layer, entries=ents)
+            layer = int(m.group("i")) - offset if offset is not None else None
+            if layer is not None and (layer < 0 or (n_layers is not None and layer >= n_layers)):
+                continue  # not a layer of this model: a later, more general key may still match
+            ents = []
+            for e in self.entries[key]:
+                name = _resolve_name(e.name, layer, n_layers)
+                if name is not None:
+                    ents.append(MapEntry(name, e.source, e.index))
+            return Binding(module=module, layer=layer, entries=tuple(ents)) if ents else None
         return None
 
-    def bind(self, module_names: Iterable[str]) -> list[Binding]:
-        return [b for b in (self.match(n) for n in module_names) if b is not None]
+    def bind(self, module_names: Iterable[str], n_layers: int | None = None) -> list[Binding]:
+        """Bindings for a model's module names; ``n_layers`` defaults to the layers the names show."""
+        names = list(module_names)
+        if n_layers is None:
+            layers = [b.layer for b in (self.match(n) for n in names) if b is not None and b.layer is not None]
+            n_layers = max(layers) + 1 if layers else None
+        return [b for b in (self.match(n, n_layers) for n in names) if b is not None]
 
     def split_rule(self, name: str) -> SplitRule | None:
         """The split rule for a concrete target name (``layers.3.attn.qkv``), ``{i}`` resolved."""
@@ -213,10 +266,13 @@ class NameMap:
     def targets(self, n_layers: int) -> list[str]:
         """Every canonical name the map can produce for an n-layer model (after splits)."""
         out: list[str] = []
-        for ents in self.entries.values():
-            for e in ents:
-                for i in range(n_layers) if "{i}" in e.name else [None]:
-                    name = e.name.replace("{i}", str(i)) if i is not None else e.name
+        for _pat, offset, key in self._patterns:
+            layers: list[int | None] = list(range(n_layers)) if offset is not None else [None]
+            for e in self.entries[key]:
+                for i in layers:
+                    name = _resolve_name(e.name, i, n_layers)
+                    if name is None:
+                        continue
                     rule = self.split_rule(name)
                     out.extend([p for p in rule.into if p] if rule else [name])
         return out
@@ -226,6 +282,31 @@ class NameMap:
         n_layers = 1 + max((layer_of(p) for p in points if layer_of(p) is not None), default=-1)
         have = set(self.targets(n_layers))
         return [n for n in points if n not in have]
+
+
+_NAME_LAYER = re.compile(r"\{i([+-]\d+)?\}")
+
+
+def _resolve_name(name: str, layer: int | None, n_layers: int | None) -> str | None:
+    """A canonical name with ``{i}``, ``{i±K}`` and ``{last}`` filled in; None when out of range."""
+    bad = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal bad
+        if layer is None:
+            bad = True
+            return m.group(0)
+        j = layer + int(m.group(1) or 0)
+        if j < 0 or (n_layers is not None and j >= n_layers):
+            bad = True
+        return str(j)
+
+    out = _NAME_LAYER.sub(sub, name)
+    if "{last}" in out:
+        if n_layers is None:
+            return None
+        out = out.replace("{last}", str(n_layers - 1))
+    return None if bad else out
 
 
 def _parse_entries(value: Any, where: str) -> list[MapEntry]:
@@ -283,7 +364,7 @@ def resolve_name_map(spec: NameMap | str | Path, model: Any = None) -> NameMap:
             raise InputError("name_map='auto'", "the model has no config.model_type; pass a map name or TOML file")
         # vLLM models carry the HF config (same model_type) but another module tree.
         engine = type(model).__module__.split(".")[0]
-        return map_for_model_type(str(model_type), "vllm" if engine == "vllm" else "transformers")
+        return map_for_model_type(str(model_type), engine if engine in ("vllm", "sglang") else "transformers")
     if s.endswith(".toml") or Path(s).is_file():
         return NameMap.from_file(s)
     maps = builtin_maps()

@@ -32,14 +32,17 @@ def _canonical(name: str) -> bool:
 
 def test_builtin_maps_found_as_package_data():
     maps = builtin_maps()
-    assert set(maps) == {"hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama"}
+    assert set(maps) == {
+        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama", "sglang_llama", "trtllm_qwen"
+    }
     for nm in maps.values():
         targets = nm.targets(4)
         extras = {t for t in targets if not _canonical(t)}
-        # HF maps name only canonical points; vLLM adds the pre-rope projections (documented).
+        # HF maps name only canonical points; the fused-qkv engines add the pre-rope projections (documented).
         assert extras == (
-            {f"layers.{i}.attn.{p}_proj" for i in range(4) for p in "qk"} if nm.engine == "vllm" else set()
+            {f"layers.{i}.attn.{p}_proj" for i in range(4) for p in "qk"} if nm.engine != "transformers" else set()
         ), nm.name
+        assert nm.qk_layout == "hf", nm.name
         assert len(targets) == len(set(targets)), f"{nm.name}: a point mapped twice"
 
 
@@ -78,6 +81,25 @@ def test_gemma3_both_layouts():
     assert nm.match("model.layers.3.self_attn.q_norm") is None
 
 
+def test_layer_offsets_and_last():
+    nm = builtin_maps()["sglang_llama"]
+    # input_layernorm of layer i returns layer i-1's output as its residual; layer 0's has none.
+    b = nm.match("model.layers.3.input_layernorm", 4)
+    assert [(e.name, e.index) for e in b.entries] == [("layers.3.attn_norm", 0), ("layers.2.out", 1)]
+    assert [e.name for e in nm.match("model.layers.0.input_layernorm", 4).entries] == ["layers.0.attn_norm"]
+    assert [e.name for e in nm.match("model.norm", 4).entries] == ["final_norm", "layers.3.out"]
+    assert [e.name for e in nm.match("model.norm").entries] == ["final_norm"]  # {last} needs the layer count
+    assert nm.targets(2).count("layers.1.out") == 1 and "layers.0.out" in nm.targets(2)
+    t = builtin_maps()["trtllm_qwen"]  # call counters: decoder layer i is call i+2 of the model
+    assert t.match("Qwen3Model-2.Qwen3DecoderLayer-1.RMSNorm").layer == 0
+    assert t.match("Qwen3Model-1.Embedding").entries[0].name == "embed"
+    # Out of the model's layers: the next key (the final norm) is tried.
+    assert t.match("Qwen3Model-4.RMSNorm", 2).entries[0].name == "final_norm"
+    assert [e.name for e in t.match("Qwen3Model-3.Qwen3DecoderLayer-2.QKNormRoPEAttention-5.Linear").entries] == [
+        "layers.1.attn.out", "layers.1.attn.o_proj"
+    ]
+
+
 def test_unreachable():
     nm = builtin_maps()["hf_gemma3"]
     assert nm.unreachable(capture_points(_spec(2, softcap=None))) == [
@@ -97,6 +119,8 @@ def test_unreachable():
         ("[map]\n'a' = { name = 'embed', from = 'middle' }", "`from` must be"),
         ("[map]\n'a' = { name = 'embed', index = -1 }", "`index` must be"),
         ("[map]\n'a' = 'x'\n[split.x]\ninto = ['a', 'b']\nsizes = [1]", "as long as `into`"),
+        ("[meta]\nqk_layout = 'neox'\n[map]\n'a' = 'x'", "qk_layout"),
+        ("[map]\n'a.{i}.b.{i}' = 'x'", "only once"),
     ],
 )
 def test_bad_toml(text, match):
