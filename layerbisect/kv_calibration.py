@@ -92,12 +92,13 @@ def uninitialized(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return bits.view(torch.float32).reshape(shape)
 
 
-def garbage_state(spec: Any, seed: int, device: torch.device | str | None = None, kind: str = GARBAGE):
+def garbage_state(spec: Any, seed: int, device: torch.device | str | None = None, kind: str | None = None):
     """A recurrent layer's state (conv window and S) as an engine's uninitialized cache holds it, seeded.
 
     ``kind``: "bits" (random bit patterns, ``uninitialized``) or "finite" (N(0, GARBAGE_STD²):
-    leftover activations of a previous allocation).
+    leftover activations of a previous allocation); None: the module's ``GARBAGE``.
     """
+    kind = kind or GARBAGE
     from .graph.deltanet import RecurrentState
 
     g = torch.Generator().manual_seed(seed)

@@ -29,8 +29,9 @@ COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_l
               num_key_value_heads=2, max_position_embeddings=128)
 
 
-QWEN35_LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-                     linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention", "linear_attention"])
+QWEN35_LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                     linear_value_head_dim=16, linear_conv_kernel_dim=4,
+                     layer_types=["linear_attention", "full_attention", "linear_attention"])
 
 
 def _configs() -> dict[str, object]:
@@ -48,8 +49,9 @@ def _configs() -> dict[str, object]:
                                       tie_word_embeddings=False),
         "qwen3_5": t.Qwen3_5TextConfig(**COMMON, head_dim=16, **QWEN35_LINEAR),
         "qwen3_5_moe": t.Qwen3_5MoeTextConfig(**{k: v for k, v in COMMON.items() if k != "intermediate_size"},
-                                              head_dim=16, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-                                              num_experts=8, num_experts_per_tok=2, **QWEN35_LINEAR),
+                                              head_dim=16, moe_intermediate_size=32,
+                                              shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
+                                              **QWEN35_LINEAR),
     }
 
 

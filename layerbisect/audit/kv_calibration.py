@@ -85,7 +85,7 @@ def calibration_findings(calib: Any, rows: list[dict[str, Any]]) -> list[Finding
     if src is not None:
         title += (f"; recurrent layer {src['layer']} upstream ran from garbage state during calibration "
                   f"(state norm {src['calibration_state_max']:.3g} vs {src['prompt_state_max']:.3g} on the prompt)")
-        detail += (f" Recurrent layers whose state was garbage during calibration: "
+        detail += (" Recurrent layers whose state was garbage during calibration: "
                    + ", ".join(f"{r['layer']} (start {r['state_initial']:.3g}, max {r['calibration_state_max']:.3g}"
                                f" vs {r['prompt_state_max']:.3g})" for r in garbage)
                    + ". Their outputs fed every attention layer downstream of them.")

@@ -1,4 +1,4 @@
-"""Gated DeltaNet linear attention (Qwen3-Next / Qwen3.5 ``linear_attention`` layers), built from a ``GatedDeltaNetSpec``.
+"""Gated DeltaNet linear attention (Qwen3.5's ``linear_attention`` layers), built from a ``GatedDeltaNetSpec``.
 
 Sources: transformers ``models/qwen3_5/modeling_qwen3_5.py`` (``Qwen3_5GatedDeltaNet``,
 ``torch_recurrent_gated_delta_rule``, ``Qwen3_5RMSNormGated``, ``l2norm``) and llama.cpp
@@ -121,12 +121,13 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     out = torch.empty(T, v.shape[1], v.shape[2], dtype=torch.float32, device=v.device)
     norms = torch.empty(T, v.shape[1], dtype=torch.float32, device=v.device)
     decay = g.float().exp()
+    qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()
     for t in range(T):
         S = S * decay[t][:, None, None]
-        kv_mem = torch.einsum("hkv,hk->hv", S, k[t])  # what the state predicts for k_t
-        delta = (v[t] - kv_mem) * beta[t][:, None]
-        S = S + k[t][:, :, None] * delta[:, None, :]
-        out[t] = torch.einsum("hkv,hk->hv", S, q[t])
+        kv_mem = (S * kf[t][:, :, None]).sum(1)  # (H, Dv): what the state predicts for k_t (as transformers sums)
+        delta = (vf[t] - kv_mem) * bf[t][:, None]
+        S = S + kf[t][:, :, None] * delta[:, None, :]
+        out[t] = (S * qf[t][:, :, None]).sum(1)
         norms[t] = S.flatten(1).norm(dim=-1)
     return out, S, norms
 

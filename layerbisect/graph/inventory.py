@@ -74,7 +74,7 @@ def quantizable_linears(spec: ModelSpec) -> list[str]:
 
 @lru_cache(maxsize=16)
 def linear_shards(spec: ModelSpec) -> dict[str, tuple[tuple[str, int, int], ...]]:
-    """Fused projections of the graph: linear name → its shards (label, first row, end row), from modules' ``shards()``.
+    """Fused projections: linear name → its shards (label, first row, end row), from the modules' ``shards()``.
 
     E.g. a Gated DeltaNet's ``in_proj_qkv`` holds q, k and v rows (one HF tensor with one
     per-tensor scale, several logical matrices to an engine that fuses it further).

@@ -72,7 +72,7 @@ def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
         kv = [f for f in report.findings if f.kind == "kv_calibration"][0]
         assert (kv.layer, kv.op, kv.evidence["recurrent_layer"]) == (3, "attn.k", 2), text
         assert kv.evidence["garbage_layers"] == [1, 2, 4], text
-        assert not any(p.startswith("layers.0.") for p in kv.evidence["far_off"]), "layer 0 has nothing recurrent before it"
+        assert not any(p.startswith("layers.0.") for p in kv.evidence["far_off"]), "nothing recurrent before layer 0"
         assert audit.ok  # the checkpoint is right: the calibration pass was not
     elif name == "fused_shard_scale":  # vLLM 38197
         wa = [f for f in report.findings if f.kind == "weight_audit"][0]
