@@ -138,3 +138,16 @@ def test_recurrent_state_rows_show_garbage_start_and_blow_up():
     cand = Captures()  # recording again would append (decode steps)
     cand.record("layers.1.attn.state", garbage)
     assert state_findings(state_rows(ref, cand, 3))[0].title.startswith("Recurrent state of layer 1 starts off")
+
+
+def test_recurrent_state_behind_a_divergent_input_is_only_a_warning():
+    from layerbisect.comparison.recurrent import state_findings, state_rows
+
+    ref, cand = Captures(), Captures()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    ref.record("layers.2.attn_norm", x)
+    cand.record("layers.2.attn_norm", -x)  # the layer's input is already wrong
+    ref.record("layers.2.attn.state", torch.ones(4, 2))
+    cand.record("layers.2.attn.state", torch.full((4, 2), float("nan")))
+    (f,) = state_findings(state_rows(ref, cand, 2))
+    assert f.severity == "warning" and "behind an input that already diverged" in f.title

@@ -198,3 +198,15 @@ def test_llmcompressor_candidates_compare_cleanly(qwen35_bf16, scheme):
         routing, _ = compare_routing(rc, cc, list(range(len(PROMPT))), PROMPT)
         overlap = mean_overlap(routing)
         assert overlap >= ROUTING_FLOOR[scheme], f"{kind} {scheme}: mean top-k overlap {overlap:.3f}"
+
+
+def test_streamed_reference_equals_resident(qwen35):
+    """Layer streaming loads each layer with the GGUF transforms applied and carries the recurrent state."""
+    kind, _, gguf, _, ref, _ = qwen35
+    streamed = ReferenceRunner(gguf)
+    streamed.stream = True
+    s = streamed.run(PROMPT, select=["logits", "layers.3.attn.state"])
+    assert streamed.streaming
+    r = ref.run(PROMPT, select=["logits", "layers.3.attn.state"])
+    for n in ("logits", "layers.3.attn.state"):
+        assert torch.allclose(s[n], r[n], atol=1e-5, rtol=1e-5), (kind, n)
