@@ -130,7 +130,7 @@ def test_recurrent_state_rows_show_garbage_start_and_blow_up():
     cand.record("layers.2.attn.state", blow)
     rows = state_rows(ref, cand, n_prompt=3)
     assert [r["first_off_token"] for r in rows] == [None, 4]
-    assert rows[0]["ref_after_prompt"] == pytest.approx(1.4) and len(rows[0]["cand_decode"]) == 3
+    assert rows[0]["ref_after_prompt"] == pytest.approx(1.4) and len(rows[0]["cand_decode"].split()) == 3
     (f,) = state_findings(rows)
     assert (f.kind, f.layer, f.token_index) == ("recurrent_state", 2, 4)
     garbage = norms.clone()

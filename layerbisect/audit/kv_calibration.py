@@ -106,7 +106,6 @@ def audit_kv_calibration(report: Any, calib: Any, ref_caps: Any) -> list[Finding
     out = calibration_findings(calib, rows)
     for f in out:
         report.add_finding(f)
-    report.meta["kv_calibration"] = {**calib.to_dict(), "rows": rows}
     if rows:
         report.add_section(
             f"KV-cache calibration ({calib.mode}: scales frozen on a first pass of {calib.n_tokens} tokens)",

@@ -196,16 +196,9 @@ class WeightAudit:
         }
 
     def add_to_report(self, report: Any) -> None:
+        """The findings; the rows reach the run record as ``Audits.weights`` (``audit.after_localize``)."""
         for f in self.findings():
             report.add_finding(f)
-        shown = self.faults or []
-        report.add_section(
-            "Weight audit (candidate tensors dequantized vs reference)",
-            [r.row() for r in shown] if shown else f"No fault in {len(self.rows)} tensors.",
-            "alpha: best-fit scale cand ≈ alpha·ref; cause from the stored scale's powers and layout checks "
-            "(docs/AUDIT.md).",
-        )
-        report.meta["weight_audit"] = self.to_dict()
 
 
 def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:

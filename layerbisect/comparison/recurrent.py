@@ -49,8 +49,8 @@ def state_rows(ref: Any, cand: Any, n_prompt: int) -> list[dict[str, Any]]:
         rows.append({
             "layer": int(m.group(1)), "point": name,
             "ref_after_prompt": float(r[p]), "cand_after_prompt": float(c[p]), "ratio_after_prompt": float(ratio[p]),
-            "ref_decode": [round(float(x), 4) for x in r[p + 1:]],
-            "cand_decode": [round(float(x), 4) for x in c[p + 1:]],
+            "ref_decode": " ".join(f"{float(x):.4g}" for x in r[p + 1:]),  # after each decode step
+            "cand_decode": " ".join(f"{float(x):.4g}" for x in c[p + 1:]),
             "max_ratio": float(ratio.max()), "first_off_token": first, "input_cosine_there": input_cos,
         })
     return rows
