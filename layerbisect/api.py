@@ -107,6 +107,9 @@ def run_model(
     from .preflight import check_length
 
     check_length(len(ids), generate, runner.config)
+    calibrate = getattr(runner, "calibrate_kv", None)
+    if calibrate is not None:  # --kv-scales calibrate: the chosen first pass before the real one
+        calibrate(ids)
     caps = Captures(summary_only=True, selector=_residual_selector(), token_ids=list(ids))
     new = runner.generate(ids, generate, captures=caps) if generate else []
     if not generate:
@@ -161,14 +164,20 @@ def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "che
                         norm_act_quant=norm_act_quant)  # type: ignore[arg-type]
 
 
-def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):
+def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint", calibration: str = "prompt"):
     from .kv_cache import KVCacheOptions
+    from .kv_calibration import CALIBRATION_INPUTS
 
     if dtype not in ("auto", "fp8_e4m3", "none"):
         raise InputError("--kv-cache-dtype", f"{dtype!r} is not one of auto, fp8_e4m3, none")
     if scales not in ("checkpoint", "calibrate", "unit"):
         raise InputError("--kv-scales", f"{scales!r} is not one of checkpoint, calibrate, unit")
-    return KVCacheOptions(dtype=dtype, scales=scales)  # type: ignore[arg-type]
+    if calibration not in CALIBRATION_INPUTS:
+        raise InputError("--kv-calibration", f"{calibration!r} is not one of {', '.join(CALIBRATION_INPUTS)}")
+    if calibration != "prompt" and scales != "calibrate":
+        raise InputError("--kv-calibration", f"{calibration!r} chooses the calibration pass of --kv-scales calibrate, "
+                                             f"not of --kv-scales {scales}")
+    return KVCacheOptions(dtype=dtype, scales=scales, calibration=calibration)  # type: ignore[arg-type]
 
 
 def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> Any:

@@ -18,8 +18,17 @@ Design notes
                             and an engine dump with global-layer buffers sized for the sliding head_dim (004)
     global_scale_inverted   NVFP4 ``weight_global_scale`` stored as its reciprocal (multiplier vs divisor)
     nibble_swap             FP4 nibbles swapped in ``weight_packed`` (element 0 in the high nibble)
+    kv_calibration_garbage_state
+                            seed 003 itself (vLLM 37554): hybrid Qwen3.5, FP8 KV-cache scales calibrated on
+                            a first pass whose recurrent layers ran from uninitialized state, frozen, then
+                            the real prompt (``--kv-calibration garbage-state``)
+    fused_shard_scale       vLLM 38197: an engine that fuses the DeltaNet's ``in_proj_qkv`` with other
+                            projections applies its per-tensor FP8 scale to the first shard (q) only
 - Engine faults (how a kernel behaves, not what the checkpoint holds) are context managers
-  that patch our emulation for the duration of a run: ``non_saturating_block_scales``.
+  that patch our emulation for the duration of a run: ``non_saturating_block_scales``,
+  ``first_shard_scale_only``. Engine *settings* are compare options (``FaultCase.compare_kw``):
+  the seed-003 case is a clean checkpoint run with ``--kv-scales calibrate --kv-calibration
+  garbage-state``.
 - ``python -m layerbisect.faults --write-docs docs/FAULTS.md`` builds every case on tiny models,
   runs ``compare`` (and ``audit``) and writes the diagnoses into the doc.
 """
@@ -37,6 +46,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .kv_cache import KVCacheOptions
 
 TensorEdit = Callable[[str, torch.Tensor], "torch.Tensor | None"]  # None drops the tensor
 
@@ -355,6 +365,53 @@ def non_saturating_block_scales() -> Iterator[None]:
         knv.cast_to_fp8 = saved
 
 
+@contextlib.contextmanager
+def first_shard_scale_only(layers: tuple[int, ...] | None = None, other_scale: float = 1.0) -> Iterator[list[str]]:
+    """Engine fault (vLLM 38197): a fused projection's per-tensor FP8 weight scale lands in its first shard only.
+
+    vLLM merges the DeltaNet's ``in_proj_qkv`` (one checkpoint tensor, one ``weight_scale``) and
+    ``in_proj_z`` into ``in_proj_qkvz``; its loader wrote the qkv scale into shard 0 (q) and left
+    the k and v shards at their initial value. Here every FP8 per-tensor linear with shards
+    (``graph.inventory.linear_shards``) in ``layers`` (None: all) keeps its scale on the first
+    shard's rows and dequantizes the other rows with ``other_scale`` (1.0, an unloaded scale
+    parameter's value here; vLLM's starts at float32 min and its requantization turns it into
+    saturated garbage). Yields the list of modules it changed (filled as runners load).
+    """
+    from .candidates import runner as cr
+    from .candidates.qlinear import FP8Linear
+    from .graph.inventory import linear_shards
+
+    saved = cr.CandidateRunner.materialize
+    changed: list[str] = []
+
+    def materialize(self: Any, plan: Any, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state, linears = saved(self, plan, prefix)
+        shards = linear_shards(plan.spec)
+        for rel, lin in linears.items():
+            name = prefix + rel
+            layer = _layer_of(name)
+            if name not in shards or not isinstance(lin, FP8Linear) or lin.scheme.weight != "fp8_tensor":
+                continue
+            if layers is not None and layer not in layers:
+                continue
+            per_row = torch.full((lin.out_features, 1), float(other_scale))
+            per_row[: shards[name][0][2]] = float(lin.weight_scale)
+            lin.weight_scale, lin.w_block, lin._w_dq = per_row, (1, None), None
+            changed.append(name)
+        return state, linears
+
+    cr.CandidateRunner.materialize = materialize  # type: ignore[method-assign]
+    try:
+        yield changed
+    finally:
+        cr.CandidateRunner.materialize = saved  # type: ignore[method-assign]
+
+
+def vllm_38197_in_layer_1() -> contextlib.AbstractContextManager[list[str]]:
+    """``first_shard_scale_only`` planted in layer 1's ``in_proj_qkv`` of the tiny Qwen3.5 (the fault suite's case)."""
+    return first_shard_scale_only(layers=(1,))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the suite
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,6 +485,16 @@ CASES: dict[str, FaultCase] = {
                   "FP4 nibble order swapped in every weight_packed of layer 1",
                   "nibble_order", 1, None),
         *GEMMA4_CASES,
+        FaultCase("kv_calibration_garbage_state", "003", "qwen35", "FP8_DYNAMIC",
+                  "FP8 KV cache, scales calibrated on a first pass whose recurrent layers started from "
+                  "uninitialized state (--kv-scales calibrate --kv-calibration garbage-state), frozen, "
+                  "then the prompt",
+                  "kv_calibration", 3, "attn.k",
+                  compare_kw={"kv_cache": KVCacheOptions(dtype="fp8_e4m3", scales="calibrate",
+                                                         calibration="garbage-state")}),
+        FaultCase("fused_shard_scale", "vLLM 38197", "qwen35", "FP8",
+                  "in_proj_qkv's per-tensor FP8 weight scale applied to its first shard (q) only in layer 1",
+                  "shard_scale", 1, "attn.in_proj_qkv", engine=vllm_38197_in_layer_1),
     )
 }
 
@@ -459,14 +526,24 @@ def build_case(name: str, clean: Path, out: Path, prompt_ids: list[int]) -> Path
         return drop_tensors(clean, out, (".router.scale", ".router.per_expert_scale"), "router scales")
     if name == "g4_global_head_dim_dump":
         return global_head_dim_dump(clean, out, prompt_ids)
+    if name in ("kv_calibration_garbage_state", "fused_shard_scale"):
+        return clean  # the checkpoint is right: the engine's calibration pass / its loader is not
     raise InputError("fault", f"unknown fault case {name!r}; choose one of {', '.join(CASES)}")
 
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 
+QWEN35_FAULT_LAYERS = ["full_attention", "linear_attention", "linear_attention", "full_attention", "linear_attention",
+                      "full_attention"]  # an attention layer before any recurrent one (its calibration stays clean)
+
+
 def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
-    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}."""
+    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}.
+
+    "qwen35": the tiny Qwen3.5 (``make_tiny_qwen35``, layers ``QWEN35_FAULT_LAYERS``, real qwen35
+    vocabulary) converted by llama.cpp's own ``convert_hf_to_gguf.py --no-mtp`` (both cached).
+    """
     from .producers.gguf_writer import write_gguf_from_hf
     from .producers.tiny import make_tiny_hf
 
@@ -476,6 +553,13 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
             from .producers.tiny_gemma4 import tiny_gemma4
 
             out[arch] = tiny_gemma4(arch.removeprefix("gemma4-"))
+            continue
+        if arch == "qwen35":
+            from .producers.llamacpp import converted_gguf
+            from .producers.tiny import cached_tiny_qwen35
+
+            hf = cached_tiny_qwen35("dense", dtype="bfloat16", layer_types=QWEN35_FAULT_LAYERS)
+            out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32", extra_args=("--no-mtp",))}
             continue
         hf = root / f"{arch}-hf"
         if not (hf / "config.json").is_file():
@@ -490,7 +574,8 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
 def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str) -> Path:
     from .producers.quantize import quantize_checkpoint
 
-    return quantize_checkpoint(src["hf"], scheme, root / f"{arch}-{scheme}")
+    # qwen35's sources live in the fixture cache already: its candidates can too (keyed by content)
+    return quantize_checkpoint(src["hf"], scheme, None if arch == "qwen35" else root / f"{arch}-{scheme}")
 
 
 def prompt_ids_for(hf_dir: Path) -> list[int]:
@@ -565,9 +650,15 @@ text of the top findings, regenerated by
     python -m layerbisect.faults --write-docs docs/FAULTS.md
 
 Cause categories (`layerbisect/audit/causes.py`): double_scale, scale_inverted,
-global_scale_ignored, scale_ignored, act_scale_overflow, kv_cache_scale, missing_norm,
-missing_scale, attention_geometry, nibble_order, layout_permutation, transposed,
-quantization_noise.
+global_scale_ignored, scale_ignored, act_scale_overflow, kv_cache_scale, kv_calibration,
+shard_scale, missing_norm, missing_scale, attention_geometry, nibble_order, layout_permutation,
+transposed, quantization_noise.
+
+The two Qwen3.5 cases run on a tiny hybrid model (attention, recurrent, recurrent, attention,
+recurrent, attention; real qwen35 vocabulary) converted by llama.cpp's own
+`convert_hf_to_gguf.py --no-mtp`. Their checkpoints are what llmcompressor wrote: the fault is
+the engine's (its KV calibration pass; its loader), so `bisect audit` of the checkpoint alone
+finds nothing, by design.
 """
 
 

@@ -153,6 +153,10 @@ def compare(
         check_length(len(prompt_ids), gen, ref_runner.config)
     if cand_runner is not None:
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
+        calibrate = getattr(cand_runner, "calibrate_kv", None)
+        if calibrate is not None:  # --kv-scales calibrate: the chosen first pass, before anything else runs
+            say("calibrating the KV-cache scales")
+            calibrate(prompt_ids)
 
     t0 = time.perf_counter()
     say(f"greedy {gen} tokens" + (" (both sides at once)" if concurrent else ""))
@@ -250,6 +254,15 @@ def compare(
         cause = annotate_dump(report, ref_runner.config)
         if cause:
             report.put(audits=Audits(cause=cause))
+
+    from .comparison.recurrent import add_state_section
+
+    add_state_section(report, ref_caps, cand_caps, len(prompt_ids))
+    calib = getattr(cand_runner, "kv_calibration", None)
+    if calib is not None:
+        from .audit.kv_calibration import audit_kv_calibration
+
+        audit_kv_calibration(report, calib, ref_caps)
     if o.localize and cand_runner is not None:
         from .audit import after_localize
         from .localize import localize

@@ -224,7 +224,8 @@ class GGUFSource(PartSource):
 
         with torch.device("meta"):
             layer = Layer(self.cfg, i, rec)
-        state = {k: self._dequant(v) for k, v in self.tmap.under(f"layers.{i}.").items()}
+        pre = f"layers.{i}."
+        state = {k: self.tmap.apply(pre + k, self._dequant(v)) for k, v in self.tmap.under(pre).items()}
         _load_part(layer, state, f"layer {i}")
         attach_extras(layer, self.file, self.tmap, self.device, layers=[layer])
         return layer.eval()

@@ -29,6 +29,11 @@ COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_l
               num_key_value_heads=2, max_position_embeddings=128)
 
 
+QWEN35_LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                     linear_value_head_dim=16, linear_conv_kernel_dim=4,
+                     layer_types=["linear_attention", "full_attention", "linear_attention"])
+
+
 def _configs() -> dict[str, object]:
     t = transformers
     return {
@@ -43,6 +48,11 @@ def _configs() -> dict[str, object]:
                                       num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
                                       tie_word_embeddings=False),
         **{f"gemma4_{v}": _gemma4(v) for v in ("dense", "moe", "ple")},
+        "qwen3_5": t.Qwen3_5TextConfig(**COMMON, head_dim=16, **QWEN35_LINEAR),
+        "qwen3_5_moe": t.Qwen3_5MoeTextConfig(**{k: v for k, v in COMMON.items() if k != "intermediate_size"},
+                                              head_dim=16, moe_intermediate_size=32,
+                                              shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
+                                              **QWEN35_LINEAR),
     }
 
 
@@ -79,6 +89,14 @@ def test_heterogeneous_layers_are_data(spec_case):
         moe = spec.layers[0].ffn
         assert isinstance(moe, MoESpec) and moe.n_experts == 8 and moe.router.top_k == 2 and moe.router.norm_topk
         assert layer_fp32_bytes(spec, 0) > layer_fp32_bytes(spec, 1)
+    if name.startswith("qwen3_5"):  # a recurrent mixer between attention layers; gated attention, partial rope
+        assert [ls.mixer.kind for ls in spec.layers] == ["gated_deltanet", "attention", "gated_deltanet"]
+        dn, attn = spec.layers[0].mixer, spec.layers[1].mixer
+        assert (dn.n_k_heads, dn.n_v_heads, dn.conv_dim) == (2, 4, 2 * 32 + 64)
+        assert attn.output_gate and attn.qk_norm and attn.rope.dim == 4 and spec.hf_norm_offset == 1.0
+        if name == "qwen3_5_moe":
+            moe = spec.layers[0].ffn
+            assert isinstance(moe, MoESpec) and moe.shared_d_ff == 48 and moe.shared_gate and moe.router.norm_topk
     if name == "gemma3":  # 5 sliding : 1 global, local rope base on sliding layers
         windows = [ls.mixer.window for ls in spec.layers]
         assert windows == [8, 8, 8, 8, 8, None]
@@ -110,10 +128,11 @@ def test_every_parameter_has_a_gguf_name_of_this_architecture(spec_case):
             continue
         src = gguf_source(p.name, fam.gguf_names)
         assert src is not None, f"{name}: no GGUF name for {p.name}"
-        base = src.tensor.rsplit(".", 1)[0]
         i = pattern_of(p.name)[1]
-        generic = base.replace(f"blk.{i}.", "blk.{bid}.") if i is not None else base
-        assert generic in allowed, f"{name}: {p.name} → {src.tensor}, not a {spec.arch} tensor in gguf-py"
+        # the tensor name without its leaf (``.weight``), or the whole name for leafless ones (``blk.{i}.ssm_a``)
+        generic = {t.replace(f"blk.{i}.", "blk.{bid}.") if i is not None else t
+                   for t in (src.tensor.rsplit(".", 1)[0], src.tensor)}
+        assert generic & allowed, f"{name}: {p.name} → {src.tensor}, not a {spec.arch} tensor in gguf-py"
 
 
 def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
@@ -140,7 +159,9 @@ def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
 def test_linears_in_execution_order(spec_case):
     _, _, spec = spec_case
     names = quantizable_linears(spec)
-    assert names[0] == ("per_layer.proj" if spec.per_layer_input else "layers.0.attn.q_proj")  # PLE runs first
+    first = "per_layer.proj" if spec.per_layer_input else (
+        "layers.0.attn.in_proj_qkv" if spec.layers[0].mixer.kind == "gated_deltanet" else "layers.0.attn.q_proj")
+    assert names[0] == first  # PLE runs first
     layers = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
     assert layers == sorted(layers)
     if isinstance(spec.layers[0].ffn, MoESpec):

@@ -26,6 +26,8 @@ from typing import Any
 CAUSES = (
     "act_scale_overflow",
     "kv_cache_scale",
+    "kv_calibration",
+    "shard_scale",
     "missing_norm",
     "missing_scale",
     "attention_geometry",
@@ -48,6 +50,10 @@ DESCRIPTION = {
     "act_scale_overflow": "a static activation scale too small for the activations "
     "(clipping; NaN in non-saturating kernels)",
     "kv_cache_scale": "FP8 KV-cache scales far too small for the keys/values (saturation in the cache)",
+    "kv_calibration": "FP8 KV-cache scales frozen from a calibration pass whose activations were not the prompt's "
+    "(a dummy input, or recurrent layers running from garbage state)",
+    "shard_scale": "one per-tensor scale of a fused projection applied to its first shard only (the other shards' "
+    "rows dequantized with another scale)",
     "missing_norm": "a norm tensor absent from the checkpoint, run as the identity",
     "missing_scale": "a scale tensor (layer scalar, router scale, per-expert scale) absent from the checkpoint, "
     "run as 1.0",
@@ -109,7 +115,8 @@ def from_findings(findings: Iterable[Any]) -> list[Evidence]:
     out = []
     for f in findings:
         cause = (f.evidence or {}).get("cause")
-        if f.kind in ("act_scale_overflow", "kv_cache_scale") and f.severity == "critical" and cause:
+        if f.kind in ("act_scale_overflow", "kv_cache_scale", "kv_calibration") and f.severity == "critical" \
+                and cause:
             out.append(Evidence(cause, f.layer, f.op, f.kind, f.title))
     return out
 

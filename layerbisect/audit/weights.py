@@ -19,6 +19,11 @@ Design notes
 - Low cosine is a layout question: the audit tries the candidate transposed, Q/K rows
   permuted for rope either way (``families.base.permute_qk``), FP4 nibbles swapped; the first that
   restores the cosine names the cause (``transposed``, ``layout_permutation``, ``nibble_order``).
+- Fused projections (``graph.inventory.linear_shards``: a DeltaNet's ``in_proj_qkv`` holds q, k
+  and v rows) are also fitted shard by shard: one shard at α ≈ 1 beside another at α far from
+  1 with the weights themselves intact (high cosine) is one per-tensor scale applied to some
+  shards only (vLLM 38197: the fused projection's scale loaded into its first shard):
+  ``shard_scale``, naming the rows.
 - Inventory: tensors on one side only. The reference loader refuses unmapped GGUF tensors;
   the candidate loader fills missing norms with the identity and lists them (``load_notes``),
   and lists checkpoint tensors the graph never uses. Both are silent in every engine log.
@@ -219,6 +224,9 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
     ref_sd = rm.state_dict()
     cfg = rm.cfg
     lins = cand_runner.quant_linears()
+    from ..graph.inventory import linear_shards
+
+    shard_map = linear_shards(cfg)
     missing = set(getattr(cand_runner, "load_notes", {}).get("missing", []))
     missing_kinds = getattr(cand_runner, "load_notes", {}).get("missing_kinds") or {}
     cand_sd = {k: v for k, v in cm.state_dict().items() if not any(k.startswith(n + ".") for n in lins)}
@@ -256,6 +264,14 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
         row.nonfinite = int((~torch.isfinite(c)).sum())
         cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
         row.cosine, row.rel_err, row.alpha = cos_sim(r, cz), rel_err(r, cz), best_alpha(r, cz)
+        shards = shard_map.get(module) if lin is not None and name.endswith(".weight") else None
+        if shards and not row.nonfinite:
+            fits = shard_fits(r, cz, shards)
+            row.evidence["shards"] = fits
+            note = shard_fault(fits)
+            if note:
+                row.status, row.cause, row.note = "fault", "shard_scale", note
+                continue
         if row.nonfinite:
             row.status, row.cause = "fault", "nonfinite"
             row.note = f"{row.nonfinite} non-finite values after dequantization"
@@ -290,6 +306,27 @@ def _scale_rows(ck: Any, linear_names: Any = None) -> list[TensorAudit]:
         rows.append(TensorAudit(name, "scale", layer, op, "", (f.numel,), status="fault", cause=f.cause,
                                 note=f.describe(), evidence={"tensor": f.tensor, "file": f.file}))
     return rows
+
+
+def shard_fits(r: torch.Tensor, c: torch.Tensor, shards: Any) -> list[dict[str, Any]]:
+    """Cosine and best-fit α of each shard's rows (label, first row, end row) of a fused weight."""
+    return [{"shard": label, "rows": [lo, hi], "cosine": cos_sim(r[lo:hi], c[lo:hi]),
+             "alpha": best_alpha(r[lo:hi], c[lo:hi])} for label, lo, hi in shards]
+
+
+def shard_fault(fits: list[dict[str, Any]]) -> str | None:
+    """A note when some shards match (α ≈ 1) and others carry intact weights at another scale; else None. Pure."""
+    ok = [f for f in fits if f["cosine"] >= COS_OK and abs(f["alpha"] - 1) <= ALPHA_TOL]
+    off = [f for f in fits if f["cosine"] >= COS_OK and abs(f["alpha"] - 1) > ALPHA_TOL]
+    if not ok or not off:
+        return None
+    lo, hi = min(f["rows"][0] for f in off), max(f["rows"][1] for f in off)
+    first = "first shard" if fits[0] in ok else "shard"
+    return (f"rows {lo}:{hi} ({', '.join(f['shard'] for f in off)}) ≈ "
+            + ", ".join(f"{f['alpha']:.4g}" for f in off) + "·ref while rows "
+            + ", ".join(f"{f['rows'][0]}:{f['rows'][1]} ({f['shard']})" for f in ok)
+            + f" match: one per-tensor scale of this fused projection applied to its {first} "
+            + f"({', '.join(f['shard'] for f in ok)}) only")
 
 
 def _stored_scale(lin: Any, fp8_cls: type, nv_cls: type) -> tuple[float | None, str]:
@@ -353,4 +390,5 @@ def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
     return "garbage", "low cosine and no layout hypothesis restores it", best[2]
 
 
-__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale"]
+__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale", "shard_fault",
+           "shard_fits"]

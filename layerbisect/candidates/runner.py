@@ -63,6 +63,7 @@ class CandidateRunner(ModelRunner):
         self.load_notes: dict[str, Any] = {"missing": [], "unused": [], "missing_kinds": {}}
         self.linear_names: dict[str, str] = {}  # canonical module name → HF module name
         self.kv_quant: FP8KVQuant | None = None
+        self.kv_calibration: Any = None  # kv_calibration.KVCalibration once calibrate_kv ran
         self.checkpoint: Checkpoint | None = None
 
     def _build(self) -> None:
@@ -229,6 +230,20 @@ class CandidateRunner(ModelRunner):
                 kvq.v_scale[i] = float(kv_scales[i]["v_scale"].reshape(-1)[0])
         self.kv_quant = kvq
         model.set_kv_quant(kvq)
+
+    def calibrate_kv(self, prompt_ids: list[int]) -> Any:
+        """With calibrated KV scales: run the chosen calibration pass now (``kv_calibration.py``) and freeze them.
+
+        Returns the ``KVCalibration`` record, or None when the KV scales are not calibrated.
+        """
+        if self.kv_quant is None or self.kv_quant.source != "calibrate" or self.kv_quant.k_scale:
+            return self.kv_calibration
+        from ..kv_calibration import calibrate
+
+        self.activate()
+        self.kv_calibration = calibrate(self.model, self.kv_quant, prompt_ids, self.kv_options.calibration,
+                                        self.kv_options.calibration_seed)
+        return self.kv_calibration
 
     def quant_linears(self) -> Mapping[str, nn.Module]:
         assert self.model is not None

@@ -67,6 +67,7 @@ def compare(
     norm_act_quant: o.NormActQuant = "off",
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
+    kv_calibration: o.KvCalibration = "prompt",
     impl: o.Impl = "emulate",
     localize: Annotated[
         bool, typer.Option("--localize/--no-localize", help="Activation patching: local vs accumulated error.")
@@ -120,7 +121,7 @@ def compare(
         cand_device=cand_device,
         select=select,
         quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl, norm_act_quant),
-        kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+        kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales, kv_calibration),
         localize=localize,
         tokenizer=tokenizer,
         stream=False if bisect_modules else stream,  # the bisect swaps modules in a resident model

@@ -45,6 +45,14 @@ KvScales = Annotated[
         help="FP8 KV-cache scales: checkpoint (k_scale/v_scale), calibrate (amax/448 of the first pass), unit (1.0).",
     ),
 ]
+KvCalibration = Annotated[
+    str,
+    typer.Option(
+        "--kv-calibration",
+        help="With --kv-scales calibrate, the first pass the scales freeze on: prompt (the real prompt), zeros "
+        "(token id 0), random (seeded ids), garbage-state (the prompt from uninitialized recurrent state).",
+    ),
+]
 Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]
 
 DEFAULT_PROMPT = "The capital of France is"

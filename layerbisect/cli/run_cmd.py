@@ -22,6 +22,7 @@ def run(
     norm_act_quant: o.NormActQuant = "off",
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
+    kv_calibration: o.KvCalibration = "prompt",
     impl: o.Impl = "emulate",
     tokenizer: o.TokenizerPath = None,
 ) -> None:
@@ -41,7 +42,7 @@ def run(
         res = api.run_model(
             model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
             options=api.candidate_options(act_quant, nvfp4_act_scale, impl, norm_act_quant),
-            kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+            kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales, kv_calibration),
             tokenizer=tokenizer,
         )
     out = terminal()

@@ -13,7 +13,7 @@ value of the wrong type, or one out of its sane range, before any tensor is read
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -258,6 +258,16 @@ class Family:
 
     def hf_row_permutation(self, module: str, spec: ModelSpec) -> torch.Tensor | None:
         """Index p such that the graph's rows of ``module`` are the HF checkpoint's rows ``[p]`` (None: same order)."""
+        return None
+
+    def gguf_transform(self, param: str, spec: ModelSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How the GGUF tensor of graph parameter ``param`` becomes the graph's (None: as stored).
+
+        For conventions llama.cpp's converter applies that the canonical (HF) layout does not:
+        a reordering of heads, a stored function of the parameter (``-exp(A_log)``), a reshape.
+        The function must be shape-generic torch ops: the loader runs it on a ``meta`` tensor of
+        the file's shape to check shapes before any weight is read.
+        """
         return None
 
 

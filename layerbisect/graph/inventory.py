@@ -74,6 +74,22 @@ def quantizable_linears(spec: ModelSpec) -> list[str]:
     return [n for n in names if not (n == "lm_head" and spec.tied_embeddings)]
 
 
+@lru_cache(maxsize=16)
+def linear_shards(spec: ModelSpec) -> dict[str, tuple[tuple[str, int, int], ...]]:
+    """Fused projections: linear name → its shards (label, first row, end row), from the modules' ``shards()``.
+
+    E.g. a Gated DeltaNet's ``in_proj_qkv`` holds q, k and v rows (one HF tensor with one
+    per-tensor scale, several logical matrices to an engine that fuses it further).
+    """
+    out: dict[str, tuple[tuple[str, int, int], ...]] = {}
+    for name, mod in meta_model(spec).named_modules():
+        fn = getattr(mod, "shards", None)
+        if callable(fn):
+            for child, rows in fn().items():
+                out[f"{name}.{child}" if name else child] = tuple(rows)
+    return out
+
+
 def layer_fp32_bytes(spec: ModelSpec, i: int | None = None) -> int:
     """FP32 bytes of layer ``i``'s parameters (the largest layer when ``i`` is None)."""
     if i is None:
@@ -96,6 +112,7 @@ __all__ = [
     "estimate_fp32_bytes",
     "layer_fp32_bytes",
     "linear_modules",
+    "linear_shards",
     "meta_model",
     "params",
     "quantizable_linears",

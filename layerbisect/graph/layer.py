@@ -23,6 +23,7 @@ from torch import nn
 
 from ..spec import LayerSpec, ModelSpec
 from .attention import Attention, KVCache
+from .deltanet import GatedDeltaNet
 from .ffn import build_ffn
 from .ops import Recorder, RMSNorm
 from .parallel_moe import ParallelMoE
@@ -33,6 +34,8 @@ def build_mixer(layer: LayerSpec, d_model: int, prefix: str, rec: Recorder, eps:
     m = layer.mixer
     if m.kind == "attention":
         return Attention(m, d_model, layer.index, f"{prefix}attn", rec, eps)
+    if m.kind == "gated_deltanet":
+        return GatedDeltaNet(m, d_model, layer.index, f"{prefix}attn", rec, eps)
     raise ValueError(f"layer {layer.index}: unknown mixer kind {m.kind!r}")
 
 

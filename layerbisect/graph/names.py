@@ -89,12 +89,22 @@ GGUF: dict[str, T | Stacked] = {
     "layers.{i}.ple.gate": T.PER_LAYER_INP_GATE,
     "layers.{i}.ple.proj": T.PER_LAYER_PROJ,
     "layers.{i}.ple.post_norm": T.PER_LAYER_POST_NORM,
+    # Gated DeltaNet (graph/deltanet.py; llama.cpp qwen35/qwen35moe/qwen3next)
+    "layers.{i}.attn.in_proj_qkv": T.ATTN_QKV,
+    "layers.{i}.attn.in_proj_z": T.ATTN_GATE,
+    "layers.{i}.attn.in_proj_b": T.SSM_BETA,
+    "layers.{i}.attn.in_proj_a": T.SSM_ALPHA,
+    "layers.{i}.attn.conv1d": T.SSM_CONV1D,
+    "layers.{i}.attn.norm": T.SSM_NORM,
+    "layers.{i}.attn.out_proj": T.SSM_OUT,
 }
-GGUF_PARAMS: dict[str, tuple[T, str]] = {
+GGUF_PARAMS: dict[str, tuple[T, str]] = {  # leaf "" = a tensor name without a leaf (llama.cpp's ``blk.{i}.ssm_a``)
     "layers.{i}.mlp.score_bias": (T.FFN_EXP_PROBS_B, "bias"),
     "layers.{i}.layer_scalar": (T.LAYER_OUT_SCALE, "weight"),
     "layers.{i}.mlp.router_scale": (T.FFN_GATE_INP, "scale"),  # Gemma 4 router.scale (conversion/gemma.py)
     "layers.{i}.mlp.expert_scale": (T.FFN_DOWN_EXP, "scale"),  # Gemma 4 router.per_expert_scale
+    "layers.{i}.attn.A_log": (T.SSM_A, ""),
+    "layers.{i}.attn.dt_bias": (T.SSM_DT, "bias"),
 }
 GGUF_EXTRA: dict[str, T] = {"rope_freqs": T.ROPE_FREQS}  # tensors that are no parameter of the graph
 
@@ -121,9 +131,18 @@ HF: dict[str, str] = {
     "layers.{i}.mlp.shared_expert.up_proj": "layers.{i}.mlp.shared_expert.up_proj",
     "layers.{i}.mlp.shared_expert.down_proj": "layers.{i}.mlp.shared_expert.down_proj",
     "layers.{i}.mlp.shared_expert_gate": "layers.{i}.mlp.shared_expert_gate",
+    "layers.{i}.attn.in_proj_qkv": "layers.{i}.linear_attn.in_proj_qkv",
+    "layers.{i}.attn.in_proj_z": "layers.{i}.linear_attn.in_proj_z",
+    "layers.{i}.attn.in_proj_b": "layers.{i}.linear_attn.in_proj_b",
+    "layers.{i}.attn.in_proj_a": "layers.{i}.linear_attn.in_proj_a",
+    "layers.{i}.attn.conv1d": "layers.{i}.linear_attn.conv1d",
+    "layers.{i}.attn.norm": "layers.{i}.linear_attn.norm",
+    "layers.{i}.attn.out_proj": "layers.{i}.linear_attn.out_proj",
 }
 HF_PARAMS: dict[str, str] = {
     "layers.{i}.mlp.score_bias": "layers.{i}.mlp.gate.e_score_correction_bias",
+    "layers.{i}.attn.A_log": "layers.{i}.linear_attn.A_log",
+    "layers.{i}.attn.dt_bias": "layers.{i}.linear_attn.dt_bias",
 }
 HF_FUSED: dict[str, Fused] = {  # transformers 5's in-memory expert layout, should a checkpoint hold it
     "layers.{i}.mlp.experts.{e}.gate_proj": Fused("layers.{i}.mlp.experts.gate_up_proj", 0, 2),
@@ -197,7 +216,7 @@ def gguf_source(param: str, overrides: dict[str, object] | None = None) -> GGUFS
     param_entry = table.get(pattern) if isinstance(table.get(pattern), tuple) else GGUF_PARAMS.get(pattern)
     if param_entry is not None:
         t, leaf = param_entry  # type: ignore[misc]
-        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}")
+        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}" if leaf else gguf_tensor_name(t, i))
     module, _, leaf = pattern.rpartition(".")
     entry = table.get(module)
     if entry is None or isinstance(entry, tuple):

@@ -55,3 +55,20 @@ def test_norm_act_quant_whatif_from_the_cli(tiny_quantized):
     bad = run("--norm-act-quant", "twice")
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and "--norm-act-quant" in lines[0], bad.stderr
+
+
+def test_kv_calibration_needs_calibrated_scales(tiny_quantized):
+    """--kv-calibration chooses the pass of --kv-scales calibrate; with other scales it is one clear error."""
+    _, cand = tiny_quantized("gemma3", "FP8")
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "unit", "--kv-calibration", "zeros"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2 and "--kv-calibration" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10,11,12",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "calibrate", "--kv-calibration", "random"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
