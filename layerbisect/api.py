@@ -197,3 +197,10 @@ def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> 
     cand_runner.activate()
     check_same_model(ref_runner, cand_runner)
     return audit_runners(ref_runner, cand_runner)
+
+
+def peek_config(path: str | Path) -> Any:
+    """The ``ModelConfig`` of a GGUF or checkpoint directory from its headers alone (no weight read)."""
+    from .streaming import peek_config as _peek
+
+    return _peek(open_runner(path))

@@ -3,7 +3,7 @@
 Design notes
 - A bad argument found after 25 s and 8 GB of work is a bad experience and, for ``--out``, a
   destroyed report; so every command checks what it can from its arguments and the model
-  headers (GGUF metadata or config.json: ``peek_config`` reads no weight) first, and raises one
+  headers (GGUF metadata or config.json: ``api.peek_config`` reads no weight) first, and raises one
   ``InputError`` naming the flag or file.
 - ``check_device``: a torch device that exists on this machine (``cuda`` with no GPU, ``cuda:3``
   on a 2-GPU host and ``tpu7`` are refused).
@@ -50,14 +50,6 @@ def check_device(spec: str | None, flag: str = "--device") -> str | None:
     elif d.index not in (None, 0):
         raise InputError(flag, f"{spec!r}: there is one CPU device")
     return spec
-
-
-def peek_config(path: str | Path) -> Any:
-    """The ``ModelConfig`` of a GGUF or checkpoint directory from its headers alone (no weight read)."""
-    from .api import open_runner
-    from .streaming import peek_config as _peek
-
-    return _peek(open_runner(path))
 
 
 def check_token_ids(ids: Sequence[int] | None, cfg: Any) -> None:
@@ -126,4 +118,4 @@ def check_baseline(path: str | Path, cfg: Any, select: str | Sequence[str] = "*"
     return data
 
 
-__all__ = ["check_baseline", "check_device", "check_length", "check_select", "check_token_ids", "peek_config"]
+__all__ = ["check_baseline", "check_device", "check_length", "check_select", "check_token_ids"]

@@ -91,7 +91,6 @@ def compare(
         check_length,
         check_select,
         check_token_ids,
-        peek_config,
     )
     from ..reports import junit as junit_mod
     from ..reports import terminal as report_view
@@ -129,7 +128,7 @@ def compare(
         thresholds=gate_cfg.default,
         dump_map=dump_map,
     )
-    ref_cfg = peek_config(ref)  # the GGUF header only
+    ref_cfg = api.peek_config(ref)  # the GGUF header only
     check_token_ids(ids, ref_cfg)
     check_length(len(ids or []), generate, ref_cfg)
     check_select(select, ref_cfg)

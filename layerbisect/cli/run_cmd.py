@@ -28,13 +28,13 @@ def run(
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
     from .. import api
-    from ..preflight import check_device, check_length, check_token_ids, peek_config
+    from ..preflight import check_device, check_length, check_token_ids
     from ..tokenizer import parse_token_ids
 
     console = terminal(stderr=True)
     ids = parse_token_ids(tokens) if tokens is not None else None  # --tokens "" is an error, not the default
     check_device(device)
-    cfg = peek_config(model)  # headers only, before the model loads
+    cfg = api.peek_config(model)  # headers only, before the model loads
     check_token_ids(ids, cfg)
     check_length(len(ids or []), generate, cfg)
     with progress_display(console, "loading") as shown:

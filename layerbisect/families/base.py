@@ -36,7 +36,7 @@ def _check_int(value: Any, where: str, key: str, lo: int, hi: int) -> int:
     return v
 
 
-def _check_float(value: Any, where: str, key: str, lo: float, hi: float) -> float:
+def check_float(value: Any, where: str, key: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(where, f"{key} is {value!r}, not a number")
     v = float(value)
@@ -81,11 +81,11 @@ class GGUFMeta:
 
     def float(self, name: str, default: Any = None, *, required: bool = False, lo: float = -1e30,
               hi: float = 1e30) -> float:
-        return _check_float(self.get(name, default, required=required), self.path, self.key(name), lo, hi)
+        return check_float(self.get(name, default, required=required), self.path, self.key(name), lo, hi)
 
     def opt_float(self, name: str, lo: float = 0.0, hi: float = 1e30) -> float | None:
         v = self.get(name)
-        return None if v is None else _check_float(v, self.path, self.key(name), lo, hi)
+        return None if v is None else check_float(v, self.path, self.key(name), lo, hi)
 
     def per_layer(self, name: str, n_layers: int, default: Any = None, *, required: bool = False,
                   lo: int = 0, hi: int = MAX_DIM) -> list[int]:
@@ -169,11 +169,11 @@ class HFConfig:
         v = self.get(key, default)
         if v is None:
             raise InputError(self.path, f"config.json lacks {key!r}")
-        return _check_float(v, self.path, key, lo, hi)
+        return check_float(v, self.path, key, lo, hi)
 
     def opt_float(self, key: str, lo: float = 0.0, hi: float = 1e30) -> float | None:
         v = self.get(key)
-        return None if v is None else _check_float(v, self.path, key, lo, hi)
+        return None if v is None else check_float(v, self.path, key, lo, hi)
 
     def bool(self, key: str, default: bool) -> bool:
         """true/false only: "yes", 1 or "false" in a config are typos, not booleans (validation.field_bool)."""
@@ -217,7 +217,7 @@ class HFConfig:
             rp = dict(self.get("rope_scaling") or {})
         out = dict(rp)
         out.setdefault("rope_theta", self.get("rope_theta", 10_000.0))
-        out["rope_theta"] = _check_float(out["rope_theta"], self.path, "rope_theta", 1e-6, 1e30)
+        out["rope_theta"] = check_float(out["rope_theta"], self.path, "rope_theta", 1e-6, 1e30)
         return out
 
     def rope_scaling(self, rp: dict[str, Any]) -> RopeScaling:
@@ -225,14 +225,14 @@ class HFConfig:
         if kind == "default":
             return RopeScaling()
         if kind == "linear":
-            factor = _check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6)
+            factor = check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6)
             return RopeScaling(kind="linear", factor=factor)
         if kind == "llama3":
             return RopeScaling(
                 kind="llama3",
-                factor=_check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6),
-                low_freq_factor=_check_float(rp.get("low_freq_factor", 1.0), self.path, "low_freq_factor", 1e-6, 1e6),
-                high_freq_factor=_check_float(rp.get("high_freq_factor", 4.0), self.path, "high_freq_factor", 1e-6,
+                factor=check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6),
+                low_freq_factor=check_float(rp.get("low_freq_factor", 1.0), self.path, "low_freq_factor", 1e-6, 1e6),
+                high_freq_factor=check_float(rp.get("high_freq_factor", 4.0), self.path, "high_freq_factor", 1e-6,
                                               1e6),
                 original_context=_check_int(rp.get("original_max_position_embeddings", 8192), self.path,
                                             "original_max_position_embeddings", 1, 1 << 31),
