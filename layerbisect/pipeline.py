@@ -21,7 +21,7 @@ import torch
 from .capture import Captures
 from .comparison import Finding, ModelInfo, Report, Thresholds, compare_captures
 from .errors import InputError
-from .runner import ModelRunner, check_same_model
+from .runner import ModelRunner
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -81,7 +81,7 @@ def compare(
     status: Callable[[str], None] | None = None,
 ) -> Report:
     """Run both sides and return the ``Report`` (findings first; ``report.df`` per point × token)."""
-    from .api import open_runner, resolve_tokens, use_tokenizer
+    from .api import check_candidate, open_runner, resolve_tokens, use_tokenizer
 
     o = options or CompareOptions()
     say = status or (lambda s: None)
@@ -121,12 +121,13 @@ def compare(
                 progress=progress,
                 options=o.quant_options,
                 kv_cache=o.kv_cache,
+                role="candidate",
             ),
             o,
             share,
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
-        check_same_model(ref_runner, cand_runner)
+        check_candidate(ref_runner, cand_runner)
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -223,6 +224,10 @@ def compare(
     report = Report(comparison, meta=meta)
     for f in findings:
         report.add_finding(f)
+    if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
+        from .comparison import kld
+
+        kld.add_to_report(report, kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids))
     if o.localize and cand_runner is not None:
         try:
             from .localize import localize
@@ -383,6 +388,9 @@ def _load_findings(cand: ModelRunner) -> list[Finding]:
 
 
 def _quant_summary(cand: ModelRunner) -> dict[str, Any]:
+    own = getattr(cand, "quant_summary", None)
+    if callable(own):  # the GGUF candidate: GGML types
+        return own()
     ck = getattr(cand, "checkpoint", None)
     if ck is None:
         return {}

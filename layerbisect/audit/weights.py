@@ -49,11 +49,13 @@ class TensorAudit:
     kind: str  # linear / norm / embedding / lm_head
     layer: int | None
     op: str | None
-    scheme: str
+    scheme: str  # candidate: the linear's weight scheme (fp8_tensor, nvfp4, …; a GGUF candidate's GGML type)
     shape: tuple[int, ...]
     cosine: float = float("nan")
     rel_err: float = float("nan")
+    sqnr_db: float = float("nan")  # 10·log10(‖ref‖²/‖cand−ref‖²); +inf when identical
     alpha: float = float("nan")
+    ref_scheme: str = ""  # the reference GGUF tensor's GGML type
     nonfinite: int = 0
     status: str = "ok"  # ok / fault / missing / extra
     cause: str = ""
@@ -130,6 +132,7 @@ class WeightAudit:
     ref_path: str
     cand_path: str
     rows: list[TensorAudit]
+    cand_format: str = "checkpoint"  # or "gguf": faults judged per GGML type (audit/gguf_types.py)
 
     @property
     def faults(self) -> list[TensorAudit]:
@@ -152,11 +155,15 @@ class WeightAudit:
             names = [r.name for r in rows]
             severity = "error" if cause in ("extra_tensor",) else "critical"
             alpha = f", α {first.alpha:.4g}" if math.isfinite(first.alpha) else ""
+            where = first.name
+            if self.cand_format == "gguf":  # name the file's tensor and its type: what a user re-quantizes
+                where += f" = {first.evidence.get('gguf_tensor', '?')} {first.scheme}"
+                alpha += f", SQNR {first.sqnr_db:.1f} dB" if math.isfinite(first.sqnr_db) else ""
             out.append(
                 Finding(
                     severity=severity,  # type: ignore[arg-type]
                     kind="weight_audit",
-                    title=f"Weight audit [{cause}]: {len(rows)} tensor(s), first {first.name}"
+                    title=f"Weight audit [{cause}]: {len(rows)} tensor(s), first {where}"
                     + (f" (cosine {first.cosine:.4f}{alpha})" if math.isfinite(first.cosine) else ""),
                     point=first.name.rsplit(".", 1)[0] if first.layer is not None else None,
                     layer=first.layer,
@@ -200,7 +207,22 @@ class WeightAudit:
             "alpha: best-fit scale cand ≈ alpha·ref; cause from the stored scale's powers and layout checks "
             "(docs/AUDIT.md).",
         )
+        if self.cand_format == "gguf":
+            from .gguf_types import add_gguf_sections
+
+            report.add_section(
+                "Weight audit per tensor (GGML types)",
+                [_gguf_row(r) for r in self.rows if r.status != "extra" and r.scheme not in ("F32",)],
+                "every tensor that is not F32 in the candidate; sqnr_db '=inf' means identical to the reference.",
+            )
+            add_gguf_sections(report, self)
         report.meta["weight_audit"] = self.to_dict()
+
+
+def _gguf_row(r: TensorAudit) -> dict[str, Any]:
+    return {"tensor": r.name, "gguf": r.evidence.get("gguf_tensor", ""), "ref_type": r.ref_scheme,
+            "cand_type": r.scheme, "cosine": r.cosine, "rel_err": r.rel_err, "sqnr_db": r.sqnr_db,
+            "alpha": r.alpha, "status": r.status, "cause": r.cause}
 
 
 def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:
@@ -218,6 +240,7 @@ def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]
 def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
     """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint)."""
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
+    from . import gguf_types as gt
 
     rm, cm = ref_runner.model, cand_runner.model
     ref_sd = rm.state_dict()
@@ -225,6 +248,10 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
     lins = cand_runner.quant_linears()
     missing = set(getattr(cand_runner, "load_notes", {}).get("missing", []))
     cand_sd = {k: v for k, v in cm.state_dict().items() if not any(k.startswith(n + ".") for n in lins)}
+    ref_types = _types(ref_runner)
+    cand_types = _types(cand_runner)
+    is_gguf = getattr(cand_runner, "fmt", None) == "gguf"  # judged per GGML type (audit/gguf_types.py)
+    sources = getattr(getattr(cand_runner, "tmap", None), "sources", {}) or {}
     rows: list[TensorAudit] = []
     for name, r in ref_sd.items():
         if name == "lm_head.weight" and cfg.tied_embeddings:
@@ -237,11 +264,13 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
                 c = getattr(lin, "bias", None)
             else:
                 c = lin.dequantized_weight()
-            scheme = lin.scheme.weight
+            scheme = cand_types.get(name, lin.scheme.weight)
         else:
             c = cand_sd.get(name)
-            scheme = "dense"
-        row = TensorAudit(name, kind, layer, op, scheme, tuple(r.shape))
+            scheme = cand_types.get(name, "dense")
+        row = TensorAudit(name, kind, layer, op, scheme, tuple(r.shape), ref_scheme=ref_types.get(name, ""))
+        if name in sources:
+            row.evidence["gguf_tensor"] = sources[name].tensor
         rows.append(row)
         if name in missing or c is None:
             row.status, row.cause = "missing", "missing_norm" if kind == "norm" else "missing_tensor"
@@ -255,9 +284,13 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
         row.nonfinite = int((~torch.isfinite(c)).sum())
         cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
         row.cosine, row.rel_err, row.alpha = cos_sim(r, cz), rel_err(r, cz), best_alpha(r, cz)
+        row.sqnr_db = gt.sqnr_db(r, cz)
         if row.nonfinite:
             row.status, row.cause = "fault", "nonfinite"
             row.note = f"{row.nonfinite} non-finite values after dequantization"
+            continue
+        if is_gguf:
+            _gguf_blocks(row, r, cz)
             continue
         if row.cosine < COS_OK:
             row.status = "fault"
@@ -270,11 +303,61 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             row.status, row.cause = "fault", cause
             row.evidence.update({"stored_scale": scale, "convention": conv, "k": k})
             row.note = _scale_note(cause, row.alpha, scale, conv, k)
+    if is_gguf:
+        for row in gt.judge_tensors(rows):
+            _gguf_outlier(row, ref_sd[row.name], _cand_tensor(row.name, lins, cand_sd), lins, cfg)
     _repeated_dense_scale(rows)
     for extra in getattr(cand_runner, "load_notes", {}).get("unused", []):
         rows.append(TensorAudit(extra, "extra", None, None, "", (), status="extra", cause="extra_tensor",
                                 note="in the candidate checkpoint, used by no module of the graph"))
-    return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows)
+    return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows, "gguf" if is_gguf else "checkpoint")
+
+
+def _types(runner: Any) -> dict[str, str]:
+    fn = getattr(runner, "tensor_types", None)
+    try:
+        return fn() if callable(fn) else {}
+    except Exception:  # a streamed or partial runner without a tensor map: no types to show
+        return {}
+
+
+def _cand_tensor(name: str, lins: Any, cand_sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    module, _, leaf = name.rpartition(".")
+    if module in lins:
+        lin = lins[module]
+        return lin.dequantized_weight() if leaf == "weight" else lin.bias
+    return cand_sd[name]
+
+
+def _gguf_blocks(row: TensorAudit, r: torch.Tensor, c: torch.Tensor) -> None:
+    """A GGUF candidate tensor: quant blocks far off the tensor's own noise are ``corrupt_blocks``."""
+    from .gguf_types import block_outliers
+
+    found = block_outliers(r, c, row.scheme)
+    if found is None:
+        return
+    w = found["worst"][0]
+    row.status, row.cause = "fault", "corrupt_blocks"
+    row.evidence["blocks"] = found
+    row.note = (f"{found['n_bad']} of {found['n_blocks']} {row.scheme} blocks far off the tensor's quantization "
+                f"noise; worst: row {w['row']}, block {w['block']} (columns {w['cols'][0]}..{w['cols'][1] - 1}), "
+                f"rel err {w['rel_err']:.3g} vs median block {found['median']:.3g}")
+
+
+def _gguf_outlier(row: TensorAudit, r: torch.Tensor, c: torch.Tensor, lins: Any, cfg: Any) -> None:
+    """A GGUF tensor whose SQNR is far below its type's: a layout fault if one explains it, else an outlier."""
+    from ..candidates.qlinear import NVFP4Linear
+
+    med = row.evidence.get("group_median_sqnr_db")
+    ref_med = f"{med:.1f} dB for {row.evidence.get('group')} here" if med is not None else "no group to compare"
+    cause, note, restored = _layout(row.name, r, c.float(), lins.get(row.name.rsplit('.', 1)[0]), cfg, NVFP4Linear)
+    row.status = "fault"
+    if cause != "garbage":
+        row.cause, row.note = cause, note
+        row.evidence["restored_cosine"] = restored
+        return
+    row.cause = "quant_error_outlier"
+    row.note = f"SQNR {row.sqnr_db:.1f} dB, far below what {row.scheme} gives ({ref_med})"
 
 
 def _stored_scale(lin: Any, fp8_cls: type, nv_cls: type) -> tuple[float | None, str]:
