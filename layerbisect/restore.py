@@ -77,7 +77,7 @@ class RestoreResult:
     passes: int = 0
 
     def keep(self, share: float = 0.5) -> list[dict[str, Any]]:
-        """The shortest prefix of the greedy path recovering at least ``share`` of the KL (the whole path if none does)."""
+        """The shortest prefix of the greedy path recovering at least ``share`` of the KL (else the whole path)."""
         for k, row in enumerate(self.path):
             if row["recovered"] >= share:
                 return self.path[: k + 1]
