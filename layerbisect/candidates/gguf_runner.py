@@ -220,7 +220,16 @@ class GGUFCandidateRunner(ReferenceRunner):
         if self.streaming:
             from ..streaming import LazyModules
 
-            return LazyModules(self.model, list(self.linear_names))  # type: ignore[arg-type]
+            tmap, schemes = self.tmap, self.schemes
+
+            class _Lazy(LazyModules):  # layers come wrapped (part_source); the streamed head is built bare
+                def __getitem__(self, name: str) -> nn.Module:
+                    m = super().__getitem__(name)
+                    if isinstance(m, nn.Linear) and not isinstance(m, GGUFLinear):
+                        m = GGUFLinear(m, schemes[f"{name}.weight"], tmap.sources[f"{name}.weight"])
+                    return m
+
+            return _Lazy(self.model, list(self.linear_names))  # type: ignore[arg-type]
         return {n: get_module(self.model, n) for n in self.linear_names}
 
     def restore_units(self) -> dict[str, TensorUnit]:

@@ -166,12 +166,13 @@ def per_position(
 
 
 def kld_stats(ref_logits: torch.Tensor, cand_logits: torch.Tensor, token_ids: Sequence[int]) -> KLDStats | None:
-    """llama.cpp's statistics over rows 0..T−2 of (T, V) logits, ``token_ids`` the T ids the rows were run on.
+    """llama.cpp's statistics over the rows of (T, V) logits that have a next token in ``token_ids`` (the ids the
+    rows were run on: rows 0..T−2 when there are T).
 
     Returns None when fewer than two positions exist or a row is not finite (the comparator's
     own NaN handling reports those).
     """
-    n = min(int(ref_logits.shape[0]), int(cand_logits.shape[0]), len(token_ids)) - 1
+    n = min(int(ref_logits.shape[0]), int(cand_logits.shape[0]), len(token_ids) - 1)  # rows with a next token
     if n < 1:
         return None
     r, c = ref_logits[:n], cand_logits[:n]

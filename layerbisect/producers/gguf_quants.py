@@ -23,6 +23,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -35,12 +36,14 @@ TensorEdit = Callable[[str, gguf.GGMLQuantizationType, np.ndarray], "np.ndarray 
 Q4_K_SCALES = slice(4, 8)  # bytes of block_q4_K holding the 6-bit scales of sub-blocks 0..3 (low 6 bits)
 
 
-def rewrite_gguf(src: str | Path, dst: str | Path, edit: TensorEdit | None = None) -> list[str]:
+def rewrite_gguf(src: str | Path, dst: str | Path, edit: TensorEdit | None = None,
+                 kv: Mapping[str, Any] | None = None) -> list[str]:
     """Copy ``src`` to ``dst`` through gguf-py, tensor bytes passed through ``edit``; returns the edited names.
 
     ``edit`` gets the tensor name, its type and a writable copy of its raw data (as
     ``GGUFReader`` gives it: uint8 rows for block types) and returns the new data of the same
-    shape and dtype, or None to keep it. Written to a temporary name and renamed.
+    shape and dtype, or None to keep it. ``kv``: metadata values to replace (same key, same
+    GGUF value type; e.g. a token list). Written to a temporary name and renamed.
     """
     from ..references.fast_reader import FastGGUFReader
 
@@ -54,7 +57,8 @@ def rewrite_gguf(src: str | Path, dst: str | Path, edit: TensorEdit | None = Non
             continue  # virtual fields, and the one GGUFWriter writes itself
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+        value = kv[field.name] if kv is not None and field.name in kv else field.contents()
+        writer.add_key_value(field.name, value, vtype, sub_type=sub)
     changed: list[str] = []
     datas = []
     for t in reader.tensors:
@@ -106,6 +110,8 @@ def corrupt_q4k_scales(
         b = data.reshape(data.shape[0], -1, size)  # (rows, blocks per row, 144)
         where = blocks if blocks is not None else [(r, k) for r in range(b.shape[0]) for k in range(b.shape[1])]
         for r, k in where:
+            if not (0 <= r < b.shape[0] and 0 <= k < b.shape[1]):
+                raise InputError(name, f"has {b.shape[0]} rows of {b.shape[1]} blocks: no block ({r}, {k})")
             b[r, k, Q4_K_SCALES] ^= np.uint8(1 << bit)
             done.append((int(r), int(k)))
         return b.reshape(data.shape)
@@ -211,6 +217,30 @@ def quantized_gguf(
     return build_atomic(final, build) / "model.gguf"
 
 
+TINY_TYPES = ("Q8_0", "Q4_K_M", "Q2_K", "IQ4_XS")
+
+
+def tiny_llamacpp_set(root: str | Path, types: Sequence[str] = TINY_TYPES) -> dict[str, Path]:
+    """A tiny llama made by llama.cpp's own tools: "hf" (its HF dir), "F32" (``convert_hf_to_gguf.py``) and one
+    GGUF per llama.cpp file type in ``types`` (``llama_model_quantize``), all but "hf" from the cache.
+
+    Sizes: hidden 256, 4 heads of 64 (2 KV heads), FFN 512, 2 layers, Llama 2's 32k SentencePiece
+    vocabulary (the converter needs a real one). Every weight's row (ne0 = in_features: 256 or
+    512) is a multiple of 256, so K- and IQ-quants apply to every tensor with no fallback
+    (at hidden 128 llama.cpp would fall back to Q4_0/Q5_0/IQ4_NL: ``fallbacks``).
+    """
+    from .llamacpp import converted_gguf
+    from .tiny import make_tiny_hf
+
+    root = Path(root)
+    hf = make_tiny_hf("llama", root / "tiny-llama-hf", hidden=256, heads=4, kv_heads=2, n_layers=2,
+                      vocabulary="llama-spm")
+    out: dict[str, Path] = {"hf": hf, "F32": converted_gguf(hf, outtype="f32")}
+    for t in types:
+        out[t] = quantized_gguf(out["F32"], t)
+    return out
+
+
 def fallbacks(log: str | Path) -> list[str]:
     """The tensors llama.cpp gave a fallback type (its 'falling back to' warnings), one line each."""
     p = Path(log)
@@ -223,4 +253,12 @@ def fallbacks(log: str | Path) -> list[str]:
     return out
 
 
-__all__ = ["corrupt_q4k_scales", "fallbacks", "llama_quantize_overrides", "quantized_gguf", "rewrite_gguf"]
+__all__ = [
+    "TINY_TYPES",
+    "corrupt_q4k_scales",
+    "fallbacks",
+    "llama_quantize_overrides",
+    "quantized_gguf",
+    "rewrite_gguf",
+    "tiny_llamacpp_set",
+]
