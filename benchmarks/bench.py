@@ -298,8 +298,9 @@ def run_compare(ref: Path, cand: Path, device: str, *, tokens: list[int], genera
     if out_dir is not None:
         rep.save(out_dir, ["md", "json"], overwrite=True)
     t_rep = time.perf_counter() - t0
-    rt = rep.meta["runtime"]
-    return {"total_s": t_cmp + t_rep, "report_s": t_rep, **rt["timings_s"], "peak": rt["peak_memory"]}
+    rt = rep.record.runtime.to_dict()
+    return {"total_s": t_cmp + t_rep, "report_s": t_rep, **rt["timings_s"], "peak": rt["peak_memory_bytes"],
+            "memory": rt["memory"]}
 
 
 def profile_reference_load(path: Path, device: str) -> dict[str, float]:
@@ -339,8 +340,8 @@ def _breakdown_rows(label: str, r: dict, device: str) -> list[Any]:
             f"{r.get('load_candidate', 0):.1f}",
             f"{r.get('generate', 0):.1f}", f"{r.get('run_reference', 0):.1f}", f"{r.get('run_candidate', 0):.1f}",
             f"{r.get('compare', 0):.2f}", f"{r.get('localize', 0):.1f}", f"{r['report_s']:.2f}",
-            _fmt_gib(cuda_peak), _fmt_gib(pk.get("host_rss_bytes")),
-            f"{pk['reference'].get('mode', '?')}/{pk['candidate'].get('mode', '?')}"]
+            _fmt_gib(cuda_peak), _fmt_gib(pk.get("host_rss")),
+            "/".join(m.get("mode", "?") for m in r["memory"])]
 
 
 BREAKDOWN = ["run", "device", "total s", "load ref (read+dequant) s", "load cand s", "generate s", "ref pass s",
@@ -458,10 +459,10 @@ def section_d(out: Path, made: dict, shape_name: str) -> str:
         if HAS_CUDA:
             torch.cuda.empty_cache()
         r = run_compare(made["Q4_0.gguf"][0], made["NVFP4"][0], dev, tokens=ids, generate=1, **kw)
-        pk = r["peak"]
+        mem = {m["side"]: m for m in r["memory"]}
         rows.append(_breakdown_rows(label, r, dev) + [
-            _fmt_gib(pk["reference"].get("peak_live_weight_bytes")),
-            _fmt_gib(pk["candidate"].get("peak_live_weight_bytes")),
+            _fmt_gib(mem["reference"].get("peak_live_weight_bytes")),
+            _fmt_gib(mem["candidate"].get("peak_live_weight_bytes")),
         ])
         print(rows[-1], flush=True)
     lines = table(BREAKDOWN + ["ref peak live weights GiB", "cand peak live weights GiB"], rows)

@@ -238,16 +238,17 @@ def bisect_units(ref_runner: Any, cand_runner: Any) -> dict[str, list[str]]:
 
 
 def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: Any = None) -> BisectResult:
-    """Re-open both runners, bisect, and add a ``culprit`` finding and a section to ``report``."""
+    """Re-open both runners, bisect, add a ``culprit`` finding to ``report`` and the summary to its record."""
     from .api import open_runner
     from .comparison.findings import Finding
+    from .comparison.record import BisectSummary
     from .pipeline import CompareOptions
 
     o = opts or CompareOptions()
     ref_runner = open_runner(ref, device=o.ref_device or o.device).activate()
     cand_runner = open_runner(cand, device=o.cand_device or o.device, options=o.quant_options,
                               kv_cache=o.kv_cache, role="candidate").activate()
-    ids = list(report.meta.get("token_ids") or [])
+    ids = list(report.record.tokens.ids) if report.record.tokens is not None else []
     if not ids:
         from .api import resolve_tokens
 
@@ -288,15 +289,7 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
             detail=f"{res.runs} runs over {res.n_modules} quantized modules; all quantized: {fmt(res.before)}.",
             evidence={"verdict": res.verdict, "runs": res.runs, "before": res.before},
         ))
-    report.add_section(
-        "Module bisect (quantized modules vs reference precision)",
-        res.history,
-        f"verdict: {res.verdict}; culprits: {', '.join(res.culprits) or '-'}; {res.runs} runs over "
-        f"{res.n_modules} modules. Each row is one run: how many modules stayed quantized and whether the gate "
-        "passed.",
-    )
-    report.meta["bisect"] = {"culprits": res.culprits, "verdict": res.verdict, "runs": res.runs,
-                             "before": res.before, "after": res.after}
+    report.put(bisect=BisectSummary.from_result(res))  # the runs table reaches every output from the record
     return res
 
 

@@ -9,6 +9,7 @@ GGUF reference and write one report per scheme.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .comparison import Report
@@ -41,13 +42,16 @@ def run_demo(
     options: CompareOptions | None = None,
     overwrite: bool = False,
     say: Callable[[str], None] = lambda s: None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, tuple[Report, dict[str, Path]]]:
     gguf, cands = prepare_candidates(schemes, say)
     results = {}
     for s, cand in cands.items():
         say(f"comparing {s} candidate with the GGUF reference")
-        report = compare(gguf, cand, options=options or CompareOptions(), status=say)
-        report.meta["demo_scheme"] = s
+        o = replace(options or CompareOptions(), title=f"Gemma 3 270M {s} (llmcompressor) vs Q4_K_M GGUF reference")
+        o.labels = {**o.labels, "scheme": s}
+        report = compare(gguf, cand, options=o, status=say, progress=progress)
+        say(f"writing the {s} report")
         written = report.save(Path(out) / s.lower(), overwrite=overwrite)
         results[s] = (report, written)
     return results

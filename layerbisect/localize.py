@@ -9,7 +9,8 @@ and because of everything before it. Patching separates the two:
   linear and is compared with the reference linear on the same input: the module's own
   quantization error, free of everything around it.
 
-Results land in the report as two sections and a ``culprit`` finding (first in the list).
+``localize`` returns a ``Localization`` (per-layer and per-module rows) for the run record and
+adds a ``culprit`` finding to the report; the pipeline runs the audits next.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from .capture import Captures, op_of
 from .comparison import Finding, Report
 from .comparison.metrics import cosine, rel_l2
+from .comparison.record import Localization
 from .comparison.routing import is_route_point
 from .graph import get_module
 from .graph.probe import linear_inputs
@@ -110,11 +112,14 @@ def localize(
     ref_caps: Captures,
     *,
     status: Callable[[str], None] | None = None,
-) -> None:
-    """Add the local-vs-accumulated and per-module sections and a culprit finding to ``report``."""
+) -> Localization | None:
+    """Local vs accumulated error per layer and per module (returned), and a culprit finding (added to ``report``).
+
+    None when the captures lack a layer's input or output (a narrowed ``--select``).
+    """
     need = ["embed"] + [f"layers.{i}.out" for i in range(ref_runner.config.n_layers)]
     if any(n not in ref_caps.tensors for n in need):
-        return  # a narrowed --select: patching needs every layer's input and output
+        return None  # a narrowed --select: patching needs every layer's input and output
     layers = patch_layers(ref_caps, cand_runner, len(ids))
     modules = patch_linears(ref_caps, ref_runner, cand_runner)
     acc = {row["layer"]: row for row in _accumulated(report)}
@@ -138,21 +143,10 @@ def localize(
             }
         )
         prev_acc = acc_err if acc_err == acc_err else prev_acc
-    report.add_section(
-        "Local vs accumulated error (activation patching)",
-        table,
-        "local: the candidate's layer run on the reference's input to that layer; accumulated: the normal run. "
-        "'amplifies' marks layers whose accumulated error grows far beyond their own local error.",
-    )
     worst_modules = sorted(modules, key=lambda m: -_badness(m["rel_l2"]))
-    report.add_section(
-        "Per-module local error (each quantized linear on the reference's input)",
-        worst_modules[:24],
-        "alpha is the best-fit scale cand ≈ alpha·ref: far from 1 at high cosine means a scale convention bug.",
-    )
-    report.meta["localization"] = {"layers": table, "modules": worst_modules}
+    result = Localization.from_rows(table, worst_modules)
     if not layers:
-        return
+        return result
     worst_layer = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
     wl = worst_layer["layer"]
     op_rows = worst_layer["ops"]
@@ -189,10 +183,7 @@ def localize(
             },
         )
     )
-    # why, not only where: static-scale and weight audits, then a cause category on the culprit
-    from .audit import after_localize
-
-    after_localize(report, ref_runner, cand_runner, ref_caps)
+    return result  # why, not only where: the pipeline runs the audits next (audit.after_localize)
 
 
 def _badness(x: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,18 @@ import torch
 
 from .capture import Captures
 from .comparison import Finding, ModelInfo, Report, Thresholds, compare_captures
+from .comparison.record import (
+    Continuation,
+    Continuations,
+    MemoryMode,
+    ModelSummary,
+    Paths,
+    QuantizationSummary,
+    RunRecord,
+    Runtime,
+    SchemeCount,
+    Tokens,
+)
 from .errors import InputError
 from .runner import ModelRunner
 
@@ -40,7 +52,8 @@ class CompareOptions:
     kv_cache: Any = None
     localize: bool = True
     tokenizer: str | None = None  # a HF tokenizer.json used for the reference instead of the GGUF vocabulary
-    extra_meta: dict[str, Any] = field(default_factory=dict)
+    title: str = ""  # the report's title (default: "layerbisect report")
+    labels: dict[str, str] = field(default_factory=dict)  # free-form (name, value) pairs shown with the run
     stream: bool | None = None  # None: stream a side whose FP32 size exceeds its memory budget (streaming.py)
     memory_cap: int | None = None  # bytes of weights per side on its device; default: free device memory
     concurrent: bool | None = None  # run both sides' passes in two threads; None: when their devices differ
@@ -136,12 +149,6 @@ def compare(
     else:
         prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
         gen = o.generate
-    meta: dict[str, Any] = {
-        "ref_path": str(ref),
-        "cand_path": str(cand if cand is not None else candidate_dump),
-        "arch": ref_runner.config.arch,
-        "prompt": o.prompt if not o.tokens else None,
-    }
     if cand_runner is not None:
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
 
@@ -207,46 +214,65 @@ def compare(
     def text(xs: list[int]) -> str:
         return tok.decode(xs) if tok is not None and xs else ""
 
-    meta.update(
-        {
-            "token_ids": ids,
-            "token_strings": tok.token_strings(ids) if tok is not None else [str(i) for i in ids],
-            "n_prompt_tokens": len(prompt_ids),
-            "continuations": {
-                "ref": {"text": text(ref_new), "ids": ref_new},
-                "cand": {"text": text(cand_new), "ids": cand_new},
-            },
-        }
+    record = RunRecord(
+        title=o.title,
+        labels=tuple(sorted((str(k), str(v)) for k, v in o.labels.items())),
+        paths=Paths(
+            str(ref),
+            str(cand if cand is not None else candidate_dump),
+            "checkpoint" if cand is not None else "engine dump",
+        ),
+        model=ModelSummary.from_spec(ref_runner.config),
+        tokens=Tokens(
+            ids=tuple(ids),
+            strings=tuple(tok.token_strings(ids)) if tok is not None else tuple(str(i) for i in ids),
+            n_prompt=len(prompt_ids),
+            prompt=o.prompt if not o.tokens else None,
+        ),
+        continuations=Continuations(
+            Continuation(text(ref_new), tuple(ref_new)), Continuation(text(cand_new), tuple(cand_new))
+        ),
     )
     if cand_runner is not None:
         findings += _load_findings(cand_runner)
-        meta["candidate_quantization"] = _quant_summary(cand_runner)
-    report = Report(comparison, meta=meta)
+        record = replace(record, quantization=_quant_summary(cand_runner))
+    report = Report(comparison, record=record)
     for f in findings:
         report.add_finding(f)
     if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
         from .comparison import kld
 
-        kld.add_to_report(report, kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids))
+        stats = kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids)
+        if stats is not None:
+            report.put(kld=stats)
     if o.localize and cand_runner is not None:
-        try:
-            from .localize import localize
+        from .audit import after_localize
+        from .localize import localize
 
-            t0 = time.perf_counter()
-            say("localizing (activation patching)")
-            localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
-            timings["localize"] = time.perf_counter() - t0
-        except ImportError:  # pragma: no cover - during development only
-            pass
-    timings = {k: round(v, 3) for k, v in timings.items()}
-    peak = _peak_memory()
+        t0 = time.perf_counter()
+        say("localizing (activation patching)")
+        loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
+        if loc is not None:
+            report.put(localization=loc)
+            if loc.layers:
+                say("auditing weights and scales")
+                report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
+        timings["localize"] = time.perf_counter() - t0
     from .streaming import streaming_meta
 
-    for side, runner in (("reference", ref_runner), ("candidate", cand_runner)):
-        if runner is not None:
-            peak[side] = streaming_meta(runner)
-    report.meta["runtime"] = {"timings_s": timings, "peak_memory": peak, "concurrent": concurrent}
-    report.meta.update(o.extra_meta)
+    memory = tuple(
+        MemoryMode.from_meta(side, streaming_meta(runner))
+        for side, runner in (("reference", ref_runner), ("candidate", cand_runner))
+        if runner is not None
+    )
+    report.put(
+        runtime=Runtime(
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            peak_memory_bytes=_peak_memory(),
+            memory=memory,
+            concurrent=concurrent,
+        )
+    )
     return report
 
 
@@ -317,11 +343,11 @@ def _both(fa: Callable[[], Any], fb: Callable[[], Any], concurrent: bool) -> tup
         return a.result(), b.result()
 
 
-def _peak_memory() -> dict[str, Any]:
-    out = {"host_rss_bytes": _peak_rss_bytes()}
+def _peak_memory() -> dict[str, int]:
+    out = {"host_rss": _peak_rss_bytes()}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
-            out[f"cuda:{i}_bytes"] = int(torch.cuda.max_memory_allocated(i))
+            out[f"cuda:{i}"] = int(torch.cuda.max_memory_allocated(i))
     return out
 
 
@@ -387,13 +413,17 @@ def _load_findings(cand: ModelRunner) -> list[Finding]:
     return out
 
 
-def _quant_summary(cand: ModelRunner) -> dict[str, Any]:
+def _quant_summary(cand: ModelRunner) -> QuantizationSummary | None:
     own = getattr(cand, "quant_summary", None)
-    if callable(own):  # the GGUF candidate: GGML types
-        return own()
+    if callable(own):  # the GGUF candidate: GGML types of its linears
+        d = own()
+        return QuantizationSummary(
+            format=d["format"], source=d["source"],
+            linear_schemes=tuple(SchemeCount(k, v) for k, v in d["linear_schemes"].items()), kv_cache=None,
+        )
     ck = getattr(cand, "checkpoint", None)
     if ck is None:
-        return {}
+        return None
     q = ck.quant
     schemes: dict[str, int] = {}
     for hf_name in getattr(cand, "linear_names", {}).values():
@@ -401,9 +431,9 @@ def _quant_summary(cand: ModelRunner) -> dict[str, Any]:
         key = f"{s.weight}/{s.act}"
         schemes[key] = schemes.get(key, 0) + 1
     kv = getattr(cand, "kv_quant", None)
-    return {
-        "format": q.format_name,
-        "source": q.source,
-        "linear_schemes": schemes,
-        "kv_cache": None if kv is None else f"fp8_e4m3 ({kv.source} scales)",
-    }
+    return QuantizationSummary(
+        format=str(q.format_name),
+        source=str(q.source),
+        linear_schemes=tuple(SchemeCount(k, n) for k, n in sorted(schemes.items())),
+        kv_cache=None if kv is None else f"fp8_e4m3 ({kv.source} scales)",
+    )

@@ -272,7 +272,7 @@ def restore_search(
 
 def restore_report(report: Any, ref: Any, cand: Any, opts: Any = None, *, steps: int = 8, pool: int = 8,
                    status: Callable[[str], None] | None = None) -> RestoreResult:
-    """Re-open both runners (resident), run ``restore_search`` on the report's ids, add sections and meta."""
+    """Re-open both runners (resident), run ``restore_search`` on the report's ids, add its sections and finding."""
     from .api import open_runner, resolve_tokens
     from .pipeline import CompareOptions
 
@@ -283,7 +283,8 @@ def restore_report(report: Any, ref: Any, cand: Any, opts: Any = None, *, steps:
     ref_runner.stream = cand_runner.stream = False
     ref_runner.activate()
     cand_runner.activate()
-    ids = list(report.meta.get("token_ids") or []) or resolve_tokens(ref_runner, o.prompt, o.tokens)
+    ids = list(report.record.tokens.ids) if report.record.tokens is not None else []
+    ids = ids or resolve_tokens(ref_runner, o.prompt, o.tokens)
     res = restore_search(ref_runner, cand_runner, ids, steps=steps, pool=pool, status=status)
     add_sections(report, res)
     return res
@@ -293,30 +294,39 @@ def _mib(b: float) -> str:
     return "-" if b != b else f"{b / 2**20:+.3f} MiB"
 
 
-def add_sections(report: Any, res: RestoreResult) -> None:
-    from .comparison.findings import Finding
+def sections(res: RestoreResult) -> tuple[Any, ...]:
+    """The restore search's tables (every output renders them; report.json carries every row)."""
+    from .comparison.sections import Section
 
     base = res.baseline
     note = (f"mean KLD (llama.cpp's definition, {res.n_positions} positions) with the units restored to the "
             f"reference's tensors; nothing restored: {base.mean_kld:.6g} (same top p {100 * base.same_top_p:.2f}%). "
-            "recovered = 1 − KLD/KLD₀; added_bytes = reference minus candidate tensor sizes.")
+            "recovered = share of that KLD recovered; added_mib = reference minus candidate tensor sizes.")
 
-    def fmt(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r | {"added": _mib(r["added_bytes"]), "recovered": f"{100 * r['recovered']:.1f}%"}
-                for r in rows]
+    def rows(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "added_bytes"} | {"added_mib": r["added_bytes"] / 2**20}
+                for r in rs]
 
-    drop = ("added_bytes",)
-    report.add_section("Restore search: each candidate type restored alone",
-                       [{k: v for k, v in r.items() if k not in drop} for r in fmt(res.types)], note)
-    report.add_section("Restore search: each layer restored alone",
-                       [{k: v for k, v in r.items() if k not in drop} for r in fmt(res.layers)], note)
-    report.add_section("Restore search: greedy over tensor roles (cumulative)",
-                       [{k: v for k, v in r.items() if k not in drop} for r in fmt(res.roles)], note)
-    report.add_section("Restore search: greedy over tensors (cumulative; 'alone' = that tensor restored alone)",
-                       [{k: v for k, v in r.items() if k not in drop} for r in fmt(res.path)], note)
-    report.add_section("Restore search: every tensor restored alone (best first)",
-                       [{k: v for k, v in r.items() if k not in drop} for r in fmt(res.single[:32])], note)
-    report.meta["restore_search"] = res.to_dict()
+    return (
+        Section.from_records("restore-types", "Restore search: each candidate type restored alone",
+                             rows(res.types), brief_rows=len(res.types), note=note),
+        Section.from_records("restore-layers", "Restore search: each layer restored alone", rows(res.layers),
+                             brief_rows=len(res.layers), note=note),
+        Section.from_records("restore-roles", "Restore search: greedy over tensor roles (cumulative)",
+                             rows(res.roles), brief_rows=len(res.roles), note=note),
+        Section.from_records("restore-path", "Restore search: greedy over tensors (cumulative; 'alone' = that "
+                             "tensor restored alone)", rows(res.path), brief_rows=len(res.path), note=note),
+        Section.from_records("restore-single", "Restore search: every tensor restored alone (best first)",
+                             rows(res.single), brief_rows=12, note=note),
+    )
+
+
+def add_sections(report: Any, res: RestoreResult) -> None:
+    from .comparison.findings import Finding
+
+    for sec in sections(res):
+        report.add_section(sec)
+    base = res.baseline
     keep = res.keep(0.5)
     if keep:
         last = keep[-1]
@@ -333,4 +343,4 @@ def add_sections(report: Any, res: RestoreResult) -> None:
         ))
 
 
-__all__ = ["RestoreResult", "Scorer", "UnitInfo", "greedy", "restore_report", "restore_search"]
+__all__ = ["RestoreResult", "Scorer", "UnitInfo", "greedy", "restore_report", "restore_search", "sections"]

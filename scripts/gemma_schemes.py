@@ -104,14 +104,14 @@ def run_scheme(gguf: Path, cand: Path, producer_check: bool) -> dict:
         prompt=PROMPT, generate=GENERATE, localize=False))
     lt = rep.comparison.layer_table()
     lg = rep.comparison.logits
-    cont = rep.meta["continuations"]
+    cont = rep.record.continuations
     res = {
         "layers": {int(r.layer): (float(r.residual_min_cosine), float(r.residual_mean_cosine))
                    for r in lt.itertuples()},
         "mean_kl": lg.mean_kl, "max_kl": lg.max_kl, "top1": lg.top1_agreement, "top5": lg.mean_top5_overlap,
         "n_pos": len(rep.comparison.positions),
-        "ref_text": cont["ref"]["text"], "cand_text": cont["cand"]["text"],
-        "ids": list(rep.meta["token_ids"]), "seconds": time.perf_counter() - t0,
+        "ref_text": cont.reference.text, "cand_text": cont.candidate.text,
+        "ids": list(rep.record.tokens.ids), "seconds": time.perf_counter() - t0,
     }
     if producer_check:
         ids = res["ids"]

@@ -125,15 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         rep = layerbisect.compare(ref, cand, options=CompareOptions(prompt=None, tokens=ids, generate=0))
         t_c = time.time() - t0
         print(f"[{ft}] compared in {t_c:.0f} s", file=sys.stderr)
-        entry: dict[str, Any] = {"path": str(cand), "quantize_s": t_q, "compare_s": t_c,
-                                 "fallbacks": fallbacks(qlog), "kld": rep.meta["kld"],
-                                 "types": rep.meta["gguf_types"], "quantization": rep.meta["candidate_quantization"]}
-        sec = {s.title: s for s in rep.extra_sections}
-        layers = next(s for t, s in sec.items() if t.startswith("Weight error per layer")).data
-        local = {r["layer"]: r for r in rep.meta["localization"]["layers"]}
+        sec = {s.key: s for s in rep.sections}
+        q = rep.record.quantization
+        entry: dict[str, Any] = {
+            "path": str(cand), "quantize_s": t_q, "compare_s": t_c, "fallbacks": fallbacks(qlog),
+            "kld": rep.record.kld.to_dict(),
+            "types": {"by_type": sec["gguf-types"].records(), "by_pair": sec["gguf-type-pairs"].records()},
+            "tensor_types": _count(open_runner(cand, role="candidate").activate().tensor_types()),
+            "linear_schemes": {x.scheme: x.modules for x in q.linear_schemes} if q is not None else {},
+        }
+        layers = sec["gguf-layers"].records()
+        local = {r.layer: r for r in rep.record.localization.layers}
         for r in layers:
-            lr = local.get(r["layer"], {})
-            r["acc_cosine"] = lr.get("accumulated_cosine", math.nan)
+            lr = local.get(r["layer"])
+            r["acc_cosine"] = lr.accumulated_cosine if lr is not None else math.nan
         entry["layers"] = layers
         # llama.cpp's own KLD on the same tokens: its logits, its dot products
         if ref_logits_cpp is None:
@@ -197,8 +202,7 @@ def _kld_rows(ours: dict[str, Any], cpp: dict[str, Any] | None) -> list[dict[str
 
 def _section(ft: str, e: dict[str, Any], rep: Any, ref_label: str) -> list[str]:
     out = [f"\n## {ref_label} → {ft}\n"]
-    q = e["quantization"]
-    out.append("Candidate tensor types: " + ", ".join(f"{t} ×{n}" for t, n in q["tensor_types"].items())
+    out.append("Candidate tensor types: " + ", ".join(f"{t} ×{n}" for t, n in sorted(e["tensor_types"].items()))
                + f". llama.cpp fell back on {len(e['fallbacks'])} tensors (rows not a multiple of 256), "
                + ("e.g. `" + e["fallbacks"][0] + "`" if e["fallbacks"] else "none") + ".\n")
     out.append("\n### KL divergence (llama-perplexity --kl-divergence units)\n")

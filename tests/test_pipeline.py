@@ -41,11 +41,11 @@ def test_fp8_candidate_is_close_and_reported(tiny_quantized, tmp_path):
     res = df[df["point"].str.endswith(".out")]
     assert res["cosine"].min() > 0.99, res.groupby("point")["cosine"].min()
     assert not any(f.kind in ("nonfinite_onset", "norm_blowup") for f in report.findings)
-    assert report.meta["continuations"]["ref"]["ids"], "reference continuation missing"
+    assert report.record.continuations.reference.ids, "reference continuation missing"
     written = report.save(tmp_path / "rep")
     data = json.loads(Path(written["json"]).read_text())
     assert data["findings"], "JSON must carry the findings"
-    sections = data.get("sections", data.get("extra_sections", []))
+    sections = data["sections"]
     assert any(s["title"].startswith("Local vs accumulated") for s in sections)
 
 

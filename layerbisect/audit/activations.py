@@ -133,23 +133,13 @@ def findings_from_rows(rows: list[dict[str, Any]], kind: str) -> list[Finding]:
     ]
 
 
-def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[Finding]:
-    """Add static-activation-scale and KV-scale headroom sections and findings to ``report``; return the findings."""
+def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict[str, Any]]:
+    """Add static-activation-scale and KV-scale headroom findings to ``report``; return the headroom rows."""
     rows = headroom_rows(ref_caps, cand_runner, ref_runner)
     kv = kv_rows(ref_caps, cand_runner)
-    out = findings_from_rows(rows, "act_scale_overflow") + findings_from_rows(kv, "kv_cache_scale")
-    for f in out:
+    for f in findings_from_rows(rows, "act_scale_overflow") + findings_from_rows(kv, "kv_cache_scale"):
         report.add_finding(f)
-    # which modules' inputs clip: their output is smaller than the reference's for that reason alone
-    report.meta["clipped_inputs"] = {r["module"]: r["ratio"] for r in rows if r["ratio"] > 1.0}
-    if rows or kv:
-        report.add_section(
-            "Static scale headroom (reference activations vs what each static scale can represent)",
-            sorted(rows + kv, key=lambda r: -r["ratio"])[:24],
-            "ratio = input amax / representable limit; > 1 clips (or NaN in a non-saturating kernel). "
-            "FP8: 448·input_scale; NVFP4: 6·448/input_global_scale per 16-block; KV: 448·k_scale/v_scale.",
-        )
-    return out
+    return rows + kv
 
 
 __all__ = ["audit_activation_scales", "findings_from_rows", "headroom_rows", "kv_rows", "static_limit"]

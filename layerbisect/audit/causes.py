@@ -174,15 +174,22 @@ def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
     return cause
 
 
-def collect(report: Any, cand_runner: Any = None, weight_audit: Any = None) -> list[Evidence]:
+def collect(
+    report: Any,
+    cand_runner: Any = None,
+    weight_audit: Any = None,
+    localization: Any = None,
+    clipped: Mapping[str, float] | None = None,
+) -> list[Evidence]:
+    """Evidence from every audit; ``clipped``: module → input amax / static-scale limit for inputs that clip."""
     ev: list[Evidence] = []
     if weight_audit is not None:
         ev += from_weight_audit(weight_audit)
     ev += from_findings(report.findings)
     if cand_runner is not None and weight_audit is None:
         ev += from_load_notes(getattr(cand_runner, "load_notes", None))
-    loc = report.meta.get("localization") or {}
-    ev += from_modules(loc.get("modules", []), report.meta.get("clipped_inputs"))
+    if localization is not None:  # comparison.record.Localization
+        ev += from_modules((asdict(m) for m in localization.modules), clipped)
     return ev
 
 

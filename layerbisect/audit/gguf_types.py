@@ -241,34 +241,62 @@ def layer_table(rows: Sequence[Any], modules: Sequence[dict[str, Any]] = (),
     return out
 
 
-def add_gguf_sections(report: Any, audit: Any) -> None:
-    """Per-type and per-layer tables of a GGUF candidate's weight audit (+ patching rows when present)."""
-    loc = report.meta.get("localization") or {}
-    modules, layers = loc.get("modules", []), loc.get("layers", [])
-    report.add_section(
-        "Weight error per GGML type (candidate vs reference)",
-        cand_type_summary(audit.rows, modules),
-        "SQNR = 10·log10(‖ref‖²/‖cand−ref‖²) per tensor, dB (higher is better; 6 dB per bit); bpw: bits per "
-        "weight of the type; mean_module_out_rel_l2: each linear's own output error on the reference's input "
-        "(activation patching). Worst type first.",
+def tensor_rows(audit: Any) -> list[dict[str, Any]]:
+    """One row per tensor that is not F32 in the candidate: names, both types, and the four numbers."""
+    return [{"name": r.name, "tensor": r.evidence.get("gguf_tensor", ""), "ref_type": r.ref_scheme,
+             "cand_type": r.scheme, "cosine": r.cosine, "rel_err": r.rel_err, "sqnr_db": r.sqnr_db,
+             "alpha": r.alpha, "status": r.status, "cause": r.cause}
+            for r in audit.rows if r.status != "extra" and r.scheme not in ("F32",)]
+
+
+def gguf_sections(audit: Any, localization: Any = None) -> tuple[Any, ...]:
+    """The report sections of a GGUF candidate's weight audit (+ activation patching's rows when given)."""
+    from dataclasses import asdict
+
+    from ..comparison.sections import Section
+
+    modules = [asdict(m) for m in getattr(localization, "modules", ())]
+    layers = [asdict(m) for m in getattr(localization, "layers", ())]
+    by_type = cand_type_summary(audit.rows, modules)
+    by_pair = type_summary(audit.rows, modules)
+    per_layer = layer_table(audit.rows, modules, layers)
+    tensors = tensor_rows(audit)
+    return (
+        Section.from_records(
+            "gguf-types", "Weight error per GGML type (candidate vs reference)", by_type,
+            brief_rows=len(by_type), brief=("cand_type", "tensors", "bpw", "from", "median_sqnr_db", "min_sqnr_db",
+                                            "mean_module_out_rel_l2"),
+            note="SQNR = 10·log10(‖ref‖²/‖cand−ref‖²) per tensor, dB (higher is better; ~6 dB per bit); bpw: bits "
+            "per weight of the type; mean_module_out_rel_l2: each linear's own output error on the reference's "
+            "input (activation patching). Worst type first.",
+        ),
+        Section.from_records(
+            "gguf-type-pairs", "Weight error per reference → candidate type", by_pair, brief_rows=len(by_pair),
+            note="identical: tensors whose bytes did not change (a requantization that kept the type).",
+        ),
+        Section.from_records(
+            "gguf-layers", "Weight error per layer (candidate type and SQNR in dB per tensor)", per_layer,
+            brief_rows=len(per_layer),
+            note="'=' marks a tensor identical to the reference's; costliest_type: the type whose linears add the "
+            "most output error in that layer.",
+        ),
+        Section.from_records(
+            "gguf-tensors", "Weight audit per tensor (GGML types)", tensors, rank_by="rel_err", brief_rows=12,
+            brief=("name", "tensor", "ref_type", "cand_type", "sqnr_db", "cosine", "alpha", "cause"),
+            note="every tensor that is not F32 in the candidate, worst first in brief views; sqnr_db inf: identical.",
+        ),
     )
-    report.add_section(
-        "Weight error per reference → candidate type",
-        type_summary(audit.rows, modules),
-        "identical: tensors whose bytes did not change (a requantization that kept the type).",
-    )
-    report.add_section(
-        "Weight error per layer (candidate type and SQNR in dB per tensor)",
-        layer_table(audit.rows, modules, layers),
-        "'=' marks a tensor identical to the reference's; costliest_type: the type whose linears add the most "
-        "output error in that layer.",
-    )
-    report.meta["gguf_types"] = {"by_type": cand_type_summary(audit.rows, modules),
-                                 "by_pair": type_summary(audit.rows, modules)}
+
+
+def add_gguf_sections(report: Any, audit: Any, localization: Any = None) -> None:
+    for s in gguf_sections(audit, localization):
+        report.add_section(s)
 
 
 __all__ = [
     "add_gguf_sections",
+    "gguf_sections",
+    "tensor_rows",
     "block_errors",
     "block_outliers",
     "bits_per_weight",

@@ -218,31 +218,9 @@ class WeightAudit:
         }
 
     def add_to_report(self, report: Any) -> None:
+        """The findings; the rows reach the run record as ``Audits.weights`` (``audit.after_localize``)."""
         for f in self.findings():
             report.add_finding(f)
-        shown = self.faults or []
-        report.add_section(
-            "Weight audit (candidate tensors dequantized vs reference)",
-            [r.row() for r in shown] if shown else f"No fault in {len(self.rows)} tensors.",
-            "alpha: best-fit scale cand ≈ alpha·ref; cause from the stored scale's powers and layout checks "
-            "(docs/AUDIT.md).",
-        )
-        if self.cand_format == "gguf":
-            from .gguf_types import add_gguf_sections
-
-            report.add_section(
-                "Weight audit per tensor (GGML types)",
-                [_gguf_row(r) for r in self.rows if r.status != "extra" and r.scheme not in ("F32",)],
-                "every tensor that is not F32 in the candidate; sqnr_db '=inf' means identical to the reference.",
-            )
-            add_gguf_sections(report, self)
-        report.meta["weight_audit"] = self.to_dict()
-
-
-def _gguf_row(r: TensorAudit) -> dict[str, Any]:
-    return {"tensor": r.name, "gguf": r.evidence.get("gguf_tensor", ""), "ref_type": r.ref_scheme,
-            "cand_type": r.scheme, "cosine": r.cosine, "rel_err": r.rel_err, "sqnr_db": r.sqnr_db,
-            "alpha": r.alpha, "status": r.status, "cause": r.cause}
 
 
 def _kind_op(name: str, linears: Any = ()) -> tuple[str, int | None, str | None]:

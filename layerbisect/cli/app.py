@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -25,8 +26,20 @@ app = typer.Typer(
 app.command("run")(run)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"layerbisect {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """layerbisect: find where and why a quantized LLM diverges from its reference."""
 
 _SUBCOMMANDS = {"run"}

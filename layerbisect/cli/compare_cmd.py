@@ -96,11 +96,13 @@ def compare(
     from ..pipeline import CompareOptions
     from ..pipeline import compare as run_compare
     from ..reports import junit as junit_mod
-    from ..reports import terminal
+    from ..reports import terminal as report_view
 
     if cand is None and candidate_dump is None:
         raise InputError("bisect", "missing the candidate: give CAND_DIR or --candidate-dump DIR")
-    console = Console(stderr=True)
+    from .progress import progress_display, terminal
+
+    console = terminal(stderr=True)
     gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
     if (bisect_modules or restore_search) and stream:
@@ -125,8 +127,6 @@ def compare(
         thresholds=gate_cfg.default,
         dump_map=dump_map,
     )
-    from .progress import progress_display
-
     with progress_display(console) as shown:
         progress, status = shown.progress, shown.status
         report = run_compare(ref, cand, candidate_dump=candidate_dump, options=opts, progress=progress, status=status)
@@ -146,13 +146,13 @@ def compare(
         junit_mod.write_junit(report, junit, gate=result)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         junit_mod.write_step_summary(report, gate=result)
-    terminal.render(report, Console(), gate=result) if not quiet else _quiet(report, result)
-    Console().print(f"reports: {', '.join(str(p) for p in written.values())}")
+    out = terminal()
+    report_view.render(report, out, gate=result) if not quiet else _quiet(out, report, result)
+    out.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 
-def _quiet(report, result) -> None:
-    c = Console()
+def _quiet(c: Console, report, result) -> None:  # noqa: ANN001
     for f in report.findings[:8]:
         c.print(f"[{f.severity}] {f.title}", markup=False, highlight=False)  # titles hold [cause] brackets
     c.print("gate: " + ("PASS" if result.passed else "FAIL"))

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from . import options as o
 
@@ -27,23 +26,23 @@ def demo(
     from ..errors import InputError
     from ..pipeline import CompareOptions
     from ..producers.quantize import SCHEMES
-    from ..reports import terminal
+    from ..reports import terminal as report_view
+    from .progress import progress_display, terminal
 
     chosen = [s.strip().upper() for s in schemes.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SCHEMES]
     if bad:
         raise InputError("--schemes", f"unknown scheme(s) {bad}; choose from {', '.join(SCHEMES)}")
-    err = Console(stderr=True)
-    with err.status("demo") as status:
+    with progress_display(terminal(stderr=True), "demo") as shown:
         results = run_demo(
             out, chosen, options=CompareOptions(prompt=prompt, generate=generate), overwrite=overwrite,
-            say=lambda s: status.update(s),
+            say=shown.status, progress=shown.progress,
         )
-    con = Console()
+    con = terminal()
     for scheme, (report, written) in results.items():
         con.rule(f"[bold]Gemma 3 270M {scheme} vs Q4_K_M GGUF reference")
-        terminal.render(report, con)
+        report_view.render(report, con)
         mdl = most_divergent_layer(report)
         if mdl:
             con.print(f"[bold]{scheme}: most divergent layer: {mdl[0]}[/] (residual cosine {mdl[1]:.5f})")
-        con.print(f"reports: {', '.join(str(p) for p in written.values())}")
+        con.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

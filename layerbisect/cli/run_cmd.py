@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import api
 from ..tokenizer import parse_token_ids
 from . import options as o
-from .progress import progress_display
+from .progress import progress_display, terminal
 
 
 def run(
@@ -28,7 +27,7 @@ def run(
     tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
-    console = Console(stderr=True)
+    console = terminal(stderr=True)
     ids = parse_token_ids(tokens) if tokens else None
     with progress_display(console, "loading") as shown:
         progress = shown.progress
@@ -38,7 +37,7 @@ def run(
             kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
             tokenizer=tokenizer,
         )
-    out = Console()
+    out = terminal()
     out.print(f"[bold]{res.path}[/] ({res.arch}), loaded in {res.load_seconds:.1f}s")
     out.print(f"prompt ids: {res.prompt_ids}")
     if res.generated_ids:

@@ -1,7 +1,7 @@
 """compare: align two capture stores, compute metrics, detect findings, build the report, gate CI.
 
 Entry points: ``compare_captures`` → ``Comparison``; ``detect_all`` → findings;
-``Report(comparison, meta=...)`` → ``save``/``to_json``; ``gate.evaluate`` → ``GateResult``.
+``Report(comparison, record=...)`` → ``save``/``to_json``; ``gate.evaluate`` → ``GateResult``.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 from layerbisect.comparison.comparator import Comparison, ModelInfo, compare_captures
 from layerbisect.comparison.findings import Finding, detect_all, sort_findings
 from layerbisect.comparison.gate import GateConfig, GateResult, evaluate
-from layerbisect.comparison.report import Report, Section
+from layerbisect.comparison.record import RunRecord
+from layerbisect.comparison.report import Report
 from layerbisect.comparison.results import LogitResult, PointResult, SaturationResult, Thresholds
+from layerbisect.comparison.sections import Column, Section
 
 __all__ = [
+    "Column",
     "Comparison",
     "Finding",
     "GateConfig",
@@ -21,6 +24,7 @@ __all__ = [
     "ModelInfo",
     "PointResult",
     "Report",
+    "RunRecord",
     "SaturationResult",
     "Section",
     "Thresholds",

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .sections import Section
+
 KLD_PERCENTILES: tuple[tuple[str, float], ...] = (
     ("99.9%", 0.999), ("99.0%", 0.990), ("95.0%", 0.950), ("90.0%", 0.900), ("Median", 0.5),
     ("10.0%", 0.100), (" 5.0%", 0.050), (" 1.0%", 0.010), (" 0.1%", 0.001),
@@ -143,6 +145,16 @@ class KLDStats:
     def text(self) -> str:
         return "\n".join(self.lines())
 
+    def sections(self) -> tuple[Section, ...]:
+        """llama.cpp's printed lines, as a text section of every report output."""
+        return (Section.of_text(
+            "kl-divergence",
+            f"KL divergence ({self.count} scored positions; llama-perplexity --kl-divergence units)",
+            self.text(),
+            "reference = llama.cpp's base, candidate = Q; each position scores the next token of the "
+            "teacher-forced sequence (docs/METRICS.md).",
+        ),)
+
 
 def per_position(
     ref_logits: torch.Tensor, cand_logits: torch.Tensor, next_ids: Sequence[int], *, rows: int = 16
@@ -224,18 +236,5 @@ def kld_stats(ref_logits: torch.Tensor, cand_logits: torch.Tensor, token_ids: Se
     )
 
 
-def add_to_report(report: object, stats: KLDStats | None) -> None:
-    """A text section with llama.cpp's printed lines, and ``meta["kld"]`` with the numbers."""
-    if stats is None:
-        return
-    report.add_section(  # type: ignore[attr-defined]
-        f"KL divergence ({stats.count} scored positions; llama-perplexity --kl-divergence units)",
-        stats.text(),
-        "reference = llama.cpp's base, candidate = Q; each position scores the next token of the teacher-forced "
-        "sequence (docs/METRICS.md).",
-    )
-    report.meta["kld"] = stats.to_dict()  # type: ignore[attr-defined]
-
-
-__all__ = ["KLDStats", "add_to_report", "covariance", "kld_stats", "mean_and_uncertainty", "per_position",
+__all__ = ["KLDStats", "covariance", "kld_stats", "mean_and_uncertainty", "per_position",
            "percentile"]

@@ -1,30 +1,30 @@
-"""The ``Report``: findings + comparison + run metadata, and the files written from it.
+"""The ``Report``: findings + comparison + the typed run record, and the files written from it.
 
 Design notes
 - One object feeds every output (terminal, Markdown, HTML, JSON, Parquet, JUnit, GitHub
-  step summary); renderers live in ``layerbisect.reports`` and only read a ``Report``.
+  step summary); renderers live in ``layerbisect.reports`` and only read a ``Report``:
+  ``comparison`` (the numbers), ``findings`` (where and why, most severe first) and
+  ``record`` (a frozen ``RunRecord``: paths, model, tokens, continuations, quantization,
+  runtime, localization, audits, bisect; see ``record.py``). Stages hand their typed results
+  to the record with ``put``; tables reach the outputs as ``Section``s.
 - ``to_json`` is deterministic: sorted keys, floats rounded to 9 significant digits, NaN
-  and ±Inf written as the strings "nan"/"inf"/"-inf" (JSON has no such numbers), no
-  timestamps unless the caller put them in ``meta``. The same inputs give the same bytes,
-  so a report JSON can be diffed and used as a gate baseline.
+  and ±Inf written as the strings "nan"/"inf"/"-inf" (JSON has no such numbers), and no
+  run-time measurement: ``record.runtime`` goes to runtime.json. The same inputs give the
+  same bytes, so a report JSON can be diffed and used as a gate baseline.
 - ``save`` refuses to write into a non-empty directory that is not a previous layerbisect
   report (recognised by the marker file ``.layerbisect-report``) unless ``overwrite=True``:
   ``bisect ... -o ~/`` must never scribble over a home directory.
-- ``meta`` keys the renderers know (all optional): ``ref_model``, ``cand_model``,
-  ``ref_path``, ``cand_path``, ``prompt``, ``token_ids``, ``token_strings``, ``arch``,
-  ``continuations`` = {"ref": {"text", "ids"}, "cand": {"text", "ids"}}, ``timings``
-  (name → seconds), ``peak_memory`` (name → bytes). Any other key is shown as-is.
-- ``extra_sections``: others add tables (``Section(title, data, note)``; data is a
-  DataFrame, a list of dicts, a dict, or a Markdown/plain string) that every output renders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,12 @@ import pandas as pd
 
 from layerbisect.comparison.comparator import Comparison
 from layerbisect.comparison.findings import Finding, detect_all, sort_findings
+from layerbisect.comparison.record import RunRecord
+from layerbisect.comparison.sections import Section
 from layerbisect.errors import InputError
 
 MARKER = ".layerbisect-report"
-RUNTIME_KEY = "runtime"  # timings and peak memory: shown in reports, kept out of report.json
-SCHEMA = 1
+SCHEMA = 2  # 2: "run" (typed record) and "sections" (typed tables) replace "meta" and "extra_sections"
 DEFAULT_FORMATS: tuple[str, ...] = ("md", "html", "json", "parquet")
 FILE_NAMES = {
     "md": "report.md",
@@ -45,29 +46,6 @@ FILE_NAMES = {
     "parquet": "points.parquet",
     "junit": "junit.xml",
 }
-
-
-@dataclass
-class Section:
-    """An extra report section added by other code (e.g. a local-vs-accumulated table)."""
-
-    title: str
-    data: Any  # pd.DataFrame | list[dict] | dict | str
-    note: str = ""
-
-    def rows(self) -> list[dict[str, Any]] | None:
-        """Table rows, or None when the section is text."""
-        d = self.data
-        if isinstance(d, pd.DataFrame):
-            return d.to_dict(orient="records")
-        if isinstance(d, Mapping):
-            return [{"key": k, "value": v} for k, v in d.items()]
-        if isinstance(d, str):
-            return None
-        return [dict(r) for r in d]
-
-    def text(self) -> str:
-        return self.data if isinstance(self.data, str) else ""
 
 
 def jsonable(x: Any) -> Any:
@@ -85,6 +63,8 @@ def jsonable(x: Any) -> Any:
         return 0.0 if r == 0 else r  # no "-0.0"
     if isinstance(x, Mapping):
         return {str(k): jsonable(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(asdict(x))
     if isinstance(x, pd.DataFrame):
         return jsonable(x.to_dict(orient="records"))
     if isinstance(x, (list, tuple)):
@@ -112,30 +92,17 @@ def unjson_float(x: Any) -> float:
 
 
 class Report:
-    """Findings first, then the comparison, then what was run (see module notes)."""
+    """Findings first, then the comparison, then the run record (see module notes)."""
 
     def __init__(
         self,
         comparison: Comparison,
         findings: Iterable[Finding] | None = None,
-        meta: Mapping[str, Any] | None = None,
-        extra_sections: Sequence[Section | tuple[str, Any]] | None = None,
+        record: RunRecord | None = None,
     ):
         self.comparison = comparison
         self._findings: list[Finding] = list(findings) if findings is not None else detect_all(comparison)
-        self.meta: dict[str, Any] = dict(meta or {})
-        self.extra_sections: list[Section] = [
-            s if isinstance(s, Section) else Section(*s) for s in (extra_sections or [])
-        ]
-        if comparison.routing:
-            from layerbisect.comparison.routing import summary_rows
-
-            self.add_section(
-                "Expert routing (reference vs candidate)",
-                summary_rows(comparison.routing),
-                "per MoE layer: mean top-k overlap |ref ∩ cand| / k over tokens, share of tokens sent to the same "
-                "expert set, and the first token routed differently (routing.parquet: every layer × token).",
-            )
+        self.record: RunRecord = record if record is not None else RunRecord()
 
     # -- content -------------------------------------------------------------
 
@@ -147,10 +114,50 @@ class Report:
     def add_finding(self, finding: Finding) -> None:
         self._findings.append(finding)
 
-    def add_section(self, title: str, data: Any, note: str = "") -> Section:
-        s = Section(title, data, note)
-        self.extra_sections.append(s)
-        return s
+    def put(self, **parts: Any) -> RunRecord:
+        """Put stage results into the record, e.g. ``put(localization=loc)``; returns the new record."""
+        self.record = dataclasses.replace(self.record, **parts)
+        return self.record
+
+    def add_section(self, section: Section | str, data: Any = None, note: str = "") -> Section:
+        """Add a table of any kind (``record.extra``): a ``Section``, or a title with rows.
+
+        Rows: a DataFrame, dataclass instances or mappings of scalars (``Section.from_records``);
+        a string is a text section.
+        """
+        if not isinstance(section, Section):
+            key = re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")[:48]
+            if isinstance(data, str):
+                section = Section.of_text(key, section, data, note)
+            else:
+                rows = data.to_dict(orient="records") if isinstance(data, pd.DataFrame) else list(data or [])
+                section = Section.from_records(key, section, rows, note=note)
+        taken = {s.key for s in self.sections}
+        if section.key in taken:  # keys are HTML ids and JSON keys: unique
+            n = 2
+            while f"{section.key}-{n}" in taken:
+                n += 1
+            section = dataclasses.replace(section, key=f"{section.key}-{n}")
+        self.put(extra=(*self.record.extra, section))
+        return section
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        """Every table after the fixed parts: expert routing (MoE), localization, audits, bisect, then any others."""
+        out: list[Section] = []
+        if self.comparison.routing:
+            from layerbisect.comparison.routing import summary_rows
+
+            out.append(Section.from_records(
+                "expert-routing",
+                "Expert routing (reference vs candidate)",
+                summary_rows(self.comparison.routing),
+                rank_by=None,
+                brief_rows=12,
+                note="per MoE layer: mean top-k overlap |ref ∩ cand| / k over tokens, share of tokens sent to the "
+                "same expert set, and the first token routed differently (routing.parquet: every layer × token).",
+            ))  # fmt: skip
+        return (*out, *self.record.sections())
 
     @property
     def df(self) -> pd.DataFrame:
@@ -161,19 +168,20 @@ class Report:
         return f[0].severity if f else None
 
     def token_strings(self) -> list[str]:
-        ts = self.meta.get("token_strings")
-        return [str(t) for t in ts] if isinstance(ts, (list, tuple)) else []
+        t = self.record.tokens
+        return list(t.strings) if t is not None else []
 
     # -- JSON ----------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything except run-time measurements (those are ``record.runtime``, written to runtime.json)."""
         from layerbisect.version import __version__
 
         cmp = self.comparison
         return {
             "layerbisect_report": SCHEMA,
             "version": __version__,
-            "meta": self.meta,
+            "run": self.record.to_dict(),
             "model": asdict(cmp.info),
             "thresholds": cmp.thresholds.to_dict(),
             "findings": [f.to_dict() for f in self.findings],
@@ -191,17 +199,13 @@ class Report:
                 "only_cand": cmp.only_cand,
                 "shape_mismatch": {k: [list(a), list(b)] for k, (a, b) in cmp.shape_mismatch.items()},
             },
-            "extra_sections": [
-                {"title": s.title, "note": s.note, "rows": s.rows(), "text": s.text()} for s in self.extra_sections
-            ],
+            "sections": [s.to_dict() for s in self.sections],
         }
 
     def to_json(self) -> str:
-        """Deterministic: run-time measurements (``meta["runtime"]``) go to runtime.json instead."""
-        d = self.to_dict()
-        if isinstance(d.get("meta"), dict):
-            d["meta"] = {k: v for k, v in d["meta"].items() if k != RUNTIME_KEY}
-        return json.dumps(jsonable(d), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        """Deterministic: the same inputs give the same bytes (see module notes)."""
+        d = jsonable(self.to_dict())
+        return json.dumps(d, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     # -- files ---------------------------------------------------------------
 
@@ -250,9 +254,9 @@ class Report:
                 p = out / FILE_NAMES["junit"]
                 p.write_text(junit.render(self, gate), encoding="utf-8")
             written[fmt] = p
-        if RUNTIME_KEY in self.meta:
+        if self.record.runtime is not None:
             p = out / "runtime.json"
-            p.write_text(json.dumps(jsonable(self.meta[RUNTIME_KEY]), sort_keys=True, indent=2) + "\n")
+            p.write_text(json.dumps(jsonable(self.record.runtime.to_dict()), sort_keys=True, indent=2) + "\n")
             written["runtime"] = p
         return written
 
@@ -293,4 +297,4 @@ def load_report_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["Report", "Section", "MARKER", "load_report_json", "jsonable", "unjson_float", "write_points"]
+__all__ = ["Report", "RunRecord", "Section", "MARKER", "load_report_json", "jsonable", "unjson_float", "write_points"]

@@ -38,6 +38,7 @@ import torch
 
 from layerbisect.errors import InputError
 from layerbisect.producers.cache import build_atomic, cache_dir, options_key, sha256_file
+from layerbisect.quiet import output_to
 
 DTYPES = ("bfloat16", "float32")
 PROMPT = "The capital of France is"
@@ -164,6 +165,12 @@ def hf_checkpoint_from_gguf(gguf_path: str | Path, out_dir: str | Path | None = 
             final.rmdir()
 
     def build(tmp: Path) -> None:
+        # transformers' "Converting and de-quantizing GGUF tensors", "Writing model shards": to a log
+        # beside the checkpoint (not in it: its files key the candidates made from it)
+        with output_to(final.parent / f"{final.name}.producer.log"):
+            _build(tmp)
+
+    def _build(tmp: Path) -> None:
         model = load_hf_from_gguf(gguf_path, dtype)
         tokenizer = tokenizer_from_gguf(gguf_path)
         model.save_pretrained(tmp)

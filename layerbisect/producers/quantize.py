@@ -23,13 +23,11 @@ producer version. Built atomically (see cache.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch
 
 from layerbisect.errors import InputError
 from layerbisect.producers.cache import build_atomic, cache_dir, options_key, sha256_dir
+from layerbisect.quiet import output_to
 
 SCHEMES: tuple[str, ...] = ("FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4", "NVFP4A16")
 
@@ -95,33 +94,11 @@ def quantize_checkpoint(
             final.rmdir()
 
     def build(tmp: Path) -> None:
-        with _output_to(tmp / "producer.log"):
+        # the producer's INFO logs, progress bars and warnings would bury our display: they go to a log
+        with output_to(tmp / "producer.log"):
             _run_producer(hf_dir, scheme, tmp, texts, list(ignore), max_seq_length)
 
     return build_atomic(final, build)
-
-
-@contextlib.contextmanager
-def _output_to(log: Path) -> Iterator[None]:
-    """Send the producer's stdout/stderr (INFO logs, progress bars, warnings) to a log file at the fd level.
-
-    They would bury `bisect demo`'s own output; the log stays beside the checkpoint for anyone who wants it.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _run_producer(hf_dir: Path, scheme: str, out: Path, texts: tuple[str, ...], ignore: list[str],

@@ -1,24 +1,30 @@
 """Terminal report (rich): findings first, coloured by severity, then the per-layer table,
-logits and both greedy continuations. The only module of the package that imports rich
-for output; library code returns objects, this renders them.
+logits, both greedy continuations and the top rows of each section.
+
+The only module of the package that imports rich for output; library code returns objects,
+this renders them. Readable at 80 columns: short headers, light table borders, and point
+or module names never cut (``no_wrap`` with their full width); free text wraps instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from layerbisect.comparison.sections import Section
 from layerbisect.reports.common import (
     LAYER_COLUMNS,
     SEVERITY_LABEL,
-    cell,
     continuations,
     finding_evidence_text,
     fmt,
+    fmt_cell,
     layer_rows,
     verdict,
 )
@@ -30,23 +36,68 @@ if TYPE_CHECKING:
 STYLE = {"critical": "bold white on red", "error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def findings_renderable(report: Report) -> Group:
-    items: list[Text] = []
-    for f in report.findings:
+def findings_renderable(report: Report) -> Table | Text:
+    """One row per finding: the severity in its own column, so wrapped lines stay aligned under the text."""
+    fs = report.findings
+    if not fs:
+        return Text("No findings: every compared point is within the thresholds.", style="green")
+    grid = Table.grid(padding=(0, 1), expand=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
+    for f in fs:
         t = Text()
-        t.append(f" {SEVERITY_LABEL.get(f.severity, f.severity.upper()):8} ", style=STYLE.get(f.severity, ""))
-        t.append(f" {f.kind} ", style="dim")
+        t.append(f.kind, style="dim")
+        t.append(" ")
         t.append(f.title, style="bold")
         if f.where():
-            t.append(f"  @ {f.where()}", style="magenta")
+            t.append(f" @ {f.where()}", style="magenta")
         if f.detail:
-            t.append(f"\n           {f.detail}")
-        if f.evidence:
-            t.append(f"\n           {finding_evidence_text(f.evidence)}", style="dim")
-        items.append(t)
-    if not items:
-        items.append(Text("No findings: every compared point is within the thresholds.", style="green"))
-    return Group(*items)
+            t.append(f"\n{f.detail}")
+        ev = finding_evidence_text(f.evidence)
+        if ev:
+            t.append(f"\n{ev}", style="dim")
+        grid.add_row(Text(SEVERITY_LABEL.get(f.severity, f.severity.upper()), style=STYLE.get(f.severity, "")), t)
+    return grid
+
+
+def _table(title: str | None, caption: str | None = None) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        padding=(0, 1),
+    )
+
+
+def _name_width(values: Sequence[str]) -> int:
+    return max((len(v) for v in values), default=4)
+
+
+def section_renderable(s: Section) -> Group:
+    """The title on its own line (it wraps at the terminal's width), then the brief table."""
+    head = Text(s.title, style="bold")
+    cols, rows = s.brief()
+    if not rows:
+        return Group(Text(""), head, Text(s.text)) if s.text else Group(Text(""), head)
+    cells = [[fmt_cell(v, c) for v, c in zip(r, cols)] for r in rows]
+    more = f"{len(rows)} of {len(s.rows)} rows; all in report.html" if len(s.rows) > len(rows) else None
+    t = _table(None, " · ".join(x for x in (s.text, more) if x) or None)
+    for k, c in enumerate(cols):
+        if c.kind == "name":
+            t.add_column(c.title, no_wrap=True, min_width=_name_width([r[k] for r in cells]))
+        elif c.kind == "text":
+            t.add_column(c.title, overflow="fold", ratio=1)
+        else:
+            t.add_column(c.title, justify="right", no_wrap=True)
+    for r in cells:
+        t.add_row(*r)
+    return Group(Text(""), head, t)
 
 
 def render(report: Report, console: Console | None = None, gate: GateResult | None = None) -> None:
@@ -58,17 +109,20 @@ def render(report: Report, console: Console | None = None, gate: GateResult | No
             console.print(f"[bold green]Gate passed[/] ({gate.checked} checks)")
         else:
             console.print(f"[bold red]Gate failed[/]: {len(gate.failures)} of {gate.checked} checks")
-            for line in gate.failures[:20]:
+            for line in gate.failures[:10]:
                 console.print(f"  [red]-[/] {line}", highlight=False)
-            if len(gate.failures) > 20:
-                console.print(f"  … {len(gate.failures) - 20} more (see report.md)")
+            if len(gate.failures) > 10:
+                console.print(f"  … {len(gate.failures) - 10} more (see report.md)")
 
     rows = layer_rows(report)
     if rows:
         lt = cmp.layer_table()
-        table = Table(title="Per layer (residual stream)", title_justify="left")
-        for k, (_, h) in enumerate(LAYER_COLUMNS):
-            table.add_column(h, justify="left" if k == 4 else "right")
+        table = _table("Per layer (residual stream)")
+        for k, (_, h, _) in enumerate(LAYER_COLUMNS):
+            if k == 4:
+                table.add_column(h, no_wrap=True, min_width=_name_width([r[4] for r in rows]))
+            else:
+                table.add_column(h, justify="right", no_wrap=True)
         for r, ok in zip(rows, lt["passed"].tolist(), strict=False):
             table.add_row(*r, style=None if ok else "red")
         console.print(table)
@@ -93,32 +147,24 @@ def render(report: Report, console: Console | None = None, gate: GateResult | No
 
     cont = continuations(report)
     if cont is not None:
-        ct = Table(title="Greedy continuations", title_justify="left", show_lines=True)
-        ct.add_column("reference")
-        ct.add_column("candidate")
-        ct.add_row(Text(cont.ref_text), Text(cont.cand_text))
+        ct = Table(title="Greedy continuations", title_justify="left", title_style="bold", show_lines=True,
+                   box=box.SQUARE, expand=False)  # fmt: skip
+        ct.add_column("reference", ratio=1, overflow="fold")
+        ct.add_column("candidate", ratio=1, overflow="fold")
+        ct.add_row(Text(cont.reference.text), Text(cont.candidate.text))
         ct.add_row(
-            Text(" ".join(map(str, cont.ref_ids)), style="dim"), Text(" ".join(map(str, cont.cand_ids)), style="dim")
+            Text(" ".join(map(str, cont.reference.ids)), style="dim"),
+            Text(" ".join(map(str, cont.candidate.ids)), style="dim"),
         )
         console.print(ct)
         d = cont.first_difference
         console.print("identical" if d is None else f"first differing generated token: #{d}", style="dim")
 
-    for s in report.extra_sections:
-        rws = s.rows()
-        if rws is None:
-            console.print(Panel(Text(s.text()), title=s.title, title_align="left"))
-            continue
-        et = Table(title=s.title, title_justify="left", caption=s.note or None)
-        headers = list(dict.fromkeys(k for r in rws for k in r))
-        for h in headers:
-            et.add_column(str(h))
-        for r in rws:
-            et.add_row(*[cell(r.get(h)) for h in headers])
-        console.print(et)
+    for s in report.sections:
+        console.print(section_renderable(s))
 
 
-def render_text(report: Report, width: int = 140, gate: GateResult | None = None) -> str:
+def render_text(report: Report, width: int = 80, gate: GateResult | None = None) -> str:
     """The terminal report as plain text (tests, logs)."""
     console = Console(record=True, width=width, force_terminal=False, color_system=None)
     with console.capture() as cap:

@@ -75,7 +75,7 @@ def test_hf_matches_reference_at_every_mapped_point(hf_model, reference, tmp_pat
     cos = _cosines(reference, cand)
     # Everything HF can reach must be in the reference too (nothing silently skipped).
     assert set(cand.names()) <= set(reference.names()), set(cand.names()) - set(reference.names())
-    assert len(cos) == 18 * 12 + 4, len(cos)  # 12 points per layer + embed, final_norm, 2× logits
+    assert len(cos) == 18 * 13 + 4, len(cos)  # 13 points per layer (mlp.act too) + embed, final_norm, 2× logits
     bad = {n: round(c, 6) for n, c in cos.items() if c < COS_OK}
     assert not bad, f"points below cosine {COS_OK}: {bad}"
     try:

@@ -49,7 +49,7 @@ def test_bisect_finds_the_one_broken_module(llama_nvfp4, fault_root, monkeypatch
     assert res.before["min_residual_cosine"] < 0.5 < res.after["min_residual_cosine"] and res.after_passed
     top = [f for f in report.findings if f.kind == "culprit"][0]
     assert top.title.startswith("bisect: module layers.1.mlp.gate_proj") and top.evidence["runs"] == res.runs
-    assert any(s.title.startswith("Module bisect") for s in report.extra_sections)
+    assert any(s.title.startswith("Module bisect") for s in report.sections)
 
 
 def test_bisect_says_when_the_linears_are_not_to_blame(fault_root, llama_nvfp4) -> None:

@@ -122,20 +122,20 @@ def test_pipeline_streamed_and_concurrent_match(tiny) -> None:
         reports[name] = layerbisect.compare(g, hf, options=CompareOptions(tokens=IDS, generate=2, **kw))
     base = reports["resident"]
     for name, rep in reports.items():
-        assert rep.meta["continuations"] == base.meta["continuations"], name
+        assert rep.record.continuations == base.record.continuations, name
         cols = ["point", "token", "cosine", "rel_l2", "max_abs"]
         cols = [c for c in cols if c in base.df.columns]
         a, b = base.df[cols].reset_index(drop=True), rep.df[cols].reset_index(drop=True)
         assert a.equals(b), f"{name}: comparison table differs from the resident sequential run"
         assert [f.kind for f in rep.findings] == [f.kind for f in base.findings], name
-        rt = rep.meta["runtime"]
-        pm = rt["peak_memory"]
-        assert "host_rss_bytes" in pm
+        rt = rep.record.runtime
+        assert rt is not None and "host_rss" in rt.peak_memory_bytes
         mode = "stream" if "stream" in name else "resident"
-        assert pm["reference"]["mode"] == mode and pm["candidate"]["mode"] == mode, pm
+        ref_mem, cand_mem = rt.memory_mode("reference"), rt.memory_mode("candidate")
+        assert ref_mem.mode == mode and cand_mem.mode == mode, rt.memory
         if mode == "stream":
-            assert pm["reference"]["peak_live_weight_bytes"] <= 1.05 * pm["reference"]["layer_fp32_bytes"]
-        assert rt["concurrent"] == ("concurrent" in name)
+            assert ref_mem.peak_live_weight_bytes <= 1.05 * ref_mem.layer_fp32_bytes
+        assert rt.concurrent == ("concurrent" in name)
 
 
 def test_two_devices_default_to_concurrent(tiny) -> None:
@@ -148,7 +148,7 @@ def test_two_devices_default_to_concurrent(tiny) -> None:
     two = layerbisect.compare(
         g, hf, options=CompareOptions(tokens=IDS, generate=0, localize=False, ref_device="cpu", cand_device="cpu:0")
     )
-    assert two.meta["runtime"]["concurrent"] and not seq.meta["runtime"]["concurrent"]
+    assert two.record.runtime.concurrent and not seq.record.runtime.concurrent
     assert seq.df.drop(columns=[], errors="ignore").equals(two.df)
 
 
