@@ -17,6 +17,7 @@ about 25 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import re
@@ -99,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from layerbisect.pipeline import CompareOptions
     from layerbisect.producers.cache import bundled_gguf
     from layerbisect.producers.gguf_quants import fallbacks, quantized_gguf
+    from layerbisect.references.gguf_file import GGUFFile
     from layerbisect.restore import Scorer, restore_search
+    from layerbisect.tokenizer import tokenizer_from_gguf
 
     torch.set_num_threads(2)
     ref = a.ref or bundled_gguf()
@@ -109,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, Any] = {"ref": str(ref), "candidates": {}}
     md: list[str] = []
     ref_logits_cpp: np.ndarray | None = None
-    ref_runner = open_runner(ref).activate()
-    ids = ref_runner.tokenizer.encode(TEXT)
-    ref_types = ref_runner.tensor_types()
+    ref_file = GGUFFile(ref)
+    ids = tokenizer_from_gguf(ref_file.reader, str(ref)).encode(TEXT)
     md.append(f"Reference: `{Path(ref).name}` ({len(ids)} tokens of text, {len(ids) - 1} scored positions). "
               "Reference tensor types: "
-              + ", ".join(f"{t} ×{n}" for t, n in sorted(_count(ref_types).items())) + ".\n")
+              + ", ".join(f"{t} ×{n}" for t, n in sorted(ref_file.type_counts().items())) + ".\n")
     for ft in quants:
         t0 = time.time()
         cand = quantized_gguf(ref, ft, allow_requantize=True)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "path": str(cand), "quantize_s": t_q, "compare_s": t_c, "fallbacks": fallbacks(qlog),
             "kld": rep.record.kld.to_dict(),
             "types": {"by_type": sec["gguf-types"].records(), "by_pair": sec["gguf-type-pairs"].records()},
-            "tensor_types": _count(open_runner(cand, role="candidate").activate().tensor_types()),
+            "tensor_types": GGUFFile(cand).type_counts(),
             "linear_schemes": {x.scheme: x.modules for x in q.linear_schemes} if q is not None else {},
         }
         layers = sec["gguf-layers"].records()
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             lr = local.get(r["layer"])
             r["acc_cosine"] = lr.accumulated_cosine if lr is not None else math.nan
         entry["layers"] = layers
+        del rep
+        gc.collect()
         # llama.cpp's own KLD on the same tokens: its logits, its dot products
         if ref_logits_cpp is None:
             ref_logits_cpp = llamacpp_logits(Path(ref), ids)
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         cpp = kld_stats(torch.from_numpy(ref_logits_cpp), torch.from_numpy(cand_cpp), ids)
         entry["kld_llamacpp_logits"] = cpp.to_dict() if cpp is not None else None
         if ft in restore:
+            ref_runner = open_runner(ref).activate()
             cand_runner = open_runner(cand, role="candidate").activate()
             t0 = time.time()
             res = restore_search(ref_runner, cand_runner, ids, steps=a.steps, pool=8,
@@ -163,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             entry["validation"] = {"kept": kept, "predicted_mean_kld": keep[-1]["mean_kld"],
                                    "measured_mean_kld": measured.mean_kld, "file": str(mixed),
                                    "size_candidate": cand.stat().st_size, "size_mixed": mixed.stat().st_size}
-            del cand_runner, other
+            del cand_runner, other, ref_runner
+            gc.collect()
         raw["candidates"][ft] = entry
-        md += _section(ft, entry, rep, a.label)
+        md += _section(ft, entry, a.label)
     raw["seconds"] = time.time() - t_all
     a.out.write_text(_doc(md, raw, quants))
     if a.json:
@@ -200,7 +206,7 @@ def _kld_rows(ours: dict[str, Any], cpp: dict[str, Any] | None) -> list[dict[str
     return rows
 
 
-def _section(ft: str, e: dict[str, Any], rep: Any, ref_label: str) -> list[str]:
+def _section(ft: str, e: dict[str, Any], ref_label: str) -> list[str]:
     out = [f"\n## {ref_label} → {ft}\n"]
     out.append("Candidate tensor types: " + ", ".join(f"{t} ×{n}" for t, n in sorted(e["tensor_types"].items()))
                + f". llama.cpp fell back on {len(e['fallbacks'])} tensors (rows not a multiple of 256), "

@@ -80,11 +80,16 @@ def block_errors(ref: torch.Tensor, cand: torch.Tensor, block: int) -> torch.Ten
     The denominator is floored at 1e-3 of the median block norm, so an all-zero reference
     block with a non-zero candidate is a large (finite) error, not inf.
     """
-    r = ref.double().reshape(ref.shape[0], -1, block)
-    d = cand.double().reshape(ref.shape[0], -1, block) - r
-    rn = r.norm(dim=-1)
+    rows = max(1, (1 << 22) // max(1, ref.shape[1]))  # float64 in row slices (embeddings have 262k rows)
+    rn_parts, dn_parts = [], []
+    for a in range(0, ref.shape[0], rows):
+        r = ref[a : a + rows].detach().double().reshape(-1, ref.shape[1] // block, block)
+        d = cand[a : a + rows].detach().double().reshape(r.shape) - r
+        rn_parts.append(r.norm(dim=-1))
+        dn_parts.append(d.norm(dim=-1))
+    rn, dn = torch.cat(rn_parts), torch.cat(dn_parts)
     floor = max(float(rn.median()) * 1e-3, 1e-30)
-    return d.norm(dim=-1) / rn.clamp_min(floor)
+    return dn / rn.clamp_min(floor)
 
 
 def block_outliers(ref: torch.Tensor, cand: torch.Tensor, type_name: str, limit: int = 8) -> dict[str, Any] | None:

@@ -119,12 +119,16 @@ def classify_scale(alpha: float, scale: float | None, convention: str) -> tuple[
 
 
 def pair_stats(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float, float]:
-    """(cosine, relative error, α, SQNR dB) in one float64 pass; the same numbers as ``cos_sim``,
-    ``rel_err``, ``best_alpha`` and ``gguf_types.sqnr_db`` (a 262k-row embedding is converted once, not four times).
+    """(cosine, relative error, α, SQNR dB) in one float64 pass over slices; the same numbers as ``cos_sim``,
+    ``rel_err``, ``best_alpha`` and ``gguf_types.sqnr_db`` (up to summation order).
     """
-    r, c = ref.detach().double().flatten(), cand.detach().double().flatten()
-    rr, cc, rc = float(r @ r), float(c @ c), float(r @ c)
-    noise = float(((c - r) ** 2).sum())
+    rr = cc = rc = noise = 0.0
+    rf, cf = ref.detach().reshape(-1), cand.detach().reshape(-1)
+    step = 1 << 22  # float64 in slices: a 262k-row embedding is 170M values
+    for a in range(0, rf.numel(), step):
+        r, c = rf[a : a + step].double(), cf[a : a + step].double()
+        rr, cc, rc = rr + float(r @ r), cc + float(c @ c), rc + float(r @ c)
+        noise += float(((c - r) ** 2).sum())
     na, nb = math.sqrt(rr), math.sqrt(cc)
     if not (math.isfinite(na) and math.isfinite(nb)):
         cos = float("nan")
