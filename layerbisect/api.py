@@ -1,7 +1,9 @@
 """The Python API the CLI is a thin layer over.
 
-``open_runner`` picks the runner from what the path is: a ``.gguf`` file → the FP32
-reference; a directory with ``config.json`` + safetensors → the quantized candidate.
+``open_runner`` picks the runner from what the path is and the side it plays: a ``.gguf``
+file → the FP32 reference, or, as the candidate (``role="candidate"``), a GGUF candidate
+that also names each tensor's GGML type (``candidates/gguf_runner.py``); a directory with
+``config.json`` + safetensors → the quantized checkpoint candidate.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def open_runner(
     progress: ProgressFn | None = None,
     options: Any = None,
     kv_cache: Any = None,
+    role: str = "reference",
 ) -> ModelRunner:
-    """A runner for ``path`` (not yet activated)."""
+    """A runner for ``path`` (not yet activated); ``role`` ("reference"/"candidate") decides what a GGUF opens as."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file or directory")
@@ -45,6 +48,10 @@ def open_runner(
 
         return CandidateRunner(p, device=device, options=options, kv_cache=kv_cache, progress=progress)
     if p.suffix == ".gguf" or is_gguf(p):
+        if role == "candidate":
+            from .candidates.gguf_runner import GGUFCandidateRunner
+
+            return GGUFCandidateRunner(p, device=device, progress=progress)
         from .references.runner import ReferenceRunner
 
         return ReferenceRunner(p, device=device, progress=progress)
@@ -183,19 +190,19 @@ def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint", calibratio
 def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> Any:
     """Open both sides (no forward pass) and audit every tensor (an ``audit.weights.WeightAudit``).
 
+    ``cand``: a quantized checkpoint directory or a GGUF (then each tensor carries its GGML type).
+
     Raises ``InputError`` on bad input, or when the two are not the same model.
     """
     from .audit.weights import audit_runners
 
     ref_runner = open_runner(ref, device=device)
-    cand_runner = open_runner(cand, device=device)
+    cand_runner = open_runner(cand, device=device, role="candidate")
     if ref_runner.kind != "reference":
         raise InputError(ref, "the reference must be a GGUF file")
-    if cand_runner.kind != "candidate":
-        raise InputError(cand, "the candidate must be a checkpoint directory")
     ref_runner.activate()
     cand_runner.activate()
-    check_same_model(ref_runner, cand_runner)
+    check_candidate(ref_runner, cand_runner)
     return audit_runners(ref_runner, cand_runner)
 
 
@@ -204,3 +211,13 @@ def peek_config(path: str | Path) -> Any:
     from .streaming import peek_config as _peek
 
     return _peek(open_runner(path))
+
+
+def check_candidate(ref_runner: ModelRunner, cand_runner: ModelRunner) -> None:
+    """Refuse a candidate that is not the same model (shapes; for two GGUFs, the vocabulary too)."""
+    if getattr(cand_runner, "fmt", None) == "gguf":
+        from .candidates.gguf_runner import check_same_gguf_model
+
+        check_same_gguf_model(ref_runner, cand_runner)
+    else:
+        check_same_model(ref_runner, cand_runner)

@@ -33,7 +33,7 @@ from .comparison.record import (
     Tokens,
 )
 from .errors import InputError
-from .runner import ModelRunner, check_same_model
+from .runner import ModelRunner
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -94,7 +94,7 @@ def compare(
     status: Callable[[str], None] | None = None,
 ) -> Report:
     """Run both sides and return the ``Report`` (findings first; ``report.df`` per point × token)."""
-    from .api import open_runner, resolve_tokens, use_tokenizer
+    from .api import check_candidate, open_runner, resolve_tokens, use_tokenizer
 
     o = options or CompareOptions()
     say = status or (lambda s: None)
@@ -134,12 +134,13 @@ def compare(
                 progress=progress,
                 options=o.quant_options,
                 kv_cache=o.kv_cache,
+                role="candidate",
             ),
             o,
             share,
         ).activate()
         timings["load_candidate"] = time.perf_counter() - t0
-        check_same_model(ref_runner, cand_runner)
+        check_candidate(ref_runner, cand_runner)
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -263,6 +264,13 @@ def compare(
         from .audit.kv_calibration import audit_kv_calibration
 
         audit_kv_calibration(report, calib, ref_caps)
+
+    if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
+        from .comparison import kld
+
+        stats = kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids)
+        if stats is not None:
+            report.put(kld=stats)
     if o.localize and cand_runner is not None:
         from .audit import after_localize
         from .localize import localize
@@ -443,6 +451,13 @@ def _load_findings(cand: ModelRunner) -> list[Finding]:
 
 
 def _quant_summary(cand: ModelRunner) -> QuantizationSummary | None:
+    own = getattr(cand, "quant_summary", None)
+    if callable(own):  # the GGUF candidate: GGML types of its linears
+        d = own()
+        return QuantizationSummary(
+            format=d["format"], source=d["source"],
+            linear_schemes=tuple(SchemeCount(k, v) for k, v in d["linear_schemes"].items()), kv_cache=None,
+        )
     ck = getattr(cand, "checkpoint", None)
     if ck is None:
         return None

@@ -560,8 +560,10 @@ class LazyModules(Mapping):
 def build_streamed(runner: ModelRunner) -> None:
     """Set ``runner.model`` to a ``StreamedDecoder`` over the runner's files (and its tokenizer)."""
     dev = runner.device
-    if runner.kind == "reference":
-        src: PartSource = GGUFSource(runner.path, dev, impl=getattr(runner, "dequant_impl", "auto"))
+    if hasattr(runner, "part_source"):  # a runner that brings its own source (the GGUF candidate)
+        src: PartSource = runner.part_source(dev)
+    elif runner.kind == "reference":
+        src = GGUFSource(runner.path, dev, impl=getattr(runner, "dequant_impl", "auto"))
         runner.gguf = src.file  # type: ignore[attr-defined]
         runner._tokenizer_reader = src.file.reader  # type: ignore[attr-defined]
     elif runner.kind == "candidate":
@@ -574,7 +576,7 @@ def build_streamed(runner: ModelRunner) -> None:
     if cap is not None and head_bytes > cap:
         chunk = max(cap, layer_fp32_bytes(src.cfg))  # a head chunk never needs more than a layer does
     model = StreamedDecoder(src, head_chunk_bytes=chunk)
-    if runner.kind == "candidate":
+    if isinstance(src, CheckpointSource):
         runner.setup_kv_cache(model, src.plan.quant, src.plan.kv_scales)  # type: ignore[attr-defined]
         runner.tokenizer = runner.checkpoint.tokenizer()  # type: ignore[attr-defined]
     runner.model = model  # type: ignore[assignment]
@@ -582,6 +584,8 @@ def build_streamed(runner: ModelRunner) -> None:
 
 def peek_config(runner: ModelRunner) -> ModelSpec:
     """The model spec from the file headers alone (no weights read)."""
+    if hasattr(runner, "peek_spec"):
+        return runner.peek_spec()
     if runner.kind == "reference":
         from .references.gguf_file import GGUFFile
         from .references.gguf_model import read_spec

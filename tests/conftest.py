@@ -98,3 +98,20 @@ def sandbox():
 
     with Sandbox(timeout=60, mem_bytes=1 << 30) as sb:
         yield sb
+
+
+@pytest.fixture(scope="session")
+def llamacpp_tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny llama converted (F32) and quantized (Q8_0, Q4_K_M, Q2_K, IQ4_XS) by llama.cpp's own tools.
+
+    Keys: "hf", "F32", and the file types (``producers/gguf_quants.tiny_llamacpp_set``; the GGUFs are cached).
+    """
+    pytest.importorskip("layerbisect.producers.llamacpp", reason="llama.cpp producers not installed")
+    from layerbisect.producers.llamacpp import llama_cpp_available
+
+    why = llama_cpp_available()
+    if why:
+        pytest.skip(why)
+    from layerbisect.producers.gguf_quants import tiny_llamacpp_set
+
+    return tiny_llamacpp_set(tmp_path_factory.mktemp("llamacpp-tiny"))

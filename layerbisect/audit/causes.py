@@ -40,6 +40,8 @@ CAUSES = (
     "scale_ignored",
     "nonfinite",
     "scale_mismatch",
+    "corrupt_blocks",
+    "quant_error_outlier",
     "garbage",
     "missing_tensor",
     "shape_mismatch",
@@ -68,6 +70,9 @@ DESCRIPTION = {
     "scale_ignored": "a weight scale ignored",
     "nonfinite": "non-finite values in a dequantized tensor or a module's output",
     "scale_mismatch": "a weight scaled by a factor no stored scale explains",
+    "corrupt_blocks": "quant blocks of a GGUF tensor far off their tensor's quantization noise "
+    "(scale bits or packed values changed)",
+    "quant_error_outlier": "a GGUF tensor whose error is far beyond what its GGML type gives elsewhere in the file",
     "garbage": "a weight that matches the reference under no layout",
     "missing_tensor": "a tensor absent from the checkpoint",
     "shape_mismatch": "a tensor with the wrong shape",

@@ -22,7 +22,7 @@ from .errors import fail
 
 def audit(
     ref: Annotated[str, typer.Argument(help="Reference: a GGUF file.")],
-    cand: Annotated[str, typer.Argument(help="Candidate: a quantized HF checkpoint directory.")],
+    cand: Annotated[str, typer.Argument(help="Candidate: a quantized HF checkpoint directory, or a GGUF.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also write audit.json and audit.md into this directory.")
     ] = None,

@@ -17,7 +17,10 @@ def compare(
     ref: Annotated[str, typer.Argument(help="Reference: a GGUF file (any common llama.cpp quant type).")],
     cand: Annotated[
         str | None,
-        typer.Argument(help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt)."),
+        typer.Argument(
+            help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt) or a GGUF "
+            "(another llama.cpp quant of the same model: each tensor is reported with its GGML type)."
+        ),
     ] = None,
     prompt: o.Prompt = o.DEFAULT_PROMPT,
     tokens: o.Tokens = None,
@@ -75,6 +78,17 @@ def compare(
     bisect_modules: Annotated[
         bool, typer.Option("--bisect/--no-bisect", help="Binary-search the quantized modules that fail the gate.")
     ] = False,
+    restore_search: Annotated[
+        bool,
+        typer.Option(
+            "--restore-search",
+            help="Measure the KL each candidate type, layer, tensor role and tensor costs by restoring it to the "
+            "reference's precision (greedy; one logits pass per trial). Which tensors to keep at higher precision.",
+        ),
+    ] = False,
+    restore_steps: Annotated[
+        int, typer.Option("--restore-steps", help="Length of the greedy per-tensor path of --restore-search.")
+    ] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings and the gate verdict.")] = False,
     tokenizer: o.TokenizerPath = None,
 ) -> None:
@@ -106,8 +120,11 @@ def compare(
     if junit is not None:
         check_out_file(junit, overwrite=overwrite, ours=junit_mod.is_ours, what="JUnit XML file")
     gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
-    if bisect_modules and stream:
-        raise InputError("--bisect", "swaps modules in a resident model; it cannot run with --stream")
+    if (bisect_modules or restore_search) and stream:
+        what = "--bisect" if bisect_modules else "--restore-search"
+        raise InputError(what, "swaps modules in a resident model; it cannot run with --stream")
+    if restore_steps < 1:
+        raise InputError("--restore-steps", f"{restore_steps} is not a positive number of steps")
     for flag, dev in (("--device", device), ("--ref-device", ref_device), ("--cand-device", cand_device)):
         check_device(dev, flag)
     ids = parse_token_ids(tokens) if tokens is not None else None
@@ -123,7 +140,7 @@ def compare(
         kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales, kv_calibration),
         localize=localize,
         tokenizer=tokenizer,
-        stream=False if bisect_modules else stream,  # the bisect swaps modules in a resident model
+        stream=False if (bisect_modules or restore_search) else stream,  # both swap modules in a resident model
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
         dump_map=dump_map,
@@ -145,6 +162,11 @@ def compare(
 
             status("bisecting quantized modules")
             bisect_report(report, ref, cand, opts, gate_cfg)
+        if restore_search and cand is not None:
+            from ..restore import restore_report
+
+            status("restore search")
+            restore_report(report, ref, cand, opts, steps=restore_steps, status=status)
     result = gate_mod.evaluate(report, gate_cfg, baseline=baseline_data, baseline_where=baseline)
     written = report.save(out, fmt, overwrite=overwrite, gate=result)
     if junit:

@@ -335,6 +335,8 @@ class TensorCheck:
     status: str  # ok / fault / missing / extra
     cause: str
     note: str
+    sqnr_db: float = math.nan  # 10·log10(‖ref‖²/‖cand−ref‖²); inf when identical
+    ref_scheme: str = ""  # the reference GGUF tensor's GGML type
 
     @property
     def ok(self) -> bool:
@@ -467,6 +469,7 @@ class RunRecord:
     localization: Localization | None = None
     audits: Audits | None = None
     bisect: BisectSummary | None = None
+    kld: Any = None  # comparison.kld.KLDStats: llama-perplexity --kl-divergence statistics of the logits
     extra: tuple[Section, ...] = ()  # sections of any other kind, rendered as they come
 
     def label(self, name: str) -> str | None:
@@ -474,7 +477,7 @@ class RunRecord:
 
     def sections(self) -> tuple[Section, ...]:
         out: list[Section] = []
-        for part in (self.localization, self.audits, self.bisect):
+        for part in (self.kld, self.localization, self.audits, self.bisect):
             if part is not None:
                 out += part.sections()
         return (*out, *self.extra)
