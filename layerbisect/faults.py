@@ -13,10 +13,24 @@ Design notes
                             that casts without saturating (``non_saturating_block_scales``)
     kv_scales_garbage       seed 003: FP8 KV-cache scales calibrated on garbage (far too small)
     dropped_norms           seed 004: a loader that drops a norm tensor in every layer
+    g4_*                    seeds 000 and 004 on tiny Gemma 4 (GEMMA4_CASES): the norm-output what-if and
+                            planted norm gains (000); base FFN norms, layer scalars, router scales dropped,
+                            and an engine dump with global-layer buffers sized for the sliding head_dim (004)
     global_scale_inverted   NVFP4 ``weight_global_scale`` stored as its reciprocal (multiplier vs divisor)
     nibble_swap             FP4 nibbles swapped in ``weight_packed`` (element 0 in the high nibble)
+    kv_calibration_garbage_state
+                            seed 003 itself (vLLM 37554): hybrid Qwen3.5, FP8 KV-cache scales calibrated on
+                            a first pass whose recurrent layers ran from uninitialized state, frozen, then
+                            the real prompt (``--kv-calibration garbage-state``)
+    fused_shard_scale       vLLM 38197: an engine that fuses the DeltaNet's ``in_proj_qkv`` with other
+                            projections applies its per-tensor FP8 scale to the first shard (q) only
 - Engine faults (how a kernel behaves, not what the checkpoint holds) are context managers
-  that patch our emulation for the duration of a run: ``non_saturating_block_scales``.
+  that patch our emulation for the duration of a run: ``non_saturating_block_scales``,
+  ``first_shard_scale_only``. Engine *settings* are compare options (``FaultCase.compare_kw``):
+  the seed-003 case is a clean checkpoint run with ``--kv-scales calibrate --kv-calibration
+  garbage-state``.
+- Issue 17's cases (``CASES`` below, each with its public report) plant one defect each by
+  ``FaultCase.plant``; most also run on the bundled Gemma 3 270M (``--model gemma3-270m``).
 - ``python -m layerbisect.faults --write-docs docs/FAULTS.md`` builds every case on tiny models,
   runs ``compare`` (and ``audit``) and writes the diagnoses into the doc.
 """
@@ -36,6 +50,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .kv_cache import KVCacheOptions
 
 TensorEdit = Callable[[str, torch.Tensor], "torch.Tensor | None"]  # None drops the tensor
 
@@ -115,13 +130,14 @@ def _layer_of(name: str) -> int | None:
 def double_scale_norms(src: str | Path, dst: str | Path, factor: float = 8.0) -> Path:
     """Seed 000: a scale already absorbed into the residual-writing norm gains is applied again.
 
-    Gemma stores ``w`` and uses ``1 + w``; the effective gain becomes ``factor · (1 + w)`` on the
-    post-attention and post-feedforward norms of every layer and on the final norm. Each layer
+    Gemma 2/3 store ``w`` and use ``1 + w`` (Gemma 4 stores the gain itself: the family's
+    ``hf_norm_offset`` says which); the effective gain becomes ``factor`` × itself on the
+    and post-feedforward norms of every layer and on the final norm. Each layer
     then writes ``factor``× too much into the residual (norm blow-up) and the final logits are
     ``factor``× too large (softcap saturation).
     """
     out = copy_checkpoint(src, dst)
-    offset = 1.0 if _is_gemma(out) else 0.0
+    offset = _norm_offset(out)  # Gemma 2/3 store w for 1 + w; Gemma 4 (and llama) store the gain itself
     targets = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
 
     def edit(k: str, t: torch.Tensor) -> torch.Tensor:
@@ -219,6 +235,39 @@ def swap_nibbles(src: str | Path, dst: str | Path, layer: int = 1) -> Path:
 
 
 # --- faults from public reports (issue 17) ----------------------------------------------------------------------
+
+
+def drop_tensors(src: str | Path, dst: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """Seed 004 (Gemma 4): tensors ending in any of ``suffixes`` missing in every layer (a loader that never
+    emits them): the base pre/post feed-forward norms, ``layer_scalar``, ``router.scale`` and
+    ``router.per_expert_scale``. A lenient engine then runs each as the identity (1.0)."""
+    out = copy_checkpoint(src, dst)
+    _require(edit_tensors(out, lambda k, t: None if k.endswith(suffixes) else t), out, what)
+    return out
+
+
+def global_head_dim_dump(hf_dir: str | Path, dst: str | Path, prompt_ids: list[int]) -> Path:
+    """Seed 004's engine bug, captured: transformers' Gemma 4 with global-layer attention buffers sized
+    for the sliding head_dim, run on ``prompt_ids`` and dumped through the capture API.
+
+    The seed's engine sized its attention workspace from the config's scalar head_dim (the
+    sliding layers' 256) while the global layers' projections are 512 per head wide: each token
+    row written at stride ``heads · hd_swa`` overflows into the next token's row, which that token
+    then overwrites (``gemma4_workspace_bug``). Returns the dump directory
+    (``bisect compare REF.gguf --candidate-dump DIR``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .engines import capture_activations
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    out = Path(dst)
+    if out.exists():
+        shutil.rmtree(out)
+    with torch.no_grad(), gemma4_workspace_bug(model), capture_activations(model, out, token_ids=prompt_ids):
+        model(torch.tensor([prompt_ids]))
+    return out
 
 
 def _hf(module: str) -> str:
@@ -436,8 +485,11 @@ def _require(changed: list[str], where: Path, what: str) -> None:
         raise InputError(where, f"fault injection found no {what} to edit")
 
 
-def _is_gemma(ckpt: Path) -> bool:
-    return str(json.loads((ckpt / "config.json").read_text()).get("model_type", "")).startswith("gemma")
+def _norm_offset(ckpt: Path) -> float:
+    """What the checkpoint's family adds to a stored norm weight (``ModelSpec.hf_norm_offset``)."""
+    from .families import spec_from_hf
+
+    return spec_from_hf(json.loads((ckpt / "config.json").read_text()), ckpt / "config.json").hf_norm_offset
 
 
 def _layer_prefix(ckpt: Path) -> str:
@@ -464,6 +516,55 @@ def _cast_no_saturation(x: torch.Tensor) -> torch.Tensor:
     return torch.where(over, torch.full_like(x, float("nan")), x).to(torch.float8_e4m3fn)
 
 
+def _overflowing_rows(y: torch.Tensor, stride: int) -> torch.Tensor:
+    """Rows of width W written one after another at ``stride`` < W into one flat buffer, then read back.
+
+    Token t's row keeps its first ``stride`` values; the rest is the next token's first values
+    (it was written later, over them); the last token's row is intact. (..., T, W) → same shape.
+    """
+    T, W = y.shape[-2], y.shape[-1]
+    flat = torch.zeros(*y.shape[:-2], (T - 1) * stride + W, dtype=y.dtype, device=y.device)
+    for t in range(T):  # in token order, as the kernel writes them
+        flat[..., t * stride : t * stride + W] = y[..., t, :]
+    return torch.stack([flat[..., t * stride : t * stride + W] for t in range(T)], dim=-2)
+
+
+@contextlib.contextmanager
+def gemma4_workspace_bug(model: torch.nn.Module) -> Iterator[None]:
+    """Engine fault (seed 004) on a transformers Gemma 4: global-layer q/k/v written into a workspace whose row
+    stride is sized with the sliding layers' head_dim.
+
+    Every attention layer whose projection is wider than ``heads · head_dim`` of the config (the
+    sliding head_dim; global layers have ``per_layer_config`` head_dim) gets a forward hook on
+    its q/k/v projections that passes the output through ``_overflowing_rows``. Sliding layers
+    and single-token decode steps are untouched, as in the seed (the overflow needs two rows).
+    """
+    cfg = model.config.get_text_config()
+    layers = model.model.layers
+    # transformers refuses cfg.head_dim for heterogeneous configs: the sliding layers' is the engine's scalar
+    hd_swa = next(int(ly.self_attn.head_dim) for ly in layers if ly.self_attn.is_sliding)
+    handles = []
+    for layer in layers:
+        attn = layer.self_attn
+        for proj, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", None), ("v_proj", None)):
+            lin = getattr(attn, proj, None)
+            if lin is None:
+                continue
+            if heads is None:  # kv heads of this layer: the projection's width over its head_dim
+                heads = lin.out_features // attn.head_dim
+            stride = heads * hd_swa
+            if lin.out_features > stride:
+                handles.append(lin.register_forward_hook(
+                    lambda _m, _a, y, stride=stride: _overflowing_rows(y, stride)))
+    if not handles:
+        raise InputError("gemma4_workspace_bug", "no attention projection is wider than the sliding head_dim allows")
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def non_saturating_block_scales() -> Iterator[None]:
     """Engine fault: NVFP4 activation block scales cast to E4M3 without saturation (overflow → NaN).
@@ -479,6 +580,53 @@ def non_saturating_block_scales() -> Iterator[None]:
         yield
     finally:
         knv.cast_to_fp8 = saved
+
+
+@contextlib.contextmanager
+def first_shard_scale_only(layers: tuple[int, ...] | None = None, other_scale: float = 1.0) -> Iterator[list[str]]:
+    """Engine fault (vLLM 38197): a fused projection's per-tensor FP8 weight scale lands in its first shard only.
+
+    vLLM merges the DeltaNet's ``in_proj_qkv`` (one checkpoint tensor, one ``weight_scale``) and
+    ``in_proj_z`` into ``in_proj_qkvz``; its loader wrote the qkv scale into shard 0 (q) and left
+    the k and v shards at their initial value. Here every FP8 per-tensor linear with shards
+    (``graph.inventory.linear_shards``) in ``layers`` (None: all) keeps its scale on the first
+    shard's rows and dequantizes the other rows with ``other_scale`` (1.0, an unloaded scale
+    parameter's value here; vLLM's starts at float32 min and its requantization turns it into
+    saturated garbage). Yields the list of modules it changed (filled as runners load).
+    """
+    from .candidates import runner as cr
+    from .candidates.qlinear import FP8Linear
+    from .graph.inventory import linear_shards
+
+    saved = cr.CandidateRunner.materialize
+    changed: list[str] = []
+
+    def materialize(self: Any, plan: Any, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state, linears = saved(self, plan, prefix)
+        shards = linear_shards(plan.spec)
+        for rel, lin in linears.items():
+            name = prefix + rel
+            layer = _layer_of(name)
+            if name not in shards or not isinstance(lin, FP8Linear) or lin.scheme.weight != "fp8_tensor":
+                continue
+            if layers is not None and layer not in layers:
+                continue
+            per_row = torch.full((lin.out_features, 1), float(other_scale))
+            per_row[: shards[name][0][2]] = float(lin.weight_scale)
+            lin.weight_scale, lin.w_block, lin._w_dq = per_row, (1, None), None
+            changed.append(name)
+        return state, linears
+
+    cr.CandidateRunner.materialize = materialize  # type: ignore[method-assign]
+    try:
+        yield changed
+    finally:
+        cr.CandidateRunner.materialize = saved  # type: ignore[method-assign]
+
+
+def vllm_38197_in_layer_1() -> contextlib.AbstractContextManager[list[str]]:
+    """``first_shard_scale_only`` planted in layer 1's ``in_proj_qkv`` of the tiny Qwen3.5 (the fault suite's case)."""
+    return first_shard_scale_only(layers=(1,))
 
 
 @contextlib.contextmanager
@@ -524,7 +672,7 @@ class FaultCase:
 
     name: str
     seed: str  # the public report it reproduces (a seed file under /work/shared/seeds or an issue)
-    arch: str  # tiny architecture of the fast suite
+    arch: str  # a tiny architecture (producers/tiny.py) or "gemma4-<variant>" (producers/tiny_gemma4.py)
     scheme: str
     summary: str
     expect_cause: str
@@ -536,11 +684,52 @@ class FaultCase:
     gemma_layer: int | None = -1
     producer_kw: dict[str, Any] = field(default_factory=dict)  # quantize_checkpoint options (e.g. ignore=())
     derived: bool = False  # the culprit's place comes from the reference (the first value past FP16's range)
+    dump: bool = False  # the candidate is an engine dump (captured activations), not a checkpoint
 
     def layer_for(self, model: str) -> int | None:
         if model == "tiny" or self.gemma_layer == -1:
             return self.expect_layer
         return self.gemma_layer
+
+
+def _unscaled_norms() -> dict[str, Any]:
+    from .candidates.qlinear import QuantOptions
+
+    return {"quant_options": QuantOptions(norm_act_quant="unscaled")}
+
+
+# Seeds 000 and 004 on tiny Gemma 4 (producers/tiny_gemma4.py: GGUF by llama.cpp's converter,
+# candidates by llmcompressor).
+GEMMA4_CASES: tuple[FaultCase, ...] = (
+    FaultCase("g4_norm_act_unscaled", "000", "gemma4-dense", "FP8_BLOCK",
+              "what-if --norm-act-quant unscaled: residual-writing and final norm outputs FP8-quantized per token, "
+              "scale dropped as if absorbed (checkpoint untouched)",
+              "double_scale", 0, "attn.post_norm", compare_kw=_unscaled_norms(), gemma_layer=None,
+              plant=lambda c, o, ids, i: c),
+    FaultCase("g4_double_scale_norms", "000", "gemma4-dense", "FP8_BLOCK",
+              "absorbed scale applied again to the residual-writing and final norm gains (x8), planted",
+              "double_scale", 0, "attn.post_norm", gemma_layer=None,
+              plant=lambda c, o, ids, i: double_scale_norms(c, o)),
+    FaultCase("g4_dropped_ffn_norms", "004", "gemma4-moe", "NVFP4",
+              "base pre_feedforward_layernorm and post_feedforward_layernorm missing in every layer",
+              "missing_norm", 0, "mlp_norm", compare_kw={"generate": 0}, gemma_layer=None,
+              plant=lambda c, o, ids, i: drop_tensors(c, o, (".pre_feedforward_layernorm.weight",
+                                                            ".post_feedforward_layernorm.weight"),
+                                                      "base feed-forward norms")),
+    FaultCase("g4_missing_layer_scalars", "004", "gemma4-moe", "NVFP4",
+              "layer_scalar missing in every layer (run as 1.0)",
+              "missing_scale", 0, "layer_scalar", compare_kw={"generate": 0}, gemma_layer=None,
+              plant=lambda c, o, ids, i: drop_tensors(c, o, (".layer_scalar",), "layer_scalar tensors")),
+    FaultCase("g4_missing_router_scales", "004", "gemma4-moe", "NVFP4",
+              "router.scale and router.per_expert_scale missing in every layer (run as 1.0)",
+              "missing_scale", 0, "mlp.router_scale", compare_kw={"generate": 0}, gemma_layer=None,
+              plant=lambda c, o, ids, i: drop_tensors(c, o, (".router.scale", ".router.per_expert_scale"),
+                                                      "router scales")),
+    FaultCase("g4_global_head_dim_dump", "004", "gemma4-moe", "-",
+              "engine dump: transformers with global-layer q/k/v buffers sized for the sliding head_dim",
+              "attention_geometry", 5, "attn.v", dump=True, gemma_layer=None,
+              plant=lambda c, o, ids, i: global_head_dim_dump(c, o, ids)),
+)
 
 
 def _fp16() -> dict[str, Any]:
@@ -630,6 +819,19 @@ CASES: dict[str, FaultCase] = {
         FaultCase("fp16_overflow", "transformers 36822, llama.cpp 26044", "gemma3-hot", "FP8",
                   "the candidate computing in FP16: a value past 65504 (the clean checkpoint, --compute-dtype fp16)",
                   "compute_overflow", None, None, compare_kw={}, derived=True, plant=_same),
+        *GEMMA4_CASES,
+        FaultCase("kv_calibration_garbage_state", "003", "qwen35", "FP8_DYNAMIC",
+                  "FP8 KV cache, scales calibrated on a first pass whose recurrent layers started from "
+                  "uninitialized state (--kv-scales calibrate --kv-calibration garbage-state), frozen, "
+                  "then the prompt",
+                  "kv_calibration", 3, "attn.k",
+                  compare_kw={"kv_cache": KVCacheOptions(dtype="fp8_e4m3", scales="calibrate",
+                                                         calibration="garbage-state")},
+                  gemma_layer=None, plant=lambda c, o, ids, i: c),
+        FaultCase("fused_shard_scale", "vLLM 38197", "qwen35", "FP8",
+                  "in_proj_qkv's per-tensor FP8 weight scale applied to its first shard (q) only in layer 1",
+                  "shard_scale", 1, "attn.in_proj_qkv", engine=vllm_38197_in_layer_1,
+                  gemma_layer=None, plant=lambda c, o, ids, i: c),
     )
 }
 _COMPUTE = {"fp16_overflow": "fp16"}  # cases whose engine fault is the compute dtype (--compute-dtype)
@@ -649,17 +851,35 @@ GEMMA = "gemma3-270m"
 HOT_LAYER, HOT_FACTOR = 1, 300.0  # gemma3-hot: layer 1's gate/up ×300, so act(gate)·up passes 65504
 
 
+QWEN35_FAULT_LAYERS = ["full_attention", "linear_attention", "linear_attention", "full_attention", "linear_attention",
+                      "full_attention"]  # an attention layer before any recurrent one (its calibration stays clean)
+
+
 def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
     """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}.
 
     ``gemma3-hot`` is the tiny Gemma 3 with layer 1's gate and up projections ×300 (both sides): its
     ``mlp.act`` reaches ~1e5, past FP16's 65504, as the real Gemma 3 270M's residual stream does.
+    "qwen35": the tiny Qwen3.5 (``make_tiny_qwen35``, layers ``QWEN35_FAULT_LAYERS``, real qwen35
+    vocabulary) converted by llama.cpp's own ``convert_hf_to_gguf.py --no-mtp`` (both cached).
     """
     from .producers.gguf_writer import write_gguf_from_hf
     from .producers.tiny import make_tiny_hf
 
     out: dict[str, dict[str, Path]] = {}
     for arch in archs:
+        if arch.startswith("gemma4-"):  # real vocabulary + llama.cpp's converter, cached across sessions
+            from .producers.tiny_gemma4 import tiny_gemma4
+
+            out[arch] = tiny_gemma4(arch.removeprefix("gemma4-"))
+            continue
+        if arch == "qwen35":
+            from .producers.llamacpp import converted_gguf
+            from .producers.tiny import cached_tiny_qwen35
+
+            hf = cached_tiny_qwen35("dense", dtype="bfloat16", layer_types=QWEN35_FAULT_LAYERS)
+            out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32", extra_args=("--no-mtp",))}
+            continue
         hf = root / f"{arch}-hf"
         if not (hf / "config.json").is_file():
             make_tiny_hf(arch.removesuffix("-hot"), hf, dtype="bfloat16")
@@ -719,6 +939,20 @@ def run_case(name: str, root: Path, *, audit: bool = True, model: str = "tiny", 
     from .pipeline import CompareOptions, compare
 
     case = CASES[name]
+    if case.dump:  # an engine run on the unquantized weights, captured: nothing to quantize or audit
+        if model != "tiny":
+            raise InputError("fault", f"case {name!r} has no Gemma 3 270M version")
+        src = tiny_sources(root, (case.arch,))[case.arch]
+        ids = prompt_ids_for(src["hf"])
+        dump = build_case(name, src["hf"], root / f"fault-{name}", ids)
+        t0 = time.perf_counter()
+        report = compare(src["gguf"], candidate_dump=dump,
+                         options=CompareOptions(prompt=None, tokens=ids, generate=0, **case.compare_kw))
+        result = {"case": case, "report": report, "broken": dump, "ref": src["gguf"], "audit": None,
+                  "expect": (case.expect_layer, case.expect_op), "model": model,
+                  "seconds": time.perf_counter() - t0, "clean": src["hf"]}
+        result["problems"] = check(result)
+        return result
     if model == "tiny":
         src = tiny_sources(root, (case.arch,))[case.arch]
         clean = clean_candidate(root, src, case.arch, case.scheme, **case.producer_kw)
@@ -734,7 +968,7 @@ def run_case(name: str, root: Path, *, audit: bool = True, model: str = "tiny", 
     kw = dict(case.compare_kw)
     if name in _COMPUTE:
         kw["quant_options"] = QuantOptions(compute_dtype=_COMPUTE[name])  # type: ignore[arg-type]
-    opts = CompareOptions(prompt=None, tokens=ids, generate=gen, **kw)
+    opts = CompareOptions(prompt=None, tokens=ids, **{"generate": gen, **kw})
     ctx = case.engine() if case.engine else contextlib.nullcontext()
     t0 = time.perf_counter()
     with ctx:
@@ -910,7 +1144,11 @@ def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | No
             + f"\ngate: {'PASS' if tok['gate'].passed else 'FAIL'} → exit code {tok['gate'].exit_code}\n```\n"
         )
     minutes = (time.perf_counter() - t_all) / 60
-    doc = _DOC_HEAD.format(model=model) + (
+    import textwrap
+
+    from .audit.causes import CAUSES
+
+    doc = _DOC_HEAD.format(model=model, causes=textwrap.fill(", ".join(CAUSES), 96)) + (
         f"\n## Summary ({model})\n\n{len(table)} cases, {problems} problem(s); regenerated in {minutes:.0f} min on "
         "this machine (2 shared CPU cores).\n\n| case | report | scheme | cause | headline right | culprit | time |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(table) + "\n\n"
@@ -948,15 +1186,18 @@ Two tiers:
   and diagnose one case with the command shown under it. Candidates are built once into the
   cache (`$LAYERBISECT_CACHE/candidates/`); broken copies live in a temporary directory.
 
-Cause categories (`layerbisect/audit/causes.py`): compute_overflow, act_scale_overflow,
-kv_cache_scale, missing_norm, norm_convention, embed_scale, softcap_missing, nibble_order,
-layout_permutation, transposed, scale_inverted, double_scale, global_scale_ignored,
-scale_ignored, shard_scale_mismatch, scale_rounding, exponent_offset, nonfinite,
-scale_mismatch, garbage, missing_tensor, shape_mismatch, beyond_noise, quantization_noise.
+Cause categories (`layerbisect/audit/causes.py`):
+{causes}
 The culprit is evidence-first: a critical audit, scale, non-finite or softcap finding decides
 its layer and op (the first in execution order); otherwise the layer whose own error is
 furthest beyond the format's noise (the expected lane) and its first op beyond it. The layer
 with the largest local error is reported separately (`largest_local_error`).
+
+The two Qwen3.5 cases run on a tiny hybrid model (attention, recurrent, recurrent, attention,
+recurrent, attention; real qwen35 vocabulary) converted by llama.cpp's own
+`convert_hf_to_gguf.py --no-mtp`. Their checkpoints are what llmcompressor wrote: the fault is
+the engine's (its KV calibration pass; its loader), so `bisect audit` of the checkpoint alone
+finds nothing, by design.
 """
 
 

@@ -56,7 +56,7 @@ def headroom_rows(ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict
         x_in = ref_caps.tensors.get("embed" if li == 0 else f"layers.{li - 1}.out")
         if x_in is None:
             continue
-        inputs = linear_inputs(ref_runner.model, li, x_in)
+        inputs = linear_inputs(ref_runner.model, li, x_in, caps=ref_caps)
         for name in [n for n in static if int(n.split(".")[1]) == li]:
             x = inputs.get(name)
             if x is None:

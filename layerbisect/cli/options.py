@@ -20,6 +20,14 @@ ActQuant = Annotated[
         help="What-if for candidate activation quantization: checkpoint (as declared), static, dynamic, off.",
     ),
 ]
+NormActQuant = Annotated[
+    str,
+    typer.Option(
+        "--norm-act-quant",
+        help="What-if (seed 000): 'unscaled' FP8-quantizes the outputs of the norms that write the residual and of "
+        "the final norm per token and drops the scale, as an engine that thinks it was absorbed; default off.",
+    ),
+]
 Nvfp4ActScale = Annotated[
     str,
     typer.Option(
@@ -42,6 +50,14 @@ ComputeDtype = Annotated[
     typer.Option(
         "--compute-dtype",
         help="The candidate's arithmetic: fp32, bf16 or fp16 (every op rounded; FP16 overflow shows as Inf).",
+    ),
+]
+KvCalibration = Annotated[
+    str,
+    typer.Option(
+        "--kv-calibration",
+        help="With --kv-scales calibrate, the first pass the scales freeze on: prompt (the real prompt), zeros "
+        "(token id 0), random (seeded ids), garbage-state (the prompt from uninitialized recurrent state).",
     ),
 ]
 Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]

@@ -38,6 +38,8 @@ def run_expected(ref_runner: Any, cand_runner: Any, ids: Sequence[int], ref_caps
 
     if getattr(ref_runner, "streaming", False) or getattr(cand_runner, "streaming", False):
         return None
+    if getattr(cand_runner, "fmt", None) == "gguf":  # a GGUF candidate: its types are judged per GGML type instead
+        return None
     t0 = time.perf_counter()
     lane = build_lane(ref_runner, cand_runner, ref_caps)
     if not lane.modules:

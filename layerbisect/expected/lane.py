@@ -63,7 +63,7 @@ def _static_inputs(ref_runner: Any, names: Sequence[str], ref_caps: Captures) ->
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
         if x_in is None:
             continue
-        got = linear_inputs(ref_runner.model, i, x_in)
+        got = linear_inputs(ref_runner.model, i, x_in, caps=ref_caps)
         out.update({k: v for k, v in got.items() if k in names})
     if "lm_head" in names and "final_norm" in ref_caps.tensors:  # the head's input is the final norm's output
         x = ref_caps.tensors["final_norm"]
@@ -164,7 +164,7 @@ def patch_expected_linears(ref_caps: Captures, ref_runner: Any, lane: Lane) -> l
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
         if x_in is None:
             continue
-        for name, x in linear_inputs(rm, i, x_in).items():
+        for name, x in linear_inputs(rm, i, x_in, caps=ref_caps).items():
             if name not in lane.modules:
                 continue
             y_ref = get_module(rm, name)(x.to(rm.device)).float().cpu()
