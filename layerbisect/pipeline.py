@@ -202,10 +202,13 @@ def compare(
         ref_caps = align_to_dump(ref_caps, dump_caps)
         timings["run_candidate"] = time.perf_counter() - t0
     for caps, runner in ((ref_caps, ref_runner), (cand_caps, cand_runner)):
-        if runner is not None:
+        if runner is not None and cand_runner is None:  # with both runners, _tokenizer_findings says more
             fp = _tokenizer_fingerprint(runner)
             if fp:
                 caps.meta["tokenizer_fingerprint"] = fp
+    if cand_runner is None and ref_runner.tokenizer is not None:  # a dump's ids, read with the reference's vocabulary
+        for caps in (ref_caps, cand_caps):
+            caps.meta["token_pieces"] = ref_runner.tokenizer.token_strings(list(caps.token_ids))
 
     if not ref_caps.names():
         raise InputError("--select", f"{o.select!r} selected no capture point of this model")
@@ -408,26 +411,52 @@ def _peak_memory() -> dict[str, int]:
 
 
 def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:
-    if o.tokens or not o.prompt or ref.tokenizer is None or cand.tokenizer is None:
+    """How the two tokenizers segment the prompt (``tokenizer.segmentation``); both sides always run ``ids``.
+
+    The compared ids are the same on both sides here (the reference's encoding, or ``--tokens``), so a
+    difference is never critical: a warning with ``--tokens`` or when both segment the prompt alike (only
+    the vocabularies differ), an error when the candidate's own tokenizer would feed an engine other ids.
+    Ids that differ *between the compared sides* (an engine dump) are ``findings.detect_tokenizer_mismatch``.
+    """
+    rt, ct = ref.tokenizer, cand.tokenizer
+    if rt is None or ct is None:
         return []
-    cand_ids = cand.tokenizer.encode(o.prompt)
-    if cand_ids == ids:
+    from .tokenizer import Segmentation, segmentation
+
+    show = Segmentation.show
+    fp_r, fp_c = _tokenizer_fingerprint(ref), _tokenizer_fingerprint(cand)
+    if o.tokens or not o.prompt:
+        body = ids[1:] if ids and rt.bos_id is not None and ids[0] == rt.bos_id else ids
+        text, source = rt.decode(body), "--tokens"
+    else:
+        text, source = o.prompt, "the reference's encoding of the prompt"
+    seg = segmentation(rt, ct, text)
+    if seg.first is None and fp_r == fp_c:
         return []
-    first = next((i for i, (x, y) in enumerate(zip(ids, cand_ids)) if x != y), min(len(ids), len(cand_ids)))
-    return [
-        Finding(
-            severity="error",
-            kind="tokenizer_mismatch",
-            title="The candidate's tokenizer encodes the prompt differently",
-            point=None,
-            layer=None,
-            op=None,
-            token_index=first,
-            detail=f"reference ids {ids} vs candidate ids {cand_ids}; first difference at position {first}. "
-            "Both sides were run on the reference ids.",
-            evidence={"ref_ids": ids, "cand_ids": cand_ids},
-        )
-    ]
+    ev = {"text": text, "ref_ids": list(seg.ref_ids), "cand_ids": list(seg.cand_ids),
+          "ref_pieces": list(seg.ref_pieces), "cand_pieces": list(seg.cand_pieces), "first": seg.first,
+          "ref_fingerprint": fp_r, "cand_fingerprint": fp_c, "ids_from": source}
+    same_run = f"Both sides ran the same ids ({source}), so the comparison itself stands."
+    if seg.first is None:
+        return [Finding(
+            severity="warning", kind="tokenizer_mismatch",
+            title=f"Tokenizers differ, but both segment the prompt the same way ({len(seg.ref_ids)} tokens)",
+            detail=f"Vocabulary fingerprints {fp_r} (reference) ≠ {fp_c} (candidate); on {text!r} both give "
+            f"{show(seg.ref_pieces)}. {same_run} Other text may still encode differently.",
+            evidence=ev,
+        )]
+    r_at, c_at = seg.at(seg.first)
+    return [Finding(
+        severity="warning" if o.tokens else "error", kind="tokenizer_mismatch",
+        title=f"The candidate's tokenizer segments the prompt differently: {len(seg.ref_ids)} vs "
+        f"{len(seg.cand_ids)} tokens, first at position {seg.first} ({r_at} vs {c_at})",
+        token_index=seg.first,
+        detail=f"{text!r} — reference ({len(seg.ref_ids)}): {show(seg.ref_pieces)}; candidate's "
+        f"tokenizer ({len(seg.cand_ids)}): {show(seg.cand_pieces)}. First difference at position "
+        f"{seg.first}: reference {r_at}, candidate {c_at}. {same_run} An engine that encodes text with the "
+        "candidate's tokenizer feeds the model other ids.",
+        evidence=ev,
+    )]
 
 
 def _load_findings(cand: ModelRunner) -> list[Finding]:

@@ -171,6 +171,43 @@ class Tokenizer:
         return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Segmentation:
+    """One text through two tokenizers: both id lists, their vocabulary strings, the first position they differ.
+
+    ``first`` is None when the ids are equal; a shorter list that is a prefix of the other differs at its length.
+    """
+
+    text: str
+    ref_ids: tuple[int, ...]
+    cand_ids: tuple[int, ...]
+    ref_pieces: tuple[str, ...]
+    cand_pieces: tuple[str, ...]
+    first: int | None
+
+    def at(self, i: int) -> tuple[str, str]:
+        """``"id 'piece'"`` of each side at position ``i`` (``-`` past a side's end)."""
+        def one(ids: tuple[int, ...], pieces: tuple[str, ...]) -> str:
+            return f"id {ids[i]} {pieces[i]!r}" if i < len(ids) else "-"
+
+        return one(self.ref_ids, self.ref_pieces), one(self.cand_ids, self.cand_pieces)
+
+    @staticmethod
+    def show(pieces: Sequence[str], limit: int = 32) -> str:
+        """Pieces joined by ``|`` (the segmentation at a glance), cut after ``limit``."""
+        shown = "|".join(pieces[:limit])
+        return shown + (f"|… ({len(pieces) - limit} more)" if len(pieces) > limit else "")
+
+
+def segmentation(ref: Tokenizer, cand: Tokenizer, text: str) -> Segmentation:
+    """Encode ``text`` with both tokenizers (each with its own BOS rule) and compare (pure)."""
+    a, b = ref.encode(text), cand.encode(text)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if first is None and len(a) != len(b):
+        first = min(len(a), len(b))
+    return Segmentation(text, tuple(a), tuple(b), tuple(ref.token_strings(a)), tuple(cand.token_strings(b)), first)
+
+
 def _or_minus1(x: int | None) -> int:
     return -1 if x is None else int(x)
 

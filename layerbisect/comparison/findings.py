@@ -81,6 +81,13 @@ def sort_findings(findings: Iterable[Finding], order: Mapping[str, int] | None =
 # --------------------------------------------------------------------------- detectors
 
 
+def _id_at(ids: list[int], pieces: list[str], i: int) -> str:
+    """``id 5279 '▁capital'`` at position ``i`` (the piece when known); ``none`` past the end."""
+    if i >= len(ids):
+        return "none"
+    return f"id {ids[i]}" + (f" {pieces[i]!r}" if i < len(pieces) else "")
+
+
 def detect_tokenizer_mismatch(cmp: Comparison) -> list[Finding]:
     out: list[Finding] = []
     fp_r = cmp.ref_meta.get("tokenizer_fingerprint")
@@ -99,6 +106,7 @@ def detect_tokenizer_mismatch(cmp: Comparison) -> list[Finding]:
     if cmp.token_mismatch:
         first = cmp.token_mismatch[0]
         tr, tc = cmp.ref_token_ids, cmp.cand_token_ids
+        pr, pc = list(cmp.ref_meta.get("token_pieces") or []), list(cmp.cand_meta.get("token_pieces") or [])
         out.append(
             Finding(
                 "critical",
@@ -106,8 +114,10 @@ def detect_tokenizer_mismatch(cmp: Comparison) -> list[Finding]:
                 f"Token ids differ at {len(cmp.token_mismatch)} position(s)",
                 token_index=first,
                 detail=(
-                    f"first at token {first}: reference id {tr[first] if first < len(tr) else None}, "
-                    f"candidate id {tc[first] if first < len(tc) else None}; only matching positions were compared."
+                    f"first at token {first}: reference {_id_at(tr, pr, first)}, candidate {_id_at(tc, pc, first)}; "
+                    "only matching positions were compared."
+                    + (f" Reference: {'|'.join(pr[:32])}; candidate: {'|'.join(pc[:32])} (pieces in the reference's "
+                       "vocabulary)." if pr and pc else "")
                 ),
                 evidence={
                     "positions": list(cmp.token_mismatch[:64]),
