@@ -182,6 +182,11 @@ def per_position(
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
 
 
+def _exp(x: float) -> float:
+    """exp that saturates to inf (a candidate whose logits blew up has a mean NLL in the thousands)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def kld_stats(ref_logits: torch.Tensor, cand_logits: torch.Tensor, token_ids: Sequence[int]) -> KLDStats | None:
     """llama.cpp's statistics over the rows of (T, V) logits that have a next token in ``token_ids`` (the ids the
     rows were run on: rows 0..T−2 when there are T).
@@ -207,9 +212,9 @@ def kld_stats(ref_logits: torch.Tensor, cand_logits: torch.Tensor, token_ids: Se
     cov = covariance(sum(nll), sum(nllb), sum(a * b for a, b in zip(nll, nllb, strict=True)), n)
     cor = cov / (lq_unc * lb_unc) if lq_unc > 0 and lb_unc > 0 else math.nan
     ratio_unc = math.sqrt(max(lq_unc**2 + lb_unc**2 - 2.0 * cov, 0.0))
-    ppl_q, ppl_b = math.exp(lq), math.exp(lb)
+    ppl_q, ppl_b = _exp(lq), _exp(lb)
     ppl_q_unc, ppl_b_unc = ppl_q * lq_unc, ppl_b * lb_unc
-    ratio = math.exp(lq - lb)
+    ratio = _exp(lq - lb)
     ppl_cov = ppl_q * ppl_b * cov
     diff_unc = math.sqrt(max(ppl_q_unc**2 + ppl_b_unc**2 - 2.0 * ppl_cov, 0.0))
 

@@ -133,3 +133,11 @@ def test_nonfinite_or_too_short_gives_none() -> None:
     y[2, 3] = float("nan")
     assert kld_stats(x, y, list(range(5))) is None
     assert kld_stats(x[:1], x[:1], [0]) is None
+
+
+def test_blown_up_candidate_logits_give_infinite_perplexity_not_an_error() -> None:
+    """An lm_head run on raw FP8 codes: logits in the thousands, mean NLL far past exp's range."""
+    p = torch.zeros(4, 3, dtype=torch.float64)
+    q = torch.tensor([[0.0, 5000.0, 0.0]] * 4, dtype=torch.float64)  # always sure of the wrong token
+    s = kld_stats(p, q, [0] * 5)
+    assert s is not None and s.ppl_ratio == math.inf and s.mean_kld > 1000
