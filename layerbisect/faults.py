@@ -1148,10 +1148,13 @@ def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | No
 
     from .audit.causes import CAUSES
 
+    cmd = f"python -m layerbisect.faults --model {model} --write-docs {path}" + (
+        f" --cases {','.join(names)}" if names else "") + (f" --schemes {','.join(schemes)}" if schemes else "")
     doc = _DOC_HEAD.format(model=model, causes=textwrap.fill(", ".join(CAUSES), 96)) + (
         f"\n## Summary ({model})\n\n{len(table)} cases, {problems} problem(s); regenerated in {minutes:.0f} min on "
-        "this machine (2 shared CPU cores).\n\n| case | report | scheme | cause | headline right | culprit | time |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(table) + "\n\n"
+        f"this machine (2 shared CPU cores) by `{cmd}`.\n\n"
+        "| case | report | scheme | cause | headline right | culprit | time |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(table) + "\n\n"
         "## No false alarm: the clean checkpoints\n\nEach scheme's checkpoint as the producer wrote it, through the "
         "whole pipeline with the built-in gate (derived from the expected lane).\n\n"
         "| scheme | critical findings | built-in gate | culprit cause | logit KL cand / expected | top-1 cand / "
@@ -1210,12 +1213,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", choices=list(CASES), help="build and diagnose one case")
     ap.add_argument("--model", choices=["tiny", GEMMA], default="tiny", help="tiny models or the bundled Gemma 3 270M")
     ap.add_argument("--workdir", type=Path, help="where to build (default: a temporary directory)")
+    ap.add_argument("--cases", help="with --write-docs: a comma-separated subset of the cases (default: all)")
+    ap.add_argument("--schemes", help="with --write-docs: the clean schemes to run (default: all the producer's)")
     a = ap.parse_args(argv)
+    names = [n.strip() for n in a.cases.split(",")] if a.cases else None
+    if names and (bad := [n for n in names if n not in CASES]):
+        ap.error(f"unknown case(s) {', '.join(bad)}")  # exit 2, one line
+    schemes = tuple(x.strip() for x in a.schemes.split(",")) if a.schemes else None
     with tempfile.TemporaryDirectory() as tmp:
         root = a.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if a.write_docs:
-            write_docs(a.write_docs, root, a.model)
+            write_docs(a.write_docs, root, a.model, names, schemes)
             print(f"wrote {a.write_docs}")
         bad = 0
         for name in [a.case] if a.case else ([] if a.write_docs else cases_for(a.model)):
