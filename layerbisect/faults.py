@@ -1192,8 +1192,8 @@ Two tiers:
 Cause categories (`layerbisect/audit/causes.py`):
 {causes}
 The culprit is evidence-first: a critical audit, scale, non-finite or softcap finding decides
-its layer and op (the first in execution order); otherwise the layer whose own error is
-furthest beyond the format's noise (the expected lane) and its first op beyond it. The layer
+its layer and op (the first in execution order); otherwise the first layer whose own error is
+beyond the format's noise (the expected lane) and its first op beyond it. The layer
 with the largest local error is reported separately (`largest_local_error`).
 
 The two Qwen3.5 cases run on a tiny hybrid model (attention, recurrent, recurrent, attention,

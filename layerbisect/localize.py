@@ -120,8 +120,9 @@ def localize(
     """Local vs accumulated error per layer and per module (returned), and a culprit finding (added to ``report``).
 
     ``expected``: the expected lane's (per-layer patching rows, per-linear rows) (``expected/lane.py``). With
-    it the culprit is the layer whose local error is furthest beyond what the format's noise explains, and
-    its op the first in execution order beyond that noise; without it, the layer with the largest local
+    it the culprit is the first layer (execution order) whose local error is beyond what the format's noise
+    explains, and its op the first beyond that noise (every layer ran on the reference's input, so a fault
+    in every layer starts at the first); without it, the layer with the largest local
     error and the op where its error first jumps. Either way the layer with the largest local error is
     also reported on its own (``largest_local_error``). None when the captures lack a layer's input or
     output (a narrowed ``--select``).
@@ -173,8 +174,7 @@ def localize(
 
     if expected:
         faulty = [r for r in layers if beyond_layer(r)]
-        pick = max(faulty, key=lambda r: noise.excess(r["local_rel_l2"], exp_local.get(r["layer"], float("nan")))
-                   ) if faulty else largest
+        pick = faulty[0] if faulty else largest  # the first layer beyond noise: its inputs were the reference's
         wl = pick["layer"]
         worst_op = next((o.op for o in exp_ops if o.layer == wl and o.beyond), None) or _first_jump(pick["ops"])
         severe = bool(faulty)

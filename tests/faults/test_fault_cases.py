@@ -151,6 +151,10 @@ def test_no_false_alarm_in_compare(fault_root) -> None:
     assert not [f for f in report.findings if f.kind in ("weight_audit", "act_scale_overflow", "kv_cache_scale")
                 and f.severity == "critical"]
     assert report.record.audits is not None and report.record.audits.weights
+    noise = report.record.noise  # the expected lane ran and explains every point
+    assert noise is not None and noise.points and not noise.beyond_points, noise.sections()[-1].text
+    assert noise.layers and all(r.verdict == "noise" for r in noise.layers)
+    assert any(s.key == "candidate-vs-expected" for s in report.sections)
 
 
 @pytest.mark.slow
