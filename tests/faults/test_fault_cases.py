@@ -26,7 +26,7 @@ def _kinds(report) -> set[str]:
 @pytest.mark.parametrize("name", list(faults.CASES))
 def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
     case = faults.CASES[name]
-    if case.arch == "qwen35":  # its GGUF comes from llama.cpp's own converter
+    if case.arch in ("qwen35", "qwen3moe"):  # their GGUFs come from llama.cpp's own converter
         pytest.importorskip("layerbisect.producers.llamacpp", reason="needs llama.cpp's converter")
     res = faults.run_case(name, fault_root)
     report, audit = res["report"], res["audit"]
@@ -68,6 +68,11 @@ def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
         assert {r.layer for r in audit.faults} == {1} and len(audit.faults) == 7
         assert {r.cause for r in audit.faults} == {"nibble_order"}
         assert all(r.evidence["restored_cosine"] > 0.99 for r in audit.faults)
+    elif name == "expert_weight_scale":  # Qwen3-MoE: one expert of one layer, named by its index
+        (row,) = audit.faults
+        assert (row.name, row.layer, row.cause) == ("layers.1.mlp.experts.5.down_proj.weight", 1, "scale_mismatch")
+        assert row.alpha == pytest.approx(4.0, abs=0.05)
+        assert "layers.1.mlp.experts.5.down_proj" in top.detail, text
     elif name in ("g4_norm_act_unscaled", "g4_double_scale_norms"):  # seed 000 on Gemma 4
         _check_seed000(report, text)
         if name == "g4_norm_act_unscaled":
