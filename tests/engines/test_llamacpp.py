@@ -51,12 +51,8 @@ def test_map_resolves_names_ops_and_inputs():
         GGMLNameMap.from_toml('[by_input]\n"x" = { op = "MUL" }')
 
 
-# The llamacpp map names the dense families' nodes; MoE nodes (ffn_moe_*) are not mapped yet.
-MAPPED = [a for a in ARCHS if a != "qwen3moe"]
-
-
 @needs_llama_cpp
-@pytest.mark.parametrize("arch", MAPPED)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_capture_matches_reference_at_every_point(tiny_models, tmp_path, arch):
     from layerbisect.engines.dump import load_dump
     from layerbisect.engines.llamacpp import capture_llamacpp
