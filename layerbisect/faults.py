@@ -221,6 +221,18 @@ def global_scale_inverted(src: str | Path, dst: str | Path, module: str = "layer
     return out
 
 
+def expert_weight_scale(src: str | Path, dst: str | Path, module: str = "layers.1.mlp.experts.5.down_proj",
+                        factor: float = 4.0) -> Path:
+    """One routed expert's ``weight_scale`` × ``factor`` in one layer (an expert loaded with a sibling's scale)."""
+    out = copy_checkpoint(src, dst)
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        return t * factor if k.endswith(f"{module}.weight_scale") else t
+
+    _require(edit_tensors(out, edit), out, f"{module}.weight_scale")
+    return out
+
+
 def swap_nibbles(src: str | Path, dst: str | Path, layer: int = 1) -> Path:
     """FP4 codes of every linear in ``layer`` packed with element 0 in the *high* nibble."""
     out = copy_checkpoint(src, dst)
@@ -768,6 +780,10 @@ CASES: dict[str, FaultCase] = {
         FaultCase("nibble_swap", "FP4 nibble order", "llama", "NVFP4A16",
                   "FP4 nibble order swapped in every weight_packed of one layer",
                   "nibble_order", 1, None, gemma_layer=2, plant=lambda c, o, ids, i: swap_nibbles(c, o, layer=i or 0)),
+        FaultCase("expert_weight_scale", "-", "qwen3moe", "FP8_DYNAMIC",
+                  "the weight_scale of routed expert 5's down_proj in layer 1 multiplied by 4",
+                  "scale_mismatch", 1, "mlp.experts.5.down", gemma_layer=None,
+                  plant=lambda c, o, ids, i: expert_weight_scale(c, o)),
         FaultCase("down_scale_x8", "issue 17 (first failure)", "gemma3", "FP8",
                   "one layer's mlp.down_proj weight_scale x8 in a model with post-FFN norms",
                   "scale_mismatch", 3, "mlp.down_proj", gemma_layer=6,
@@ -856,14 +872,16 @@ QWEN35_FAULT_LAYERS = ["full_attention", "linear_attention", "linear_attention",
 
 
 def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
-    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}.
+    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights by llama.cpp's own converter}.
 
     ``gemma3-hot`` is the tiny Gemma 3 with layer 1's gate and up projections ×300 (both sides): its
     ``mlp.act`` reaches ~1e5, past FP16's 65504, as the real Gemma 3 270M's residual stream does.
+    The tiny archs of ``producers/tiny.py`` get the real llama.cpp vocabulary of their family
+    (``vocabulary="auto"``); the GGUF is ``convert_hf_to_gguf.py --outtype f32`` (cached by content).
     "qwen35": the tiny Qwen3.5 (``make_tiny_qwen35``, layers ``QWEN35_FAULT_LAYERS``, real qwen35
     vocabulary) converted by llama.cpp's own ``convert_hf_to_gguf.py --no-mtp`` (both cached).
     """
-    from .producers.gguf_writer import write_gguf_from_hf
+    from .producers.llamacpp import converted_gguf
     from .producers.tiny import make_tiny_hf
 
     out: dict[str, dict[str, Path]] = {}
@@ -874,7 +892,6 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
             out[arch] = tiny_gemma4(arch.removeprefix("gemma4-"))
             continue
         if arch == "qwen35":
-            from .producers.llamacpp import converted_gguf
             from .producers.tiny import cached_tiny_qwen35
 
             hf = cached_tiny_qwen35("dense", dtype="bfloat16", layer_types=QWEN35_FAULT_LAYERS)
@@ -882,13 +899,11 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
             continue
         hf = root / f"{arch}-hf"
         if not (hf / "config.json").is_file():
-            make_tiny_hf(arch.removesuffix("-hot"), hf, dtype="bfloat16")
+            make_tiny_hf(arch.removesuffix("-hot"), hf, dtype="bfloat16", hidden=64 if arch == "qwen3moe" else None,
+                         vocabulary="auto")
             if arch.endswith("-hot"):
                 edit_tensors(hf, _hot_edit)
-        gguf = root / f"{arch}.gguf"
-        if not gguf.is_file():
-            write_gguf_from_hf(hf, gguf, tensor_type="F32")
-        out[arch] = {"hf": hf, "gguf": gguf}
+        out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32")}
     return out
 
 
@@ -910,7 +925,9 @@ def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str, **
     """The producer's checkpoint (cached under ``$LAYERBISECT_CACHE/candidates``, keyed by source and options)."""
     from .producers.quantize import quantize_checkpoint
 
-    return quantize_checkpoint(src["hf"], scheme, **producer_kw)
+    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$")
+    ignore = ("lm_head", "re:.*mlp.gate$") if arch == "qwen3moe" else ("lm_head",)
+    return quantize_checkpoint(src["hf"], scheme, **{"ignore": ignore, **producer_kw})
 
 
 def prompt_ids_for(hf_dir: Path) -> list[int]:

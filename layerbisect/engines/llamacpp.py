@@ -77,7 +77,7 @@ class _GGMLTensor(ctypes.Structure):
     ]
 
 
-_NUMPY = {"f32": np.float32, "f16": np.float16}
+_NUMPY = {"f32": np.float32, "f16": np.float16, "i32": np.int32}  # i32: chosen expert ids (ffn_moe_topk)
 
 
 @dataclass(frozen=True)
@@ -417,7 +417,7 @@ class _Recorder:
         name = tt.name.decode(errors="replace")
         tname = self.lib.type_name(tt.type).decode()
         if tname not in _NUMPY:
-            self.problems.append(f"{target}: node {name!r} is {tname}, not f32/f16; skipped")
+            self.problems.append(f"{target}: node {name!r} is {tname}, not f32/f16/i32; skipped")
             return
         ne = [int(x) for x in tt.ne]
         nb = [int(x) for x in tt.nb]

@@ -45,7 +45,7 @@ import torch
 
 from layerbisect.errors import InputError
 
-ARCHS: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+ARCHS: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3")
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
@@ -67,6 +67,9 @@ Attention heads share key and value projections in grouped query attention.
 """
 
 
+_MODEL_TYPE = {"qwen3moe": "qwen3_moe"}  # our arch names that differ from HF's model_type
+
+
 def _arch_config(arch: str, *, n_layers: int | None, hidden: int | None, heads: int, kv_heads: int,
                  head_dim: int | None, vocab: int, rope_scaling: dict[str, Any] | None) -> Any:
     from transformers import (
@@ -76,6 +79,7 @@ def _arch_config(arch: str, *, n_layers: int | None, hidden: int | None, heads: 
         MistralConfig,
         Qwen2Config,
         Qwen3Config,
+        Qwen3MoeConfig,
     )
 
     common: dict[str, Any] = dict(
@@ -122,6 +126,16 @@ def _arch_config(arch: str, *, n_layers: int | None, hidden: int | None, heads: 
             head_dim=head_dim or 64, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         )
+    elif arch == "qwen3moe":
+        hidden = hidden or 128
+        # Every layer MoE (llama.cpp's qwen3moe has no dense layers), 8 experts, top-2 renormalized
+        # (llama.cpp always renormalizes qwen3moe's top-k: the GGUF has no norm_topk_prob).
+        cfg = Qwen3MoeConfig(
+            **common, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=32,
+            num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+            num_hidden_layers=n_layers or 3, head_dim=head_dim or 32, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
     elif arch == "gemma2":
         hidden = hidden or 128
         n = n_layers or 2
@@ -166,8 +180,8 @@ def _randomize(model: torch.nn.Module, arch: str, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             elif name.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif p.ndim == 2:
-                w = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1])
+            elif p.ndim in (2, 3):  # a linear, or stacked experts (E, out, in)
+                w = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
                 if arch == "gemma2" and name.endswith(("q_proj.weight", "k_proj.weight")):
                     w *= 6.0  # push scores into the attention softcap's range (~50)
                 p.copy_(w)
@@ -240,7 +254,7 @@ def make_tiny_hf(
 
         if arch not in ARCHS:
             raise InputError(arch, f"unknown tiny architecture; choose one of {', '.join(ARCHS)}")
-        name = vocab_for_model_type(arch) if vocabulary == "auto" else vocabulary
+        name = vocab_for_model_type(_MODEL_TYPE.get(arch, arch)) if vocabulary == "auto" else vocabulary
         # Gemma's SentencePiece tokenizers add no dummy prefix (Llama's do).
         tok_dir = cached_tokenizer(name, add_dummy_prefix=False if arch.startswith("gemma") else None)
         info = tokenizer_info(tok_dir)

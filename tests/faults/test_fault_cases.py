@@ -27,7 +27,7 @@ def _kinds(report) -> set[str]:
 @pytest.mark.parametrize("name", list(faults.CASES))
 def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
     case = faults.CASES[name]
-    if case.arch == "qwen35":  # its GGUF comes from llama.cpp's own converter
+    if case.arch in ("qwen35", "qwen3moe"):  # their GGUFs come from llama.cpp's own converter
         pytest.importorskip("layerbisect.producers.llamacpp", reason="needs llama.cpp's converter")
     res = faults.run_case(name, fault_root)
     report, audit = res["report"], res["audit"]
@@ -61,6 +61,11 @@ def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
         assert {r.layer for r in audit.faults} == {1} and len(audit.faults) == 7
         assert {r.cause for r in audit.faults} == {"nibble_order"}
         assert all(r.evidence["restored_cosine"] > 0.99 for r in audit.faults)
+    elif name == "expert_weight_scale":  # Qwen3-MoE: one expert of one layer, named by its index
+        (row,) = audit.faults
+        assert (row.name, row.layer, row.cause) == ("layers.1.mlp.experts.5.down_proj.weight", 1, "scale_mismatch")
+        assert row.alpha == pytest.approx(4.0, abs=0.05)
+        assert "layers.1.mlp.experts.5.down_proj" in top.detail, text
     elif name in ("g4_norm_act_unscaled", "g4_double_scale_norms"):  # seed 000 on Gemma 4
         _check_seed000(report, text)
         if name == "g4_norm_act_unscaled":
@@ -114,11 +119,11 @@ def test_input_scale_overflow_saturates_without_the_engine_fault(fault_root) -> 
     """Without the non-saturating cast the emulation clips (like the producer): no NaN, same cause."""
     from layerbisect.pipeline import CompareOptions, compare
 
-    clean = faults.clean_candidate(fault_root, faults.tiny_sources(fault_root, ("gemma2",))["gemma2"], "gemma2",
-                                   "NVFP4")
+    src = faults.tiny_sources(fault_root, ("gemma2",))["gemma2"]
+    clean = faults.clean_candidate(fault_root, src, "gemma2", "NVFP4")
     ids = faults.prompt_ids_for(clean)
     broken = faults.input_scale_overflow(clean, fault_root / "overflow-saturating")
-    report = compare(fault_root / "gemma2.gguf", broken, options=CompareOptions(prompt=None, tokens=ids, generate=0))
+    report = compare(src["gguf"], broken, options=CompareOptions(prompt=None, tokens=ids, generate=0))
     assert "nonfinite_onset" not in _kinds(report)
     top = _culprit(report)
     assert top.evidence["cause"] == "act_scale_overflow" and top.layer == 0
