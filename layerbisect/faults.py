@@ -1100,17 +1100,62 @@ def run_clean(root: Path, scheme: str, model: str = "tiny", arch: str = "gemma3"
 def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | None = None,
                schemes: tuple[str, ...] | None = None, say: Callable[[str], None] = print) -> None:
     """Regenerate docs/FAULTS.md from real runs: every case, the clean schemes, the noise margins, the tokenizer."""
+    import textwrap
+
+    from .audit.causes import CAUSES
     from .producers.quantize import SCHEMES
 
     t_all = time.perf_counter()
-    sections, table, problems = [], [], 0
+    sections: list[str] = []
+    table: list[str] = []
+    clean_rows: list[str] = []
+    margin_rows: list[str] = []
+    state: dict[str, Any] = {"problems": 0}
+
+    def flush() -> None:  # the doc so far: a long regeneration leaves a valid page after every run
+        tok_text = ""
+        tok = state.get("tok")
+        if model != "tiny" and tok is not None:
+            tf = [f for f in tok["report"].findings if f.kind == "tokenizer_mismatch"]
+            ids = ",".join(str(i) for i in tok["ids"])
+            tok_text = (
+                "## The tokenizer case\n\nThe checkpoints carry a tokenizer.json written by transformers' GGUF "
+                "export. With ids given on the command line the compared ids are the same on both sides, so the "
+                "difference is a warning and the gate passes:\n\n```\n$ bisect $(python -c 'from "
+                "layerbisect.producers.cache import bundled_gguf; print(bundled_gguf())')"
+                f" {tok['clean']} --tokens {ids}\n"
+                + "\n".join(f"[{f.severity}] {f.kind}: {f.title}\n    {f.detail}" for f in tf)
+                + f"\ngate: {'PASS' if tok['gate'].passed else 'FAIL'} → exit code {tok['gate'].exit_code}\n```\n"
+            )
+        minutes = (time.perf_counter() - t_all) / 60
+        cmd = f"python -m layerbisect.faults --model {model} --write-docs {path}" + (
+            f" --cases {','.join(names)}" if names else "") + (f" --schemes {','.join(schemes)}" if schemes else "")
+        doc = _DOC_HEAD.format(model=model, causes=textwrap.fill(", ".join(CAUSES), 96)) + (
+            f"\n## Summary ({model})\n\n{len(table)} cases, {state['problems']} problem(s); regenerated in "
+            f"{minutes:.0f} min on this machine (2 shared CPU cores) by `{cmd}`.\n\n"
+            "| case | report | scheme | cause | headline right | culprit | time |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(table) + "\n\n"
+            "## No false alarm: the clean checkpoints\n\nEach scheme's checkpoint as the producer wrote it, "
+            "through the whole pipeline with the built-in gate (derived from the expected lane).\n\n"
+            "| scheme | critical findings | built-in gate | culprit cause | logit KL cand / expected | top-1 cand / "
+            "expected | time |\n|---|---|---|---|---|---|---|\n" + "\n".join(clean_rows) + "\n\n"
+            "## Noise margins\n\nExcess = candidate relative error / (3 × expected + 0.02) per point "
+            "(`comparison/noise.py`): > 1 is beyond the format's noise. On the clean checkpoints (median, 99th "
+            "percentile, max over all points), and the expected lane's cost (quantizing the reference's weights with "
+            "the producer's rounding, one forward and the patching passes):\n\n"
+            "| scheme | median | p99 | max | expected lane |\n|---|---|---|---|---|\n" + "\n".join(margin_rows)
+            + "\n\n"
+            + tok_text + "\n## Cases\n\n" + "\n".join(sections)
+        )
+        path.write_text(doc)
+
     for name in names or cases_for(model):
         case = CASES[name]
         say(f"case {name}")
         res = run_case(name, root, model=model, keep=False)
         top = culprit(res["report"])
         ok = not res["problems"]
-        problems += not ok
+        state["problems"] += not ok
         where = f"layer {top.layer}, {top.op}" if top is not None and top.layer is not None else (
             str(top.op) if top is not None else "-")
         table.append(f"| `{name}` | {case.seed} | {case.scheme} | `{case.expect_cause}` | "
@@ -1126,13 +1171,13 @@ def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | No
             f"```\n$ python -m layerbisect.faults --model {model} --case {name}\n"
             f"{diagnosis_text(res['report'], 4)}\n\n{audit_text(res, 6)}\n```\n"
         )
-    clean_rows, margin_rows = [], []
+        flush()
     for scheme in schemes or SCHEMES:
         say(f"clean {scheme}")
         res = run_clean(root, scheme, model)
         r, n = res["report"], res["report"].record.noise
         crit = [f for f in r.findings if f.severity == "critical"]
-        problems += bool(crit) or not res["gate"].passed
+        state["problems"] += bool(crit) or not res["gate"].passed
         top = culprit(r)
         clean_rows.append(
             f"| {scheme} | {len(crit)} | {'PASS' if res['gate'].passed else 'FAIL'} ({res['gate'].checked} checks) | "
@@ -1146,44 +1191,9 @@ def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | No
                                f"(`{worst.point}`: {worst.cand_rel_l2:.3g} vs {worst.expected_rel_l2:.3g}) | "
                                f"{r.record.runtime.timings_s.get('expected_lane', math.nan):.1f} s |")
         if scheme == "FP8":
-            tok = res
-    tok_text = ""
-    if model != "tiny" and "tok" in locals():
-        tf = [f for f in tok["report"].findings if f.kind == "tokenizer_mismatch"]
-        ids = ",".join(str(i) for i in tok["ids"])
-        tok_text = (
-            "## The tokenizer case\n\nThe checkpoints carry a tokenizer.json written by transformers' GGUF export. "
-            "With ids given on the command line the compared ids are the same on both sides, so the difference is a "
-            "warning and the gate passes:\n\n"
-            f"```\n$ bisect $(python -c 'from layerbisect.producers.cache import bundled_gguf; print(bundled_gguf())')"
-            f" {tok['clean']} --tokens {ids}\n"
-            + "\n".join(f"[{f.severity}] {f.kind}: {f.title}\n    {f.detail}" for f in tf)
-            + f"\ngate: {'PASS' if tok['gate'].passed else 'FAIL'} → exit code {tok['gate'].exit_code}\n```\n"
-        )
-    minutes = (time.perf_counter() - t_all) / 60
-    import textwrap
-
-    from .audit.causes import CAUSES
-
-    cmd = f"python -m layerbisect.faults --model {model} --write-docs {path}" + (
-        f" --cases {','.join(names)}" if names else "") + (f" --schemes {','.join(schemes)}" if schemes else "")
-    doc = _DOC_HEAD.format(model=model, causes=textwrap.fill(", ".join(CAUSES), 96)) + (
-        f"\n## Summary ({model})\n\n{len(table)} cases, {problems} problem(s); regenerated in {minutes:.0f} min on "
-        f"this machine (2 shared CPU cores) by `{cmd}`.\n\n"
-        "| case | report | scheme | cause | headline right | culprit | time |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(table) + "\n\n"
-        "## No false alarm: the clean checkpoints\n\nEach scheme's checkpoint as the producer wrote it, through the "
-        "whole pipeline with the built-in gate (derived from the expected lane).\n\n"
-        "| scheme | critical findings | built-in gate | culprit cause | logit KL cand / expected | top-1 cand / "
-        "expected | time |\n|---|---|---|---|---|---|---|\n" + "\n".join(clean_rows) + "\n\n"
-        "## Noise margins\n\nExcess = candidate relative error / (3 × expected + 0.02) per point "
-        "(`comparison/noise.py`): > 1 is beyond the format's noise. On the clean checkpoints (median, 99th "
-        "percentile, max over all points), and the expected lane's cost (quantizing the reference's weights with "
-        "the producer's rounding, one forward and the patching passes):\n\n"
-        "| scheme | median | p99 | max | expected lane |\n|---|---|---|---|---|\n" + "\n".join(margin_rows) + "\n\n"
-        + tok_text + "\n## Cases\n\n" + "\n".join(sections)
-    )
-    path.write_text(doc)
+            state["tok"] = res
+        flush()
+    flush()
 
 
 _DOC_HEAD = """# Fault-injection suite
