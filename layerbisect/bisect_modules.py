@@ -27,8 +27,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .errors import InputError
 from .graph import get_module, set_module
+
+
+class OnDevice(torch.nn.Module):
+    """A module run where its weights are, called from another device: the input goes there, the output comes back.
+
+    The reference's FP32 linear swapped into a candidate on another GPU (``--ref-device cuda:0
+    --cand-device cuda:1``) stays on its own device: no copy of its weights is made.
+    """
+
+    def __init__(self, inner: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.inner, self.device = inner, torch.device(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.device)).to(x.device)
+
+
+def _module_device(m: torch.nn.Module) -> torch.device | None:
+    return next((t.device for t in [*m.parameters(), *m.buffers()] if t.device.type != "meta"), None)
 
 
 class ModuleBisect:
@@ -170,6 +191,10 @@ def bisect_runners(
     names = quantized_module_names(cand_runner)
     quant = {n: get_module(cand_runner.model, n) for n in names}
     dense = {n: get_module(ref_runner.model, n) for n in names}
+    for n, m in dense.items():  # the sides may sit on two devices: a reference linear runs on its own
+        dev, cdev = _module_device(m), _module_device(quant[n])
+        if dev is not None and cdev is not None and dev != cdev:
+            dense[n] = OnDevice(m, dev)
     history: list[dict[str, Any]] = []
 
     def run(keep: Sequence[str]) -> tuple[bool, dict[str, float]]:

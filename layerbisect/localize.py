@@ -81,8 +81,10 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
             continue
         for name, x in linear_inputs(rm, i, x_in).items():
             r_lin, c_lin = get_module(rm, name), get_module(cm, name)
-            y_ref = r_lin(x.to(rm.device)).float().cpu()
-            y_cand = c_lin(x.to(cm.device)).float().cpu()
+            # both sides are queued before either result is waited for: on two devices they overlap
+            y_ref_dev = r_lin(x.to(rm.device))
+            y_cand_dev = c_lin(x.to(cm.device))
+            y_ref, y_cand = y_ref_dev.float().cpu(), y_cand_dev.float().cpu()
             cmin, rmax = _agg(y_ref, y_cand)
             nonfinite = int((~torch.isfinite(y_cand)).sum())
             # best-fit scale α (cand ≈ α·ref): a scale bug shows as α far from 1 at high cosine

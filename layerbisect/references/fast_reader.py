@@ -24,6 +24,7 @@ class _ArrayParts(Sequence):
     def __init__(self, head: list[Any], raw_itype: np.ndarray, alen: np.ndarray, elem: Any, n_elem_parts: int, n: int):
         self.head = list(head) + [raw_itype, alen]
         self.elem = elem  # (k, j) -> view of part j of element k
+        self.whole: Any = None  # () -> every element decoded at once, as ``ReaderField.contents()`` returns them
         self.per = n_elem_parts
         self.n = n
 
@@ -48,6 +49,17 @@ class _ArrayParts(Sequence):
             yield self[i]
 
 
+class _FastField(ReaderField):
+    """A ``ReaderField`` of an array whose whole ``contents()`` is decoded in one pass (``whole``), not per element."""
+
+    whole: Any = None
+
+    def contents(self, index_or_slice: int | slice = slice(None)) -> Any:
+        if self.whole is not None and index_or_slice == slice(None):
+            return self.whole()
+        return super().contents(index_or_slice)
+
+
 class FastGGUFReader(GGUFReader):
     def _build_fields(self, offs: int, count: int) -> int:
         for _ in range(count):
@@ -64,9 +76,9 @@ class FastGGUFReader(GGUFReader):
                 idxs = [i + len(head) for i in fidxs]
             else:
                 size, parts, idxs, ftypes = fast
-            self._push_field(
-                ReaderField(orig_offs, str(bytes(kv_kdata), encoding="utf-8"), parts, idxs, ftypes), skip_sum=True
-            )
+            field = _FastField(orig_offs, str(bytes(kv_kdata), encoding="utf-8"), parts, idxs, ftypes)
+            field.whole = getattr(parts, "whole", None)
+            self._push_field(field, skip_sum=True)
             offs += size
         return offs
 
@@ -100,6 +112,13 @@ class FastGGUFReader(GGUFReader):
                 return self._get(s, np.uint64) if j == 0 else self._get(s + 8, np.uint8, int(lens[k]))
 
             parts = _ArrayParts(head, raw_itype, alen, elem, 2, n)
+
+            def whole() -> list[str]:  # every string from one copy of the region: no view per element
+                raw = bytes(mv[start:pos])
+                offs0 = (starts - start + 8).tolist()
+                return [raw[o : o + ln].decode("utf-8") for o, ln in zip(offs0, lens.tolist())]
+
+            parts.whole = whole
             idxs = [base + 2 * k + 1 for k in range(n)]
             return pos - offs, parts, idxs, [GGUFValueType.ARRAY, itype]
         nptype = self.gguf_scalar_to_np.get(itype)
@@ -111,5 +130,6 @@ class FastGGUFReader(GGUFReader):
             return arr[k : k + 1]
 
         parts = _ArrayParts(head, raw_itype, alen, elem_s, 1, n)
+        parts.whole = arr.tolist
         idxs = list(range(base, base + n))
         return 12 + int(arr.nbytes), parts, idxs, [GGUFValueType.ARRAY, itype]
