@@ -697,10 +697,11 @@ def section_f(out: Path, work: Path, shape_name: str, depths: list[int], generat
 # --- (g) two GPUs ----------------------------------------------------------------------------------
 
 
-def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2) -> str:
+def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
+              devices: tuple[str, str] = ("cuda:0", "cuda:1")) -> str:
     """The synthetic model (Q8_0 vs FP8, localization and audits on) on one GPU and on two (reference on cuda:0,
     candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each."""
-    if torch.cuda.device_count() < 2:
+    if devices[1].startswith("cuda") and torch.cuda.device_count() < 2:
         return emit(out, "two_gpus.md", "(g) One GPU vs two", [f"skipped: {torch.cuda.device_count()} CUDA devices"])
     shape = SHAPES[shape_name]
     t0 = time.perf_counter()
@@ -712,15 +713,17 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2) -> str:
     QK_TEMPLATES.clear()
     t_write = time.perf_counter() - t0
     ids = list(range(1, 33))
-    configs = {"one GPU (cuda:0)": dict(ref_device="cuda:0", cand_device="cuda:0"),
-               "two GPUs (ref cuda:0, cand cuda:1)": dict(ref_device="cuda:0", cand_device="cuda:1")}
+    a, b = devices
+    configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
+               f"two GPUs (ref {a}, cand {b})": dict(ref_device=a, cand_device=b)}
     order = [k for i in range(repeats) for k in (list(configs) if i % 2 == 0 else list(configs)[::-1])]
     best: dict[str, dict] = {}
     rows = []
     for label in order:
-        torch.cuda.empty_cache()
-        r = run_compare(ref, cand, "cuda", tokens=ids, generate=4, **configs[label])
-        rows.append(_breakdown_rows(label, r, "cuda"))
+        if HAS_CUDA:
+            torch.cuda.empty_cache()
+        r = run_compare(ref, cand, a, tokens=ids, generate=4, **configs[label])
+        rows.append(_breakdown_rows(label, r, a))
         print(rows[-1], flush=True)
         if label not in best or r["total_s"] < best[label]["total_s"]:
             best[label] = r
