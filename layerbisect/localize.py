@@ -26,6 +26,7 @@ from .comparison.record import Localization
 from .comparison.routing import is_route_point
 from .graph import get_module
 from .graph.probe import linear_inputs
+from .kernels import on_device
 from .runner import ModelRunner
 
 
@@ -51,7 +52,8 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
         caps = Captures(token_ids=list(ref_caps.token_ids))
         model.rec.captures = caps
         try:
-            layer(x_in.to(dev), pos, None)
+            with on_device(dev):
+                layer(x_in.to(dev), pos, None)
         finally:
             model.rec.captures = None
         ops = []

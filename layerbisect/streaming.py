@@ -311,7 +311,7 @@ class CheckpointSource(PartSource):
             sl = f.get_slice(key)
             rows = torch.cat([sl[int(t) : int(t) + 1] for t in ids.tolist()]) if len(ids) else None
         assert rows is not None
-        return rows.float().to(self.device)
+        return rows.to(self.device).float()  # converted where it lands: no FP32 copy on the host
 
     def final_norm(self) -> RMSNorm:
         with torch.device("meta"):
@@ -344,7 +344,7 @@ class CheckpointSource(PartSource):
         from safetensors import safe_open
 
         with safe_open(self.ck.where[key], "pt") as f:
-            return f.get_slice(key)[lo:hi].float().to(self.device)
+            return f.get_slice(key)[lo:hi].to(self.device).float()
 
     def head_module(self) -> nn.Module:
         _, linears = self.runner.materialize(self.plan, "lm_head")
@@ -356,7 +356,7 @@ class CheckpointSource(PartSource):
 
             key, _ = self.plan.dense["embed.weight"]
             with safe_open(self.ck.where[key], "pt") as f:
-                return f.get_slice(key)[lo:hi].float().to(self.device)
+                return f.get_slice(key)[lo:hi].to(self.device).float()
         return super().weight_rows(name, lo, hi)
 
 

@@ -38,6 +38,7 @@ from layerbisect.candidates.schemes import LinearScheme
 from layerbisect.errors import InputError
 from layerbisect.kernels import fp8 as kfp8
 from layerbisect.kernels import nvfp4 as knv
+from layerbisect.kernels import on_device
 
 ActMode = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4"]
 
@@ -126,7 +127,8 @@ class QuantLinear(torch.nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32)  # (T, in)
         self._observe(x2)
-        y = self._matmul(x2)  # (T, out) float32
+        with on_device(x2.device):  # called from another device's thread (localization, two GPUs)
+            y = self._matmul(x2)  # (T, out) float32
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import on_device
 from .attention import KVCache
 
 
@@ -39,7 +40,8 @@ def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.T
     saved = model.rec.captures
     model.rec.captures = None
     try:
-        layer(x_in.to(dev), pos.to(dev), cache)
+        with on_device(dev):
+            layer(x_in.to(dev), pos.to(dev), cache)
     finally:
         model.rec.captures = saved
         for h in handles:
