@@ -6,6 +6,9 @@ test:
 	  ( (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) 2>/dev/null || \
 	    echo "note: chromium not installed; the HTML browser test will skip" )
 	python -m pip install -q -e ".[test]"
+	@# llama.cpp (llama-cpp-python 0.3.36) compiled from source once per machine, wheel cached;
+	@# the tests that need it skip with a reason if this fails.
+	./scripts/ensure_llamacpp.sh || echo "note: llama-cpp-python not installed; llama.cpp tests will skip"
 	python -m pytest -q
 
 demo:

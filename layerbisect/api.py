@@ -1,7 +1,9 @@
 """The Python API the CLI is a thin layer over.
 
-``open_runner`` picks the runner from what the path is: a ``.gguf`` file → the FP32
-reference; a directory with ``config.json`` + safetensors → the quantized candidate.
+``open_runner`` picks the runner from what the path is and the side it plays: a ``.gguf``
+file → the FP32 reference, or, as the candidate (``role="candidate"``), a GGUF candidate
+that also names each tensor's GGML type (``candidates/gguf_runner.py``); a directory with
+``config.json`` + safetensors → the quantized checkpoint candidate.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def open_runner(
     progress: ProgressFn | None = None,
     options: Any = None,
     kv_cache: Any = None,
+    role: str = "reference",
 ) -> ModelRunner:
-    """A runner for ``path`` (not yet activated)."""
+    """A runner for ``path`` (not yet activated); ``role`` ("reference"/"candidate") decides what a GGUF opens as."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file or directory")
@@ -45,6 +48,10 @@ def open_runner(
 
         return CandidateRunner(p, device=device, options=options, kv_cache=kv_cache, progress=progress)
     if p.suffix == ".gguf" or is_gguf(p):
+        if role == "candidate":
+            from .candidates.gguf_runner import GGUFCandidateRunner
+
+            return GGUFCandidateRunner(p, device=device, progress=progress)
         from .references.runner import ReferenceRunner
 
         return ReferenceRunner(p, device=device, progress=progress)
@@ -104,6 +111,12 @@ def run_model(
     runner.activate()
     use_tokenizer(runner, tokenizer)
     ids = resolve_tokens(runner, prompt, tokens)
+    from .preflight import check_length
+
+    check_length(len(ids), generate, runner.config)
+    calibrate = getattr(runner, "calibrate_kv", None)
+    if calibrate is not None:  # --kv-scales calibrate: the chosen first pass before the real one
+        calibrate(ids)
     caps = Captures(summary_only=True, selector=_residual_selector(), token_ids=list(ids))
     new = runner.generate(ids, generate, captures=caps) if generate else []
     if not generate:
@@ -140,44 +153,71 @@ def _residual_selector():
     return Selector(["embed", "layers.*.out", "logits"])
 
 
-def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate"):
+def candidate_options(act_quant: str = "checkpoint", nvfp4_act_scale: str = "checkpoint", impl: str = "emulate",
+                      norm_act_quant: str = "off"):
     """What-if switches of the candidate runner (see docs: README 'What-if switches')."""
     from .candidates.qlinear import QuantOptions
+    from .candidates.whatif_norms import MODES
 
     for name, value, allowed in (
         ("--act-quant", act_quant, ("checkpoint", "static", "dynamic", "off")),
         ("--nvfp4-act-scale", nvfp4_act_scale, ("checkpoint", "observed")),
         ("--impl", impl, ("emulate", "native")),
+        ("--norm-act-quant", norm_act_quant, MODES),
     ):
         if value not in allowed:
             raise InputError(name, f"{value!r} is not one of {', '.join(allowed)}")
-    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl)  # type: ignore[arg-type]
+    return QuantOptions(act_quant=act_quant, nvfp4_act_global_scale=nvfp4_act_scale, impl=impl,  # type: ignore[arg-type]
+                        norm_act_quant=norm_act_quant)  # type: ignore[arg-type]
 
 
-def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint"):
+def kv_cache_options(dtype: str = "auto", scales: str = "checkpoint", calibration: str = "prompt"):
     from .kv_cache import KVCacheOptions
+    from .kv_calibration import CALIBRATION_INPUTS
 
     if dtype not in ("auto", "fp8_e4m3", "none"):
         raise InputError("--kv-cache-dtype", f"{dtype!r} is not one of auto, fp8_e4m3, none")
     if scales not in ("checkpoint", "calibrate", "unit"):
         raise InputError("--kv-scales", f"{scales!r} is not one of checkpoint, calibrate, unit")
-    return KVCacheOptions(dtype=dtype, scales=scales)  # type: ignore[arg-type]
+    if calibration not in CALIBRATION_INPUTS:
+        raise InputError("--kv-calibration", f"{calibration!r} is not one of {', '.join(CALIBRATION_INPUTS)}")
+    if calibration != "prompt" and scales != "calibrate":
+        raise InputError("--kv-calibration", f"{calibration!r} chooses the calibration pass of --kv-scales calibrate, "
+                                             f"not of --kv-scales {scales}")
+    return KVCacheOptions(dtype=dtype, scales=scales, calibration=calibration)  # type: ignore[arg-type]
 
 
 def audit_weights(ref: str | Path, cand: str | Path, *, device: str = "cpu") -> Any:
     """Open both sides (no forward pass) and audit every tensor (an ``audit.weights.WeightAudit``).
+
+    ``cand``: a quantized checkpoint directory or a GGUF (then each tensor carries its GGML type).
 
     Raises ``InputError`` on bad input, or when the two are not the same model.
     """
     from .audit.weights import audit_runners
 
     ref_runner = open_runner(ref, device=device)
-    cand_runner = open_runner(cand, device=device)
+    cand_runner = open_runner(cand, device=device, role="candidate")
     if ref_runner.kind != "reference":
         raise InputError(ref, "the reference must be a GGUF file")
-    if cand_runner.kind != "candidate":
-        raise InputError(cand, "the candidate must be a checkpoint directory")
     ref_runner.activate()
     cand_runner.activate()
-    check_same_model(ref_runner, cand_runner)
+    check_candidate(ref_runner, cand_runner)
     return audit_runners(ref_runner, cand_runner)
+
+
+def peek_config(path: str | Path) -> Any:
+    """The ``ModelConfig`` of a GGUF or checkpoint directory from its headers alone (no weight read)."""
+    from .streaming import peek_config as _peek
+
+    return _peek(open_runner(path))
+
+
+def check_candidate(ref_runner: ModelRunner, cand_runner: ModelRunner) -> None:
+    """Refuse a candidate that is not the same model (shapes; for two GGUFs, the vocabulary too)."""
+    if getattr(cand_runner, "fmt", None) == "gguf":
+        from .candidates.gguf_runner import check_same_gguf_model
+
+        check_same_gguf_model(ref_runner, cand_runner)
+    else:
+        check_same_model(ref_runner, cand_runner)

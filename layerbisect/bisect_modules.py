@@ -154,9 +154,17 @@ class BisectResult:
 
 
 def quantized_module_names(cand_runner: Any) -> list[str]:
-    """Canonical names of the candidate's linears that are actually quantized, in execution order."""
-    return [n for n, m in cand_runner.quant_linears().items() if getattr(getattr(m, "scheme", None), "weight", "dense")
-            != "dense"]
+    """Canonical names of the candidate's linears that are actually quantized, in execution order.
+
+    A scheme says so by ``weight != "dense"`` (checkpoint schemes) and, where it has one, its
+    ``quantized`` flag (a GGUF candidate's F32 tensors are not).
+    """
+    out = []
+    for n, m in cand_runner.quant_linears().items():
+        scheme = getattr(m, "scheme", None)
+        if getattr(scheme, "weight", "dense") != "dense" and getattr(scheme, "quantized", True):
+            out.append(n)
+    return out
 
 
 def metrics(report: Any) -> dict[str, float]:
@@ -188,19 +196,22 @@ def bisect_runners(
     gate_cfg = gate_cfg or GateConfig.builtin()
     ref_caps = ref_caps if ref_caps is not None else ref_runner.run(ids, select=select)
     info = model_info(ref_runner)
-    names = quantized_module_names(cand_runner)
-    quant = {n: get_module(cand_runner.model, n) for n in names}
-    dense = {n: get_module(ref_runner.model, n) for n in names}
-    for n, m in dense.items():  # the sides may sit on two devices: a reference linear runs on its own
-        dev, cdev = _module_device(m), _module_device(quant[n])
+    units = bisect_units(ref_runner, cand_runner)
+    names = list(units)
+    mods = [m for n in names for m in units[n]]
+    quant = {m: get_module(cand_runner.model, m) for m in mods}
+    dense = {m: get_module(ref_runner.model, m) for m in mods}
+    for m, mod in dense.items():  # the sides may sit on two devices: a reference linear runs on its own
+        dev, cdev = _module_device(mod), _module_device(quant[m])
         if dev is not None and cdev is not None and dev != cdev:
-            dense[n] = OnDevice(m, dev)
+            dense[m] = OnDevice(mod, dev)
     history: list[dict[str, Any]] = []
 
     def run(keep: Sequence[str]) -> tuple[bool, dict[str, float]]:
         keep_set = set(keep)
         for n in names:
-            set_module(cand_runner.model, n, quant[n] if n in keep_set else dense[n])
+            for m in units[n]:
+                set_module(cand_runner.model, m, quant[m] if n in keep_set else dense[m])
         caps = cand_runner.run(ids, select=select)
         rep = Report(compare_captures(ref_caps, caps, info, thresholds=gate_cfg.thresholds_for("*")))
         res = evaluate(rep, gate_cfg)
@@ -224,9 +235,29 @@ def bisect_runners(
         if not before:
             _, before = run(names)
     finally:
-        for n in names:
-            set_module(cand_runner.model, n, quant[n])
+        for m in mods:
+            set_module(cand_runner.model, m, quant[m])
     return BisectResult(b.culprits, b.verdict, len(history), len(names), before, after, after_ok, history)
+
+
+def bisect_units(ref_runner: Any, cand_runner: Any) -> dict[str, list[str]]:
+    """What the bisect switches, in execution order: unit name → the candidate modules swapped together.
+
+    A checkpoint candidate: each quantized linear alone. A GGUF candidate: each quantized
+    tensor of the file (``GGUFCandidateRunner.restore_units``: the embedding, with a tied
+    head, and every expert of a stacked tensor travel together), leaving out tensors whose
+    weights equal the reference's (a requantization that kept the type changes nothing).
+    """
+    own = getattr(cand_runner, "restore_units", None)
+    if not callable(own):
+        return {n: [n] for n in quantized_module_names(cand_runner)}
+    out = {}
+    for name, u in own().items():
+        same = all(torch.equal(get_module(cand_runner.model, m).weight, get_module(ref_runner.model, m).weight)
+                   for m in u.modules)
+        if not same:
+            out[name] = list(u.modules)
+    return out
 
 
 def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: Any = None) -> BisectResult:
@@ -239,7 +270,7 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
     o = opts or CompareOptions()
     ref_runner = open_runner(ref, device=o.ref_device or o.device).activate()
     cand_runner = open_runner(cand, device=o.cand_device or o.device, options=o.quant_options,
-                              kv_cache=o.kv_cache).activate()
+                              kv_cache=o.kv_cache, role="candidate").activate()
     ids = list(report.record.tokens.ids) if report.record.tokens is not None else []
     if not ids:
         from .api import resolve_tokens
@@ -251,7 +282,8 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
         return ", ".join(f"{k} {v:.4g}" for k, v in m.items())
 
     if res.verdict == "culprits":
-        names = ", ".join(res.culprits)
+        label = getattr(cand_runner, "unit_label", None)
+        names = ", ".join(f"{c} ({label(c)})" if callable(label) and label(c) else c for c in res.culprits)
         first = res.culprits[0].split(".")
         layer = int(first[1]) if first[0] == "layers" else None
         report.add_finding(Finding(
@@ -284,4 +316,11 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
     return res
 
 
-__all__ = ["BisectResult", "ModuleBisect", "bisect_report", "bisect_runners", "quantized_module_names"]
+__all__ = [
+    "BisectResult",
+    "ModuleBisect",
+    "bisect_report",
+    "bisect_runners",
+    "bisect_units",
+    "quantized_module_names",
+]

@@ -13,10 +13,22 @@ Design notes
                             that casts without saturating (``non_saturating_block_scales``)
     kv_scales_garbage       seed 003: FP8 KV-cache scales calibrated on garbage (far too small)
     dropped_norms           seed 004: a loader that drops a norm tensor in every layer
+    g4_*                    seeds 000 and 004 on tiny Gemma 4 (GEMMA4_CASES): the norm-output what-if and
+                            planted norm gains (000); base FFN norms, layer scalars, router scales dropped,
+                            and an engine dump with global-layer buffers sized for the sliding head_dim (004)
     global_scale_inverted   NVFP4 ``weight_global_scale`` stored as its reciprocal (multiplier vs divisor)
     nibble_swap             FP4 nibbles swapped in ``weight_packed`` (element 0 in the high nibble)
+    kv_calibration_garbage_state
+                            seed 003 itself (vLLM 37554): hybrid Qwen3.5, FP8 KV-cache scales calibrated on
+                            a first pass whose recurrent layers ran from uninitialized state, frozen, then
+                            the real prompt (``--kv-calibration garbage-state``)
+    fused_shard_scale       vLLM 38197: an engine that fuses the DeltaNet's ``in_proj_qkv`` with other
+                            projections applies its per-tensor FP8 scale to the first shard (q) only
 - Engine faults (how a kernel behaves, not what the checkpoint holds) are context managers
-  that patch our emulation for the duration of a run: ``non_saturating_block_scales``.
+  that patch our emulation for the duration of a run: ``non_saturating_block_scales``,
+  ``first_shard_scale_only``. Engine *settings* are compare options (``FaultCase.compare_kw``):
+  the seed-003 case is a clean checkpoint run with ``--kv-scales calibrate --kv-calibration
+  garbage-state``.
 - ``python -m layerbisect.faults --write-docs docs/FAULTS.md`` builds every case on tiny models,
   runs ``compare`` (and ``audit``) and writes the diagnoses into the doc.
 """
@@ -34,6 +46,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .kv_cache import KVCacheOptions
 
 TensorEdit = Callable[[str, torch.Tensor], "torch.Tensor | None"]  # None drops the tensor
 
@@ -113,13 +126,14 @@ def _layer_of(name: str) -> int | None:
 def double_scale_norms(src: str | Path, dst: str | Path, factor: float = 8.0) -> Path:
     """Seed 000: a scale already absorbed into the residual-writing norm gains is applied again.
 
-    Gemma stores ``w`` and uses ``1 + w``; the effective gain becomes ``factor · (1 + w)`` on the
+    Gemma 2/3 store ``w`` and use ``1 + w`` (Gemma 4 stores the gain itself: the family's
+    ``hf_norm_offset`` says which); the effective gain becomes ``factor`` × itself on the
     post-attention and post-feedforward norms of every layer and on the final norm. Each layer
     then writes ``factor``× too much into the residual (norm blow-up) and the final logits are
     ``factor``× too large (softcap saturation).
     """
     out = copy_checkpoint(src, dst)
-    offset = 1.0 if _is_gemma(out) else 0.0
+    offset = _norm_offset(out)  # Gemma 2/3 store w for 1 + w; Gemma 4 (and llama) store the gain itself
     targets = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
 
     def edit(k: str, t: torch.Tensor) -> torch.Tensor:
@@ -203,6 +217,18 @@ def global_scale_inverted(src: str | Path, dst: str | Path, module: str = "layer
     return out
 
 
+def expert_weight_scale(src: str | Path, dst: str | Path, module: str = "layers.1.mlp.experts.5.down_proj",
+                        factor: float = 4.0) -> Path:
+    """One routed expert's ``weight_scale`` × ``factor`` in one layer (an expert loaded with a sibling's scale)."""
+    out = copy_checkpoint(src, dst)
+
+    def edit(k: str, t: torch.Tensor) -> torch.Tensor:
+        return t * factor if k.endswith(f"{module}.weight_scale") else t
+
+    _require(edit_tensors(out, edit), out, f"{module}.weight_scale")
+    return out
+
+
 def swap_nibbles(src: str | Path, dst: str | Path, layer: int = 1) -> Path:
     """FP4 codes of every linear in ``layer`` packed with element 0 in the *high* nibble."""
     out = copy_checkpoint(src, dst)
@@ -216,13 +242,49 @@ def swap_nibbles(src: str | Path, dst: str | Path, layer: int = 1) -> Path:
     return out
 
 
+def drop_tensors(src: str | Path, dst: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """Seed 004 (Gemma 4): tensors ending in any of ``suffixes`` missing in every layer (a loader that never
+    emits them): the base pre/post feed-forward norms, ``layer_scalar``, ``router.scale`` and
+    ``router.per_expert_scale``. A lenient engine then runs each as the identity (1.0)."""
+    out = copy_checkpoint(src, dst)
+    _require(edit_tensors(out, lambda k, t: None if k.endswith(suffixes) else t), out, what)
+    return out
+
+
+def global_head_dim_dump(hf_dir: str | Path, dst: str | Path, prompt_ids: list[int]) -> Path:
+    """Seed 004's engine bug, captured: transformers' Gemma 4 with global-layer attention buffers sized
+    for the sliding head_dim, run on ``prompt_ids`` and dumped through the capture API.
+
+    The seed's engine sized its attention workspace from the config's scalar head_dim (the
+    sliding layers' 256) while the global layers' projections are 512 per head wide: each token
+    row written at stride ``heads · hd_swa`` overflows into the next token's row, which that token
+    then overwrites (``gemma4_workspace_bug``). Returns the dump directory
+    (``bisect compare REF.gguf --candidate-dump DIR``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .engines import capture_activations
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    out = Path(dst)
+    if out.exists():
+        shutil.rmtree(out)
+    with torch.no_grad(), gemma4_workspace_bug(model), capture_activations(model, out, token_ids=prompt_ids):
+        model(torch.tensor([prompt_ids]))
+    return out
+
+
 def _require(changed: list[str], where: Path, what: str) -> None:
     if not changed:
         raise InputError(where, f"fault injection found no {what} to edit")
 
 
-def _is_gemma(ckpt: Path) -> bool:
-    return str(json.loads((ckpt / "config.json").read_text()).get("model_type", "")).startswith("gemma")
+def _norm_offset(ckpt: Path) -> float:
+    """What the checkpoint's family adds to a stored norm weight (``ModelSpec.hf_norm_offset``)."""
+    from .families import spec_from_hf
+
+    return spec_from_hf(json.loads((ckpt / "config.json").read_text()), ckpt / "config.json").hf_norm_offset
 
 
 def _layer_prefix(ckpt: Path) -> str:
@@ -249,6 +311,55 @@ def _cast_no_saturation(x: torch.Tensor) -> torch.Tensor:
     return torch.where(over, torch.full_like(x, float("nan")), x).to(torch.float8_e4m3fn)
 
 
+def _overflowing_rows(y: torch.Tensor, stride: int) -> torch.Tensor:
+    """Rows of width W written one after another at ``stride`` < W into one flat buffer, then read back.
+
+    Token t's row keeps its first ``stride`` values; the rest is the next token's first values
+    (it was written later, over them); the last token's row is intact. (..., T, W) → same shape.
+    """
+    T, W = y.shape[-2], y.shape[-1]
+    flat = torch.zeros(*y.shape[:-2], (T - 1) * stride + W, dtype=y.dtype, device=y.device)
+    for t in range(T):  # in token order, as the kernel writes them
+        flat[..., t * stride : t * stride + W] = y[..., t, :]
+    return torch.stack([flat[..., t * stride : t * stride + W] for t in range(T)], dim=-2)
+
+
+@contextlib.contextmanager
+def gemma4_workspace_bug(model: torch.nn.Module) -> Iterator[None]:
+    """Engine fault (seed 004) on a transformers Gemma 4: global-layer q/k/v written into a workspace whose row
+    stride is sized with the sliding layers' head_dim.
+
+    Every attention layer whose projection is wider than ``heads · head_dim`` of the config (the
+    sliding head_dim; global layers have ``per_layer_config`` head_dim) gets a forward hook on
+    its q/k/v projections that passes the output through ``_overflowing_rows``. Sliding layers
+    and single-token decode steps are untouched, as in the seed (the overflow needs two rows).
+    """
+    cfg = model.config.get_text_config()
+    layers = model.model.layers
+    # transformers refuses cfg.head_dim for heterogeneous configs: the sliding layers' is the engine's scalar
+    hd_swa = next(int(ly.self_attn.head_dim) for ly in layers if ly.self_attn.is_sliding)
+    handles = []
+    for layer in layers:
+        attn = layer.self_attn
+        for proj, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", None), ("v_proj", None)):
+            lin = getattr(attn, proj, None)
+            if lin is None:
+                continue
+            if heads is None:  # kv heads of this layer: the projection's width over its head_dim
+                heads = lin.out_features // attn.head_dim
+            stride = heads * hd_swa
+            if lin.out_features > stride:
+                handles.append(lin.register_forward_hook(
+                    lambda _m, _a, y, stride=stride: _overflowing_rows(y, stride)))
+    if not handles:
+        raise InputError("gemma4_workspace_bug", "no attention projection is wider than the sliding head_dim allows")
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def non_saturating_block_scales() -> Iterator[None]:
     """Engine fault: NVFP4 activation block scales cast to E4M3 without saturation (overflow → NaN).
@@ -266,6 +377,53 @@ def non_saturating_block_scales() -> Iterator[None]:
         knv.cast_to_fp8 = saved
 
 
+@contextlib.contextmanager
+def first_shard_scale_only(layers: tuple[int, ...] | None = None, other_scale: float = 1.0) -> Iterator[list[str]]:
+    """Engine fault (vLLM 38197): a fused projection's per-tensor FP8 weight scale lands in its first shard only.
+
+    vLLM merges the DeltaNet's ``in_proj_qkv`` (one checkpoint tensor, one ``weight_scale``) and
+    ``in_proj_z`` into ``in_proj_qkvz``; its loader wrote the qkv scale into shard 0 (q) and left
+    the k and v shards at their initial value. Here every FP8 per-tensor linear with shards
+    (``graph.inventory.linear_shards``) in ``layers`` (None: all) keeps its scale on the first
+    shard's rows and dequantizes the other rows with ``other_scale`` (1.0, an unloaded scale
+    parameter's value here; vLLM's starts at float32 min and its requantization turns it into
+    saturated garbage). Yields the list of modules it changed (filled as runners load).
+    """
+    from .candidates import runner as cr
+    from .candidates.qlinear import FP8Linear
+    from .graph.inventory import linear_shards
+
+    saved = cr.CandidateRunner.materialize
+    changed: list[str] = []
+
+    def materialize(self: Any, plan: Any, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state, linears = saved(self, plan, prefix)
+        shards = linear_shards(plan.spec)
+        for rel, lin in linears.items():
+            name = prefix + rel
+            layer = _layer_of(name)
+            if name not in shards or not isinstance(lin, FP8Linear) or lin.scheme.weight != "fp8_tensor":
+                continue
+            if layers is not None and layer not in layers:
+                continue
+            per_row = torch.full((lin.out_features, 1), float(other_scale))
+            per_row[: shards[name][0][2]] = float(lin.weight_scale)
+            lin.weight_scale, lin.w_block, lin._w_dq = per_row, (1, None), None
+            changed.append(name)
+        return state, linears
+
+    cr.CandidateRunner.materialize = materialize  # type: ignore[method-assign]
+    try:
+        yield changed
+    finally:
+        cr.CandidateRunner.materialize = saved  # type: ignore[method-assign]
+
+
+def vllm_38197_in_layer_1() -> contextlib.AbstractContextManager[list[str]]:
+    """``first_shard_scale_only`` planted in layer 1's ``in_proj_qkv`` of the tiny Qwen3.5 (the fault suite's case)."""
+    return first_shard_scale_only(layers=(1,))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the suite
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,7 +433,7 @@ def non_saturating_block_scales() -> Iterator[None]:
 class FaultCase:
     name: str
     seed: str
-    arch: str
+    arch: str  # a tiny architecture (producers/tiny.py) or "gemma4-<variant>" (producers/tiny_gemma4.py)
     scheme: str
     summary: str
     expect_cause: str
@@ -283,6 +441,38 @@ class FaultCase:
     expect_op: str | None  # an op name the diagnosis must mention (prefix match)
     engine: Callable[[], contextlib.AbstractContextManager[None]] | None = None
     compare_kw: dict[str, Any] = field(default_factory=dict)
+    dump: bool = False  # the candidate is an engine dump (captured activations), not a checkpoint
+
+
+def _unscaled_norms() -> dict[str, Any]:
+    from .candidates.qlinear import QuantOptions
+
+    return {"quant_options": QuantOptions(norm_act_quant="unscaled")}
+
+
+# Seeds 000 and 004 on tiny Gemma 4 (producers/tiny_gemma4.py: GGUF by llama.cpp's converter,
+# candidates by llmcompressor).
+GEMMA4_CASES: tuple[FaultCase, ...] = (
+    FaultCase("g4_norm_act_unscaled", "000", "gemma4-dense", "FP8_BLOCK",
+              "what-if --norm-act-quant unscaled: residual-writing and final norm outputs FP8-quantized per token, "
+              "scale dropped as if absorbed (checkpoint untouched)",
+              "double_scale", 0, "attn.post_norm", compare_kw=_unscaled_norms()),
+    FaultCase("g4_double_scale_norms", "000", "gemma4-dense", "FP8_BLOCK",
+              "absorbed scale applied again to the residual-writing and final norm gains (x8), planted",
+              "double_scale", 0, "attn.post_norm"),
+    FaultCase("g4_dropped_ffn_norms", "004", "gemma4-moe", "NVFP4",
+              "base pre_feedforward_layernorm and post_feedforward_layernorm missing in every layer",
+              "missing_norm", 0, "mlp_norm", compare_kw={"generate": 0}),
+    FaultCase("g4_missing_layer_scalars", "004", "gemma4-moe", "NVFP4",
+              "layer_scalar missing in every layer (run as 1.0)",
+              "missing_scale", 0, "layer_scalar", compare_kw={"generate": 0}),
+    FaultCase("g4_missing_router_scales", "004", "gemma4-moe", "NVFP4",
+              "router.scale and router.per_expert_scale missing in every layer (run as 1.0)",
+              "missing_scale", 0, "mlp.router_scale", compare_kw={"generate": 0}),
+    FaultCase("g4_global_head_dim_dump", "004", "gemma4-moe", "-",
+              "engine dump: transformers with global-layer q/k/v buffers sized for the sliding head_dim",
+              "attention_geometry", 5, "attn.v", dump=True),
+)
 
 
 CASES: dict[str, FaultCase] = {
@@ -306,6 +496,20 @@ CASES: dict[str, FaultCase] = {
         FaultCase("nibble_swap", "-", "llama", "NVFP4A16",
                   "FP4 nibble order swapped in every weight_packed of layer 1",
                   "nibble_order", 1, None),
+        FaultCase("expert_weight_scale", "-", "qwen3moe", "FP8_DYNAMIC",
+                  "the weight_scale of routed expert 5's down_proj in layer 1 multiplied by 4",
+                  "scale_mismatch", 1, "mlp.experts.5.down"),
+        *GEMMA4_CASES,
+        FaultCase("kv_calibration_garbage_state", "003", "qwen35", "FP8_DYNAMIC",
+                  "FP8 KV cache, scales calibrated on a first pass whose recurrent layers started from "
+                  "uninitialized state (--kv-scales calibrate --kv-calibration garbage-state), frozen, "
+                  "then the prompt",
+                  "kv_calibration", 3, "attn.k",
+                  compare_kw={"kv_cache": KVCacheOptions(dtype="fp8_e4m3", scales="calibrate",
+                                                         calibration="garbage-state")}),
+        FaultCase("fused_shard_scale", "vLLM 38197", "qwen35", "FP8",
+                  "in_proj_qkv's per-tensor FP8 weight scale applied to its first shard (q) only in layer 1",
+                  "shard_scale", 1, "attn.in_proj_qkv", engine=vllm_38197_in_layer_1),
     )
 }
 
@@ -324,19 +528,64 @@ def build_case(name: str, clean: Path, out: Path, prompt_ids: list[int]) -> Path
         return global_scale_inverted(clean, out)
     if name == "nibble_swap":
         return swap_nibbles(clean, out)
+    if name == "expert_weight_scale":
+        return expert_weight_scale(clean, out)
+    if name == "g4_norm_act_unscaled":
+        return clean  # the checkpoint is correct: the engine (what-if switch) is not
+    if name == "g4_double_scale_norms":
+        return double_scale_norms(clean, out)
+    if name == "g4_dropped_ffn_norms":
+        return drop_tensors(clean, out, (".pre_feedforward_layernorm.weight", ".post_feedforward_layernorm.weight"),
+                            "base feed-forward norms")
+    if name == "g4_missing_layer_scalars":
+        return drop_tensors(clean, out, (".layer_scalar",), "layer_scalar tensors")
+    if name == "g4_missing_router_scales":
+        return drop_tensors(clean, out, (".router.scale", ".router.per_expert_scale"), "router scales")
+    if name == "g4_global_head_dim_dump":
+        return global_head_dim_dump(clean, out, prompt_ids)
+    if name in ("kv_calibration_garbage_state", "fused_shard_scale"):
+        return clean  # the checkpoint is right: the engine's calibration pass / its loader is not
     raise InputError("fault", f"unknown fault case {name!r}; choose one of {', '.join(CASES)}")
 
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 
+QWEN35_FAULT_LAYERS = ["full_attention", "linear_attention", "linear_attention", "full_attention", "linear_attention",
+                      "full_attention"]  # an attention layer before any recurrent one (its calibration stays clean)
+
+
 def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
-    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}."""
+    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}.
+
+    "qwen35": the tiny Qwen3.5 (``make_tiny_qwen35``, layers ``QWEN35_FAULT_LAYERS``, real qwen35
+    vocabulary) converted by llama.cpp's own ``convert_hf_to_gguf.py --no-mtp`` (both cached).
+    """
     from .producers.gguf_writer import write_gguf_from_hf
     from .producers.tiny import make_tiny_hf
 
     out: dict[str, dict[str, Path]] = {}
     for arch in archs:
+        if arch.startswith("gemma4-"):  # real vocabulary + llama.cpp's converter, cached across sessions
+            from .producers.tiny_gemma4 import tiny_gemma4
+
+            out[arch] = tiny_gemma4(arch.removeprefix("gemma4-"))
+            continue
+        if arch == "qwen35":
+            from .producers.llamacpp import converted_gguf
+            from .producers.tiny import cached_tiny_qwen35
+
+            hf = cached_tiny_qwen35("dense", dtype="bfloat16", layer_types=QWEN35_FAULT_LAYERS)
+            out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32", extra_args=("--no-mtp",))}
+            continue
+        if arch == "qwen3moe":  # real qwen2 vocabulary; GGUF by llama.cpp's converter (cached by content)
+            from .producers.llamacpp import converted_gguf
+
+            hf = root / f"{arch}-hf"
+            if not (hf / "config.json").is_file():
+                make_tiny_hf(arch, hf, dtype="bfloat16", hidden=64, vocabulary="auto")
+            out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32")}
+            continue
         hf = root / f"{arch}-hf"
         if not (hf / "config.json").is_file():
             make_tiny_hf(arch, hf, dtype="bfloat16")
@@ -350,7 +599,11 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
 def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str) -> Path:
     from .producers.quantize import quantize_checkpoint
 
-    return quantize_checkpoint(src["hf"], scheme, root / f"{arch}-{scheme}")
+    # qwen35's sources live in the fixture cache already: its candidates can too (keyed by content)
+    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$")
+    ignore = ("lm_head", "re:.*mlp.gate$") if arch == "qwen3moe" else ("lm_head",)
+    return quantize_checkpoint(src["hf"], scheme, None if arch == "qwen35" else root / f"{arch}-{scheme}",
+                               ignore=ignore)
 
 
 def prompt_ids_for(hf_dir: Path) -> list[int]:
@@ -365,10 +618,16 @@ def run_case(name: str, root: Path, *, audit: bool = True) -> dict[str, Any]:
 
     case = CASES[name]
     srcs = tiny_sources(root, (case.arch,))
+    if case.dump:  # an engine run on the unquantized weights, captured
+        ids = prompt_ids_for(srcs[case.arch]["hf"])
+        dump = build_case(name, srcs[case.arch]["hf"], root / f"fault-{name}", ids)
+        report = compare(srcs[case.arch]["gguf"], candidate_dump=dump,
+                         options=CompareOptions(prompt=None, tokens=ids, generate=0, **case.compare_kw))
+        return {"case": case, "report": report, "broken": dump, "ref": srcs[case.arch]["gguf"], "audit": None}
     clean = clean_candidate(root, srcs[case.arch], case.arch, case.scheme)
     ids = prompt_ids_for(clean)
     broken = build_case(name, clean, root / f"fault-{name}", ids)
-    opts = CompareOptions(prompt=None, tokens=ids, generate=4, **case.compare_kw)
+    opts = CompareOptions(prompt=None, tokens=ids, **{"generate": 4, **case.compare_kw})
     ctx = case.engine() if case.engine else contextlib.nullcontext()
     with ctx:
         report = compare(srcs[case.arch]["gguf"], broken, options=opts)
@@ -395,12 +654,15 @@ def write_docs(path: Path, root: Path) -> None:
     for name, case in CASES.items():
         res = run_case(name, root)
         aud = res["audit"]
+        where = (f"Tiny {case.arch}, engine dump" if case.dump
+                 else f"Tiny {case.arch}, producer scheme {case.scheme}")
         parts.append(
-            f"## {name} (seed {case.seed})\n\n{case.summary}. Tiny {case.arch}, producer scheme {case.scheme}"
+            f"## {name} (seed {case.seed})\n\n{case.summary}. {where}"
             + (f"; engine fault `{case.engine.__name__}`" if case.engine else "")
             + f". Expected cause: `{case.expect_cause}`.\n\n"
             f"```\n$ python -m layerbisect.faults --case {name}\n{diagnosis_text(res['report'])}\n```\n\n"
-            f"Weight audit (`bisect audit REF.gguf CAND/`):\n\n```\n{aud.summary_text()}\n```\n"
+            + (f"Weight audit (`bisect audit REF.gguf CAND/`):\n\n```\n{aud.summary_text()}\n```\n" if aud
+               else "")
         )
     path.write_text("\n".join(parts))
 
@@ -415,9 +677,16 @@ text of the top findings, regenerated by
 
     python -m layerbisect.faults --write-docs docs/FAULTS.md
 
-Cause categories (`layerbisect/audit/causes.py`): double_scale, scale_inverted,
-global_scale_ignored, scale_ignored, act_scale_overflow, kv_cache_scale, missing_norm,
-nibble_order, layout_permutation, transposed, quantization_noise.
+Cause categories (`layerbisect/audit/causes.py`): double_scale, scale_mismatch, scale_inverted,
+global_scale_ignored, scale_ignored, act_scale_overflow, kv_cache_scale, kv_calibration,
+shard_scale, missing_norm, missing_scale, attention_geometry, nibble_order, layout_permutation,
+transposed, quantization_noise.
+
+The two Qwen3.5 cases run on a tiny hybrid model (attention, recurrent, recurrent, attention,
+recurrent, attention; real qwen35 vocabulary) converted by llama.cpp's own
+`convert_hf_to_gguf.py --no-mtp`. Their checkpoints are what llmcompressor wrote: the fault is
+the engine's (its KV calibration pass; its loader), so `bisect audit` of the checkpoint alone
+finds nothing, by design.
 """
 
 
@@ -438,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {a.write_docs}")
         for name in [a.case] if a.case else ([] if a.write_docs else list(CASES)):
             res = run_case(name, root)
-            print(f"== {name}\n{diagnosis_text(res['report'])}\n{res['audit'].summary_text()}\n")
+            aud = res["audit"]
+            print(f"== {name}\n{diagnosis_text(res['report'])}\n{aud.summary_text() if aud else ''}\n")
     return 0
 
 

@@ -27,8 +27,12 @@ def fp8_roundtrip(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 @dataclass
 class KVCacheOptions:
+    """``calibration`` (with ``scales="calibrate"``): the first pass the scales come from (``kv_calibration.py``)."""
+
     dtype: Literal["auto", "fp8_e4m3", "none"] = "auto"
     scales: ScaleSource = "checkpoint"
+    calibration: str = "prompt"
+    calibration_seed: int = 0
 
 
 @dataclass

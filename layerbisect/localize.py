@@ -25,6 +25,7 @@ from .comparison.metrics import cosine, rel_l2
 from .comparison.record import Localization
 from .comparison.routing import is_route_point
 from .graph import get_module
+from .graph.context import context_points, layer_cache
 from .graph.probe import linear_inputs
 from .kernels import on_device
 from .runner import ModelRunner
@@ -50,17 +51,19 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
     for i, layer in enumerate(model.layers):
         x_in = ref_caps["embed"] if i == 0 else ref_caps[f"layers.{i - 1}.out"]
         caps = Captures(token_ids=list(ref_caps.token_ids))
+        cache = layer_cache(model.cfg, ref_caps, i, dev)  # shared K/V, per-layer inputs: the reference's
         model.rec.captures = caps
         try:
             with on_device(dev):
-                layer(x_in.to(dev), pos, None)
+                layer(x_in.to(dev), pos, cache)
         finally:
             model.rec.captures = None
         ops = []
         for name in caps.names():
             if name in ref_caps.tensors and not is_route_point(name):  # expert ids are compared as sets, not here
                 cmin, rmax = _agg(ref_caps[name], caps[name])
-                ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax})
+                ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax,
+                            "alpha": _alpha(ref_caps[name], caps[name])})
         out_name = f"layers.{i}.out"
         cmin, rmax = _agg(ref_caps[out_name], caps[out_name])
         rows.append({"layer": i, "local_cosine": cmin, "local_rel_l2": rmax, "ops": ops})
@@ -81,7 +84,7 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
         if x_in is None:
             continue
-        for name, x in linear_inputs(rm, i, x_in).items():
+        for name, x in linear_inputs(rm, i, x_in, caps=ref_caps).items():
             r_lin, c_lin = get_module(rm, name), get_module(cm, name)
             # both sides are queued before either result is waited for: on two devices they overlap
             y_ref_dev = r_lin(x.to(rm.device))
@@ -121,7 +124,9 @@ def localize(
 
     None when the captures lack a layer's input or output (a narrowed ``--select``).
     """
-    need = ["embed"] + [f"layers.{i}.out" for i in range(ref_runner.config.n_layers)]
+    spec = ref_runner.config
+    need = ["embed"] + [f"layers.{i}.out" for i in range(spec.n_layers)]
+    need += [p for i in range(spec.n_layers) for p in context_points(spec, i)]  # shared K/V, per-layer inputs
     if any(n not in ref_caps.tensors for n in need):
         return None  # a narrowed --select: patching needs every layer's input and output
     layers = patch_layers(ref_caps, cand_runner, len(ids))
@@ -148,7 +153,8 @@ def localize(
         )
         prev_acc = acc_err if acc_err == acc_err else prev_acc
     worst_modules = sorted(modules, key=lambda m: -_badness(m["rel_l2"]))
-    result = Localization.from_rows(table, worst_modules)
+    result = Localization.from_rows(table, worst_modules,
+                                     [o | {"layer": r["layer"]} for r in layers for o in r["ops"]])
     if not layers:
         return result
     worst_layer = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
@@ -188,6 +194,13 @@ def localize(
         )
     )
     return result  # why, not only where: the pipeline runs the audits next (audit.after_localize)
+
+
+def _alpha(ref: torch.Tensor, cand: torch.Tensor) -> float:
+    """Best-fit scale cand ≈ α·ref over the whole tensor (NaN-safe): a scale bug is α far from 1 at high cosine."""
+    r, c = ref.double().flatten(), torch.nan_to_num(cand.double().flatten())
+    rr = float(r @ r)
+    return float(r @ c) / rr if rr > 0 else float("nan")
 
 
 def _badness(x: float) -> float:

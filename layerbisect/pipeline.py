@@ -33,7 +33,7 @@ from .comparison.record import (
     Tokens,
 )
 from .errors import InputError
-from .runner import ModelRunner, check_same_model
+from .runner import ModelRunner
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -94,7 +94,7 @@ def compare(
     status: Callable[[str], None] | None = None,
 ) -> Report:
     """Run both sides and return the ``Report`` (findings first; ``report.df`` per point × token)."""
-    from .api import open_runner, resolve_tokens, use_tokenizer
+    from .api import check_candidate, open_runner, resolve_tokens, use_tokenizer
 
     o = options or CompareOptions()
     say = status or (lambda s: None)
@@ -125,6 +125,7 @@ def compare(
                 progress=progress,
                 options=o.quant_options,
                 kv_cache=o.kv_cache,
+                role="candidate",
             ),
             o,
             share,
@@ -155,7 +156,7 @@ def compare(
         if cand_runner is None:
             say("loading candidate")
             cand_runner = load_candidate()
-        check_same_model(ref_runner, cand_runner)
+        check_candidate(ref_runner, cand_runner)
 
     findings: list[Finding] = []
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
@@ -164,8 +165,15 @@ def compare(
     else:
         prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
         gen = o.generate
+        from .preflight import check_length
+
+        check_length(len(prompt_ids), gen, ref_runner.config)
     if cand_runner is not None:
         findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
+        calibrate = getattr(cand_runner, "calibrate_kv", None)
+        if calibrate is not None:  # --kv-scales calibrate: the chosen first pass, before anything else runs
+            say("calibrating the KV-cache scales")
+            calibrate(prompt_ids)
 
     t0 = time.perf_counter()
     say(f"greedy {gen} tokens" + (" (both sides at once)" if concurrent else ""))
@@ -211,6 +219,8 @@ def compare(
             if fp:
                 caps.meta["tokenizer_fingerprint"] = fp
 
+    if not ref_caps.names():
+        raise InputError("--select", f"{o.select!r} selected no capture point of this model")
     t0 = time.perf_counter()
     say("comparing")
     info = model_info(ref_runner)
@@ -254,6 +264,29 @@ def compare(
     report = Report(comparison, record=record)
     for f in findings:
         report.add_finding(f)
+    if dump_caps is not None:  # nothing to patch: name a cause from the comparison's shape alone
+        from .audit.causes import annotate_dump
+        from .comparison.record import Audits
+
+        cause = annotate_dump(report, ref_runner.config)
+        if cause:
+            report.put(audits=Audits(cause=cause))
+
+    from .comparison.recurrent import add_state_section
+
+    add_state_section(report, ref_caps, cand_caps, len(prompt_ids))
+    calib = getattr(cand_runner, "kv_calibration", None)
+    if calib is not None:
+        from .audit.kv_calibration import audit_kv_calibration
+
+        audit_kv_calibration(report, calib, ref_caps)
+
+    if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
+        from .comparison import kld
+
+        stats = kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids)
+        if stats is not None:
+            report.put(kld=stats)
     if o.localize and cand_runner is not None:
         from .audit import after_localize
         from .localize import localize
@@ -387,22 +420,33 @@ def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, 
 def _load_findings(cand: ModelRunner) -> list[Finding]:
     notes = getattr(cand, "load_notes", {}) or {}
     out: list[Finding] = []
-    missing = notes.get("missing") or []
-    if missing:
+    ck = getattr(cand, "checkpoint", None)
+    if ck is not None:  # NaN / zero / negative scales: critical, named by tensor (audit/scales.py)
+        from .audit import scales
+
+        out += scales.findings(scales.scan_checkpoint(ck), getattr(cand, "linear_names", None))
+    all_missing = notes.get("missing") or []
+    mkinds = notes.get("missing_kinds") or {}
+    for what in ("norm", "scale"):  # norms run as the identity, scale parameters as 1.0
+        missing = [m for m in all_missing if mkinds.get(m, "norm") == what]
+        if not missing:
+            continue
         layers = sorted({int(m.split(".")[1]) for m in missing if m.startswith("layers.")})
         kinds = sorted({m.split(".", 2)[-1] if m.startswith("layers.") else m for m in missing})
+        first = kinds[0].removesuffix(".weight") if kinds else None
+        run_as = "identity norms" if what == "norm" else "every scale at 1.0"
         out.append(
             Finding(
                 severity="critical",
                 kind="missing_tensor",
-                title=f"Checkpoint lacks {len(missing)} norm tensors ({', '.join(kinds)}); run with identity norms",
-                point=f"layers.{layers[0]}.{kinds[0].replace('.weight', '')}" if layers else None,
+                title=f"Checkpoint lacks {len(missing)} {what} tensors ({', '.join(kinds)}); run with {run_as}",
+                point=f"layers.{layers[0]}.{first}" if layers else None,
                 layer=layers[0] if layers else None,
-                op=kinds[0].replace(".weight", "") if kinds else None,
+                op=first,
                 token_index=None,
                 detail=f"missing in {len(layers)} layers: {', '.join(missing[:6])}"
                 + (" ..." if len(missing) > 6 else ""),
-                evidence={"missing": missing},
+                evidence={"missing": missing, "kind": what},
             )
         )
     unused = notes.get("unused") or []
@@ -424,6 +468,13 @@ def _load_findings(cand: ModelRunner) -> list[Finding]:
 
 
 def _quant_summary(cand: ModelRunner) -> QuantizationSummary | None:
+    own = getattr(cand, "quant_summary", None)
+    if callable(own):  # the GGUF candidate: GGML types of its linears
+        d = own()
+        return QuantizationSummary(
+            format=d["format"], source=d["source"],
+            linear_schemes=tuple(SchemeCount(k, v) for k, v in d["linear_schemes"].items()), kv_cache=None,
+        )
     ck = getattr(cand, "checkpoint", None)
     if ck is None:
         return None

@@ -8,7 +8,8 @@ layer. The graph (``layerbisect/graph/``) is built from it; everything else (cap
 names, the inventory of linear modules and their inputs, the GGUF and HF tensor-name maps,
 shape checks, streaming byte counts) is derived from the built graph, never written down a
 second time. A difference between layers (a sliding layer with head_dim 256 beside a global
-one with 512, an MoE layer beside a dense one, a recurrent mixer between attention layers) is
+one with 512, an MoE layer beside a dense one, a recurrent mixer (``GatedDeltaNetSpec``) between
+attention layers) is
 a different ``LayerSpec``, not a branch on the architecture's name.
 
 Conventions of the canonical graph, restated where weights are loaded:
@@ -142,8 +143,76 @@ class MoESpec:
     kind: Literal["moe"] = "moe"
 
 
-MixerSpec = AttentionSpec
-FFNSpec = DenseFFNSpec | MoESpec
+@dataclass(frozen=True)
+class ParallelMoESpec:
+    """A dense gated MLP beside routed experts, summed (Gemma 4's MoE layers, ``enable_moe_block``).
+
+    The block gets the layer's residual stream as well as the pre-FFN norm's output:
+    dense branch ``post_norm_1(MLP(pre_norm(x)))``; router on the residual itself
+    (``rms(x) · router_scale · d^-0.5``, a weightless RMSNorm, then softmax top-k, renormalized,
+    each weight × ``per_expert_scale[expert]``); experts on ``pre_norm_2(x)``, summed and
+    ``post_norm_2``-ed; the two branch outputs are added (the layer's own post-FFN norm follows).
+    Sources: transformers ``Gemma4TextDecoderLayer``/``Gemma4TextRouter``; llama.cpp
+    ``src/models/gemma4.cpp`` (``ffn_gate_inp.scale``, ``ffn_down_exps.scale``).
+    """
+
+    d_ff: int
+    n_experts: int
+    d_ff_expert: int
+    router: RouterSpec
+    activation: Activation = "gelu_tanh"
+    kind: Literal["dense+moe"] = "dense+moe"
+
+
+@dataclass(frozen=True)
+class GatedDeltaNetSpec:
+    """Gated DeltaNet linear attention of one layer (Qwen3-Next / Qwen3.5 ``linear_attention`` layers).
+
+    Sources: transformers ``Qwen3_5GatedDeltaNet`` / ``Qwen3NextGatedDeltaNet``
+    (``torch_recurrent_gated_delta_rule``); llama.cpp ``src/models/qwen35.cpp``
+    (``build_layer_attn_linear``) and ``delta-net-base.cpp``.
+
+    ``in_proj_qkv`` yields q (``n_k_heads·head_k_dim``), k (same) and v (``n_v_heads·head_v_dim``)
+    rows in that order; a causal depthwise conv1d of ``conv_kernel`` taps (+ SiLU) runs over
+    those channels; q and k are L2-normalized per head (eps ``l2_eps``), q scaled by
+    ``head_k_dim ** -0.5``; value head j reads q/k head ``j // (n_v_heads / n_k_heads)``
+    (HF's grouped order, ``repeat_interleave``). ``beta = sigmoid(in_proj_b(x))``;
+    ``g = -exp(A_log) · softplus(in_proj_a(x) + dt_bias)`` (log of the per-token state decay).
+    The state ``S`` (n_v_heads, head_k_dim, head_v_dim) starts at zero and per token:
+    ``S ← exp(g)·S; S ← S + k ⊗ β(v − Sᵀk); o = Sᵀq``. The output is RMS-normed per head with
+    a plain gain ``w`` (not ``1 + w``: the gated norm is ``Qwen3_5RMSNormGated``), times
+    ``silu(z)``, ``z = in_proj_z(x)``, then ``out_proj``.
+    """
+
+    n_k_heads: int
+    n_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int = 4
+    norm_eps: float = 1e-6
+    l2_eps: float = 1e-6
+    kind: Literal["gated_deltanet"] = "gated_deltanet"
+
+    def __post_init__(self) -> None:
+        if self.n_v_heads % self.n_k_heads:
+            raise ValueError(f"n_v_heads {self.n_v_heads} is not a multiple of n_k_heads {self.n_k_heads}")
+
+    @property
+    def key_dim(self) -> int:
+        return self.n_k_heads * self.head_k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_v_heads * self.head_v_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the conv1d: q, k and v rows of ``in_proj_qkv``."""
+        return 2 * self.key_dim + self.value_dim
+
+
+MixerSpec = AttentionSpec | GatedDeltaNetSpec
+FFNSpec = DenseFFNSpec | MoESpec | ParallelMoESpec
 
 
 @dataclass(frozen=True)
@@ -156,10 +225,16 @@ class NormsSpec:
 
 @dataclass(frozen=True)
 class LayerSpec:
+    """One layer. ``per_layer_input``: width of the per-layer input block that follows the FFN (Gemma 4
+    PLE, 0 = none); ``out_scale``: the layer's output (residual included) is multiplied by a
+    learned scalar (Gemma 4 ``layer_scalar``, GGUF ``layer_output_scale``)."""
+
     index: int
     mixer: MixerSpec
     ffn: FFNSpec
     norms: NormsSpec = field(default_factory=NormsSpec)
+    per_layer_input: int = 0
+    out_scale: bool = False
 
     @property
     def kind(self) -> str:
@@ -174,6 +249,9 @@ class ModelSpec:
 
     ``embed_scale`` multiplies the embedding rows (Gemma: sqrt(d_model), rounded as the family
     rounds it); ``hf_norm_offset`` is added to HF norm weights to get the effective multiplier.
+    ``per_layer_input``: width P of Gemma 4's per-layer input embeddings (PLE, 0 = none): a second
+    embedding table of ``per_layer_vocab`` rows × (n_layers · P) plus a projection of the
+    embedded tokens feed every layer's PLE block (``graph/per_layer.py``).
     """
 
     family: str
@@ -187,6 +265,8 @@ class ModelSpec:
     tied_embeddings: bool = True
     hf_norm_offset: float = 0.0
     context_length: int = 8192
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -228,6 +308,7 @@ class ModelSpec:
             m, f = layer.mixer, layer.ffn
             sig[f"layers.{layer.index}"] = tuple(
                 [m.kind] + [getattr(m, k, None) for k in ("n_heads", "n_kv_heads", "head_dim")]
+                + [getattr(m, k) for k in ("n_k_heads", "n_v_heads", "head_k_dim", "head_v_dim") if hasattr(m, k)]
                 + [f.kind] + [getattr(f, k, None) for k in ("d_ff", "n_experts", "d_ff_expert", "shared_d_ff")]
             )
         return sig
@@ -242,11 +323,13 @@ __all__ = [
     "AttentionSpec",
     "DenseFFNSpec",
     "FFNSpec",
+    "GatedDeltaNetSpec",
     "LayerSpec",
     "MixerSpec",
     "MoESpec",
     "ModelSpec",
     "NormsSpec",
+    "ParallelMoESpec",
     "Rope",
     "RopeScaling",
     "RopeStyle",

@@ -58,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, set_module
+from .graph import Decoder, KVCache, Layer, Recorder, RMSNorm, get_module, set_module
 from .graph.inventory import estimate_fp32_bytes, layer_fp32_bytes
+from .graph.per_layer import PerLayerInputs
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -226,6 +227,10 @@ class PartSource:
             return self.head_rows(lo, hi)
         raise KeyError(name)
 
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        """The model-level half of per-layer input embeddings (Gemma 4 PLE), loaded whole."""
+        raise NotImplementedError
+
 
 def _load_part(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True) -> None:
     module.load_state_dict(state, assign=True, strict=strict)
@@ -257,7 +262,8 @@ class GGUFSource(PartSource):
 
         with torch.device("meta"):
             layer = Layer(self.cfg, i, rec)
-        state = {k: self._dequant(v) for k, v in self.tmap.under(f"layers.{i}.").items()}
+        pre = f"layers.{i}."
+        state = {k: self.tmap.apply(pre + k, self._dequant(v)) for k, v in self.tmap.under(pre).items()}
         _load_part(layer, state, f"layer {i}")
         attach_extras(layer, self.file, self.tmap, self.device, layers=[layer])
         return layer.eval()
@@ -279,6 +285,12 @@ class GGUFSource(PartSource):
         if name == "embed.weight":  # a range of rows: a slice of whole blocks, no index array
             return self._dequant(self.tmap.sources["embed.weight"], slice(lo, hi))
         return super().weight_rows(name, lo, hi)
+
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        with torch.device("meta"):
+            part = PerLayerInputs(self.cfg, rec)
+        _load_part(part, {k: self._dequant(v) for k, v in self.tmap.under("per_layer.").items()}, "per_layer")
+        return part
 
 
 class CheckpointSource(PartSource):
@@ -314,8 +326,10 @@ class CheckpointSource(PartSource):
         return rows.to(self.device).float()  # converted where it lands: no FP32 copy on the host
 
     def final_norm(self) -> RMSNorm:
+        from .candidates.whatif_norms import final_norm_module
+
         with torch.device("meta"):
-            norm = RMSNorm(self.cfg.d_model, self.cfg.norm_eps)
+            norm = final_norm_module(self.runner.options, self.cfg.d_model, self.cfg.norm_eps)
         state, _ = self.runner.materialize(self.plan, "final_norm.")
         if not state:  # a missing final norm runs as the identity, as in the resident runner
             state = {"weight": torch.ones(self.cfg.d_model)}
@@ -358,6 +372,15 @@ class CheckpointSource(PartSource):
             with safe_open(self.ck.where[key], "pt") as f:
                 return f.get_slice(key)[lo:hi].to(self.device).float()
         return super().weight_rows(name, lo, hi)
+
+    def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
+        with torch.device("meta"):
+            part = PerLayerInputs(self.cfg, rec)
+        state, linears = self.runner.materialize(self.plan, "per_layer.")
+        for name, lin in linears.items():
+            set_module(part, name, lin)
+        _load_part(part, state, "per_layer", strict=False)
+        return part.to(self.device)
 
 
 # --- the streamed model -----------------------------------------------------------------------
@@ -481,6 +504,15 @@ class StreamedDecoder:
         tokens = tokens.to(self.device)
         pos = torch.arange(start_pos, start_pos + tokens.shape[0], device=self.device)
         x = self.embed_tokens(tokens)
+        cache = cache if cache is not None else KVCache()
+        if self.cfg.per_layer_input:  # Gemma 4 PLE: the model-level half, then freed like a layer
+            part = self.per_layer_part()
+            self.tracker.add("per_layer", module_nbytes(part))
+            try:
+                cache.per_layer_inputs = part(tokens, x)
+            finally:
+                del part
+                self.tracker.drop("per_layer")
         for layer in self.layers:
             x = layer(x, pos, cache)
         self.layers.release()
@@ -489,6 +521,9 @@ class StreamedDecoder:
         return self.head(x)
 
     __call__ = forward
+
+    def per_layer_part(self) -> PerLayerInputs:
+        return self.source.per_layer_part(self.rec)
 
     @property
     def spec(self) -> ModelSpec:
@@ -557,6 +592,8 @@ class LazyStateDict(Mapping):
 
     def __iter__(self) -> Iterator[str]:
         yield "embed.weight"
+        if self.model.cfg.per_layer_input:
+            yield from (f"per_layer.{k}" for k in self.model.per_layer_part().state_dict())
         for i in range(self.model.cfg.n_layers):
             yield from self._layer_keys(i)
         yield "final_norm.weight"
@@ -577,6 +614,8 @@ class LazyStateDict(Mapping):
                 return m.layers[int(i)].state_dict()[rest]
         elif name == "embed.weight":
             return m.source.embed_rows(torch.arange(cfg.vocab_size))
+        elif name.startswith("per_layer.") and cfg.per_layer_input:
+            return m.per_layer_part().state_dict()[name.removeprefix("per_layer.")]
         elif name == "final_norm.weight":
             return m.source.final_norm().weight.detach()
         elif name.startswith("lm_head.") and not cfg.tied_embeddings:
@@ -604,6 +643,8 @@ class LazyModules(Mapping):
             raise KeyError(name)
         if name == "lm_head":
             return self.model.lm_head
+        if name.startswith("per_layer."):  # Gemma 4 PLE projection: built with its part
+            return get_module(self.model.per_layer_part(), name.removeprefix("per_layer."))
         _, i, rest = name.split(".", 2)
         m: nn.Module = self.model.layers[int(i)]
         for part in rest.split("."):
@@ -637,8 +678,10 @@ def row_blocks(model: Any, name: str, max_bytes: int) -> Iterator[torch.Tensor] 
 def build_streamed(runner: ModelRunner) -> None:
     """Set ``runner.model`` to a ``StreamedDecoder`` over the runner's files (and its tokenizer)."""
     dev = runner.device
-    if runner.kind == "reference":
-        src: PartSource = GGUFSource(runner.path, dev, impl=getattr(runner, "dequant_impl", "auto"))
+    if hasattr(runner, "part_source"):  # a runner that brings its own source (the GGUF candidate)
+        src: PartSource = runner.part_source(dev)
+    elif runner.kind == "reference":
+        src = GGUFSource(runner.path, dev, impl=getattr(runner, "dequant_impl", "auto"))
         runner.gguf = src.file  # type: ignore[attr-defined]
         runner._tokenizer_reader = src.file.reader  # type: ignore[attr-defined]
     elif runner.kind == "candidate":
@@ -651,7 +694,7 @@ def build_streamed(runner: ModelRunner) -> None:
     if cap is not None and head_bytes > cap:
         chunk = max(cap, layer_fp32_bytes(src.cfg))  # a head chunk never needs more than a layer does
     model = StreamedDecoder(src, head_chunk_bytes=chunk)
-    if runner.kind == "candidate":
+    if isinstance(src, CheckpointSource):
         runner.setup_kv_cache(model, src.plan.quant, src.plan.kv_scales)  # type: ignore[attr-defined]
         runner.tokenizer = runner.checkpoint.tokenizer()  # type: ignore[attr-defined]
     runner.model = model  # type: ignore[assignment]
@@ -659,6 +702,8 @@ def build_streamed(runner: ModelRunner) -> None:
 
 def peek_config(runner: ModelRunner) -> ModelSpec:
     """The model spec from the file headers alone (no weights read)."""
+    if hasattr(runner, "peek_spec"):
+        return runner.peek_spec()
     if runner.kind == "reference":
         from .references.gguf_file import GGUFFile
         from .references.gguf_model import read_spec
@@ -695,18 +740,37 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 
 
 def parse_bytes(text: str | int | None) -> int | None:
-    """``--memory-cap``: bytes as an int or with a unit (``8GB``, ``6GiB``, ``512M``); None passes through."""
+    """``--memory-cap``: bytes as an int or with a unit (``8GB``, ``6GiB``, ``512M``); None passes through.
+
+    Sane range only: at least one byte, at most 1 PiB; ``1e400``, ``inf``, ``nan``, zero and negative sizes
+    are refused (a cap below one layer's weights simply streams).
+    """
+    import math
+
     from .errors import InputError
 
-    if text is None or isinstance(text, int):
-        return text
-    s = text.strip().lower().replace(" ", "").replace("_", "")
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num) :]
-    try:
-        value = float(num)
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or value <= 0:
-        raise InputError("--memory-cap", f"{text!r} is not a size in bytes (e.g. 8000000000, 8GB, 6GiB)")
-    return int(value * _UNITS[unit])
+    if text is None:
+        return None
+    bad = InputError("--memory-cap", f"{text!r} is not a size in bytes (e.g. 8000000000, 8GB, 6GiB)")
+    if isinstance(text, int) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    elif isinstance(text, str):
+        s = text.strip().lower().replace(" ", "").replace("_", "")
+        num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = s[len(num) :]
+        try:
+            value = float(num)
+        except (ValueError, OverflowError):
+            raise bad from None
+    else:
+        raise bad
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0:
+        raise bad
+    n = value * _UNITS[unit]
+    if not (MEMORY_CAP_MIN <= n <= MEMORY_CAP_MAX):
+        raise InputError("--memory-cap", f"{text!r} is {n:.4g} bytes; give between 1 byte and 1 PiB")
+    return int(n)
+
+
+MEMORY_CAP_MIN = 1
+MEMORY_CAP_MAX = 1 << 50

@@ -28,6 +28,15 @@ and aim for llama.cpp's ``llama_tokenize(..., add_special=True, parse_special=Tr
     llama.cpp uses for them. An unknown name is an error, not a silent fallback: a wrong
     split gives plausible-looking but different ids.
 
+``tokenizer.ggml.model == "gemma4"`` (Gemma 4: SentencePiece-style BPE with stored merges)
+    llama.cpp (``llama-vocab.cpp``, pre-tokenizer ``gemma4``) replaces spaces by ``▁``
+    (``escape_whitespaces``), splits only at newline runs (``[^\n]+|[\n]+``: no word
+    pre-splitting, merges cross ``▁``), merges by the stored rank order on raw UTF-8 (no
+    byte-level mapping) and falls back to ``<0xXX>`` byte tokens for pieces not in the
+    vocabulary; a run of newlines that is itself a token is emitted whole. BOS is always added
+    (llama.cpp forces ``add_bos`` for this pre-tokenizer). Checked against the ``.inp``/``.out``
+    pairs llama.cpp ships with ``ggml-vocab-gemma-4.gguf`` (tests/test_tokenizer.py).
+
 Token types (``tokenizer.ggml.token_type``): 3 = control and 4 = user-defined become added
 tokens, matched as whole tokens in the raw text before any normalization (so
 ``<start_of_turn>`` is one id, never split). Known gap: the ``tokenizers`` library matches
@@ -42,7 +51,6 @@ a few seconds; it is cached per (path, mtime, size).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Sequence
@@ -175,6 +183,10 @@ _CACHE: dict[tuple[str, int, int], Tokenizer] = {}
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    fast = getattr(reader, "array_values", None)  # FastGGUFReader: whole arrays without per-element views
+    v = fast(key) if fast is not None else None
+    if v is not None:
+        return v
     f = reader.fields.get(key)
     # contents() decodes scalars and arrays (strings included) straight from the memory map.
     return default if f is None else f.contents()
@@ -224,13 +236,19 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> Tokenizer:
             raise InputError(where, f"tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer we know; known: {known}")
         hf = _build_bpe(where, tokens, merges, types, *PRE_REGEX[pre])
         add_bos_default = False  # llama.cpp's default for BPE vocabularies
+    elif model == "gemma4":
+        merges = _field(reader, "tokenizer.ggml.merges")
+        if not merges:
+            raise InputError(where, "tokenizer model 'gemma4' needs tokenizer.ggml.merges")
+        hf = _build_gemma4(where, tokens, merges, types)
+        add_bos_default = True  # llama.cpp overrides add_bos to true for Gemma 4 (llama-vocab.cpp)
     else:
-        raise InputError(where, f"tokenizer model {model!r} is not supported (supported: 'llama', 'gpt2')")
+        raise InputError(where, f"tokenizer model {model!r} is not supported (supported: 'llama', 'gpt2', 'gemma4')")
 
     tok = Tokenizer(
         bos_id=bos,
         eos_id=eos,
-        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", add_bos_default)),
+        add_bos=True if model == "gemma4" else bool(_field(reader, "tokenizer.ggml.add_bos_token", add_bos_default)),
         source=f"gguf:{model}",
         hf=hf,
         _vocab=list(tokens),
@@ -324,6 +342,25 @@ def _build_bpe(
     return hf
 
 
+def _build_gemma4(where: str, tokens: list[str], merges: Sequence[str], types: Sequence[int]) -> HFTokenizer:
+    pairs = []
+    for m in merges:
+        # llama.cpp splits at the first space after position 0 (a merge never has an empty left side).
+        pos = m.find(" ", 1)
+        if pos < 0:
+            raise InputError(where, f"tokenizer.ggml.merges entry {m!r} is not 'left right'")
+        pairs.append((m[:pos], m[pos + 1:]))
+    vocab = _token_ids(tokens)
+    hf = HFTokenizer(BPE(vocab, pairs, byte_fallback=True, fuse_unk=False))
+    hf.normalizer = normalizers.Replace(" ", "▁")
+    # Newline runs are pieces of their own; a run that is a token is kept whole (llama.cpp's
+    # Gemma 4 special case), which a BPE with ignore_merges does for any piece in the vocabulary.
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^\n]+|[\n]+"), behavior="isolated", invert=False)
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    _added_tokens(hf, tokens, types)
+    return hf
+
+
 # ---------------------------------------------------------------------------------------------
 # HF tokenizer.json
 # ---------------------------------------------------------------------------------------------
@@ -332,23 +369,23 @@ def _build_bpe(
 def tokenizer_from_hf(path: str | Path) -> Tokenizer:
     """A tokenizer.json (or a directory with one). BOS/EOS/add_bos come from tokenizer_config.json,
     then config.json, then what the tokenizer.json's post-processor does."""
+    from .validation import read_json, read_text
+
     p = Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         raise InputError(p, "no tokenizer.json here")
+    text = read_text(file, "tokenizer.json", max_bytes=1 << 30)  # a regular file (a FIFO would block)
     try:
-        hf = HFTokenizer.from_file(str(file))
+        hf = HFTokenizer.from_str(text)
     except Exception as e:  # the Rust side raises a bare Exception on malformed JSON
-        raise InputError(file, f"not a tokenizers tokenizer.json: {e}") from e
+        raise InputError(file, f"not a tokenizers tokenizer.json: {' '.join(str(e).split())}") from None
 
     def load(name: str) -> dict[str, Any]:
         f = file.parent / name
-        if not f.is_file():
+        if not f.exists() and not f.is_symlink():
             return {}
-        try:
-            return json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f, f"unreadable JSON: {e}") from e
+        return read_json(f, name)
 
     tcfg, cfg = load("tokenizer_config.json"), load("config.json")
     cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg

@@ -43,24 +43,34 @@ def gemma_hf_model(gemma_gguf):
     ).eval()
 
 
+# Tiny fixtures: real vocabularies (llama.cpp's, rebuilt as HF tokenizers) so that llama.cpp's own
+# convert_hf_to_gguf.py accepts them; hidden 64 keeps the 32k-152k-row embeddings small.
+TINY_HIDDEN = 64
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """arch → {"hf": HF dir (float32), "gguf": F32 GGUF of the same weights} for every architecture."""
-    from layerbisect.producers.gguf_writer import write_gguf_from_hf
+    """arch → {"hf": HF dir (float32), "gguf": F32 GGUF of the same weights by llama.cpp's converter}.
+
+    The GGUFs are cached by the HF dir's content (``producers.llamacpp.converted_gguf``): the
+    converter runs once per machine, not once per session.
+    """
+    from layerbisect.producers.llamacpp import converted_gguf
     from layerbisect.producers.tiny import ARCHS, make_tiny_hf
 
     root = tmp_path_factory.mktemp("tiny")
     out: dict[str, dict[str, Path]] = {}
     for arch in ARCHS:
-        hf = make_tiny_hf(arch, root / arch)
-        out[arch] = {"hf": hf, "gguf": write_gguf_from_hf(hf, root / f"{arch}.gguf", tensor_type="F32")}
+        hf = make_tiny_hf(arch, root / arch, hidden=TINY_HIDDEN, vocabulary="auto")
+        out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32")}
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_quantized(tmp_path_factory):
-    """(arch, scheme) → (reference F32 GGUF, candidate dir quantized by llmcompressor from BF16 HF weights)."""
-    from layerbisect.producers.gguf_writer import write_gguf_from_hf
+    """(arch, scheme) → (reference F32 GGUF by llama.cpp's converter, candidate dir quantized by llmcompressor),
+    both from the same BF16 HF weights."""
+    from layerbisect.producers.llamacpp import converted_gguf
     from layerbisect.producers.quantize import quantize_checkpoint
     from layerbisect.producers.tiny import make_tiny_hf
 
@@ -70,11 +80,38 @@ def tiny_quantized(tmp_path_factory):
 
     def get(arch: str, scheme: str) -> tuple[Path, Path]:
         if arch not in hf_dirs:
-            hf = make_tiny_hf(arch, root / f"{arch}-hf", dtype="bfloat16")
-            hf_dirs[arch] = (hf, write_gguf_from_hf(hf, root / f"{arch}.gguf", tensor_type="F32"))
+            hf = make_tiny_hf(arch, root / f"{arch}-hf", dtype="bfloat16", hidden=TINY_HIDDEN, vocabulary="auto")
+            hf_dirs[arch] = (hf, converted_gguf(hf, outtype="f32"))
         if (arch, scheme) not in made:
             hf, gguf = hf_dirs[arch]
             made[(arch, scheme)] = (gguf, quantize_checkpoint(hf, scheme, root / f"{arch}-{scheme}"))
         return made[(arch, scheme)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """The `bisect` CLI in a fork server (tests/fuzz/sandbox.py): torch imported once, each case bounded in
+    time (hang = killed at the timeout) and memory (RLIMIT_AS: a memory bomb fails as MemoryError)."""
+    from fuzz.sandbox import Sandbox
+
+    with Sandbox(timeout=60, mem_bytes=1 << 30) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="session")
+def llamacpp_tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny llama converted (F32) and quantized (Q8_0, Q4_K_M, Q2_K, IQ4_XS) by llama.cpp's own tools.
+
+    Keys: "hf", "F32", and the file types (``producers/gguf_quants.tiny_llamacpp_set``; the GGUFs are cached).
+    """
+    pytest.importorskip("layerbisect.producers.llamacpp", reason="llama.cpp producers not installed")
+    from layerbisect.producers.llamacpp import llama_cpp_available
+
+    why = llama_cpp_available()
+    if why:
+        pytest.skip(why)
+    from layerbisect.producers.gguf_quants import tiny_llamacpp_set
+
+    return tiny_llamacpp_set(tmp_path_factory.mktemp("llamacpp-tiny"))

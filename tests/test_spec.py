@@ -20,13 +20,18 @@ from layerbisect.errors import InputError
 from layerbisect.families import families, family_of, spec_from_gguf, spec_from_hf
 from layerbisect.graph import Decoder, capture_points, meta_model, quantizable_linears
 from layerbisect.graph.inventory import layer_fp32_bytes, params
-from layerbisect.graph.names import gguf_source, hf_param_name, pattern_of
+from layerbisect.graph.names import gguf_source, hf_fused_source, hf_param_name, pattern_of
 from layerbisect.spec import MoESpec
 
 transformers = pytest.importorskip("transformers")
 
 COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128)
+
+
+QWEN35_LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                     linear_value_head_dim=16, linear_conv_kernel_dim=4,
+                     layer_types=["linear_attention", "full_attention", "linear_attention"])
 
 
 def _configs() -> dict[str, object]:
@@ -42,7 +47,21 @@ def _configs() -> dict[str, object]:
         "qwen3_moe": t.Qwen3MoeConfig(**COMMON, head_dim=16, moe_intermediate_size=32, num_experts=8,
                                       num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
                                       tie_word_embeddings=False),
+        **{f"gemma4_{v}": _gemma4(v) for v in ("dense", "moe", "ple")},
+        "qwen3_5": t.Qwen3_5TextConfig(**COMMON, head_dim=16, **QWEN35_LINEAR),
+        "qwen3_5_moe": t.Qwen3_5MoeTextConfig(**{k: v for k, v in COMMON.items() if k != "intermediate_size"},
+                                              head_dim=16, moe_intermediate_size=32,
+                                              shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
+                                              **QWEN35_LINEAR),
     }
+
+
+def _gemma4(variant: str):
+    from layerbisect.producers.tiny_gemma4 import gemma4_config
+
+    cfg = gemma4_config(variant)
+    cfg.vocab_size = cfg.vocab_size_per_layer_input = 300
+    return cfg
 
 
 CONFIGS = _configs()
@@ -59,7 +78,7 @@ def test_every_family_is_registered_once():
     archs = [a for f in fams.values() for a in f.gguf_archs]
     types = [t for f in fams.values() for t in f.hf_model_types]
     assert len(archs) == len(set(archs)) and len(types) == len(set(types))
-    assert {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3"} <= set(archs)
+    assert {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "gemma4"} <= set(archs)
 
 
 def test_heterogeneous_layers_are_data(spec_case):
@@ -70,6 +89,14 @@ def test_heterogeneous_layers_are_data(spec_case):
         moe = spec.layers[0].ffn
         assert isinstance(moe, MoESpec) and moe.n_experts == 8 and moe.router.top_k == 2 and moe.router.norm_topk
         assert layer_fp32_bytes(spec, 0) > layer_fp32_bytes(spec, 1)
+    if name.startswith("qwen3_5"):  # a recurrent mixer between attention layers; gated attention, partial rope
+        assert [ls.mixer.kind for ls in spec.layers] == ["gated_deltanet", "attention", "gated_deltanet"]
+        dn, attn = spec.layers[0].mixer, spec.layers[1].mixer
+        assert (dn.n_k_heads, dn.n_v_heads, dn.conv_dim) == (2, 4, 2 * 32 + 64)
+        assert attn.output_gate and attn.qk_norm and attn.rope.dim == 4 and spec.hf_norm_offset == 1.0
+        if name == "qwen3_5_moe":
+            moe = spec.layers[0].ffn
+            assert isinstance(moe, MoESpec) and moe.shared_d_ff == 48 and moe.shared_gate and moe.router.norm_topk
     if name == "gemma3":  # 5 sliding : 1 global, local rope base on sliding layers
         windows = [ls.mixer.window for ls in spec.layers]
         assert windows == [8, 8, 8, 8, 8, None]
@@ -101,10 +128,11 @@ def test_every_parameter_has_a_gguf_name_of_this_architecture(spec_case):
             continue
         src = gguf_source(p.name, fam.gguf_names)
         assert src is not None, f"{name}: no GGUF name for {p.name}"
-        base = src.tensor.rsplit(".", 1)[0]
         i = pattern_of(p.name)[1]
-        generic = base.replace(f"blk.{i}.", "blk.{bid}.") if i is not None else base
-        assert generic in allowed, f"{name}: {p.name} → {src.tensor}, not a {spec.arch} tensor in gguf-py"
+        # the tensor name without its leaf (``.weight``), or the whole name for leafless ones (``blk.{i}.ssm_a``)
+        generic = {t.replace(f"blk.{i}.", "blk.{bid}.") if i is not None else t
+                   for t in (src.tensor.rsplit(".", 1)[0], src.tensor)}
+        assert generic & allowed, f"{name}: {p.name} → {src.tensor}, not a {spec.arch} tensor in gguf-py"
 
 
 def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
@@ -121,6 +149,9 @@ def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
         if p.name == "lm_head.weight" and spec.tied_embeddings:
             continue
         hf = hf_param_name(p.name, fam.hf_names)
+        fused = hf_fused_source(p.module, fam.hf_fused)
+        if "model." + hf not in on_disk and fused is not None:  # Gemma 4: fused 3-D experts on disk
+            hf = fused[0]
         ours.add(hf if hf.startswith("lm_head") else "model." + hf)
     assert ours == on_disk, f"{name}: ours only {sorted(ours - on_disk)[:5]}, theirs only {sorted(on_disk - ours)[:5]}"
 
@@ -128,7 +159,9 @@ def test_hf_names_are_what_transformers_writes(spec_case, tmp_path):
 def test_linears_in_execution_order(spec_case):
     _, _, spec = spec_case
     names = quantizable_linears(spec)
-    assert names[0] == "layers.0.attn.q_proj"
+    first = "per_layer.proj" if spec.per_layer_input else (
+        "layers.0.attn.in_proj_qkv" if spec.layers[0].mixer.kind == "gated_deltanet" else "layers.0.attn.q_proj")
+    assert names[0] == first  # PLE runs first
     layers = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
     assert layers == sorted(layers)
     if isinstance(spec.layers[0].ffn, MoESpec):

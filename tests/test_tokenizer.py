@@ -488,3 +488,24 @@ def test_parse_token_ids(s, ids):
 def test_parse_token_ids_rejects(s):
     with pytest.raises(InputError):
         parse_token_ids(s)
+
+
+@pytest.mark.slow
+def test_gemma4_matches_llama_cpp_vocab_tests():
+    """Tokenizer model ``gemma4`` (BPE over ▁-for-space text with byte fallback) against the ids llama.cpp ships
+    beside its ggml-vocab-gemma-4.gguf (``.inp``/``.out``: what the original HF tokenizer gave)."""
+    pytest.importorskip("layerbisect.producers.llamacpp", reason="llama.cpp producers not installed")
+    from layerbisect.producers.llamacpp import llamacpp_source
+    from layerbisect.producers.vocab import vocab_tests
+    from layerbisect.references.fast_reader import FastGGUFReader
+
+    path = llamacpp_source().vocab_gguf("gemma-4")
+    tok = tokenizer_from_gguf(FastGGUFReader(path, "r"), str(path))
+    assert tok.source == "gguf:gemma4" and tok.add_bos and tok.bos_id == 2
+    tests = vocab_tests(path)
+    assert len(tests) > 30
+    bad = [(text, want, tok.encode(text, add_bos=False)) for text, want in tests
+           if tok.encode(text, add_bos=False) != want]
+    assert not bad, f"{len(bad)} of {len(tests)} differ, first: {bad[0]}"
+    assert tok.encode("The capital of France is") == [2, 818, 5279, 529, 7001, 563]
+    assert tok.decode(tok.encode("Hello  world\n\n  ok", add_bos=False)) == "Hello  world\n\n  ok"

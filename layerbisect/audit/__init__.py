@@ -20,8 +20,12 @@ def after_localize(report: Any, ref_runner: Any, cand_runner: Any, ref_caps: Any
     from .weights import audit_runners
 
     headroom = audit_activation_scales(report, ref_caps, cand_runner, ref_runner)
-    wa = audit_runners(ref_runner, cand_runner)
+    wa = audit_runners(ref_runner, cand_runner, scales=False)  # the pipeline reported scales already
     wa.add_to_report(report)
+    if wa.cand_format == "gguf":  # per-tensor, per-type and per-layer tables of a GGUF candidate
+        from .gguf_types import add_gguf_sections
+
+        add_gguf_sections(report, wa, localization)
     # which modules' inputs clip: their output is smaller than the reference's for that reason alone
     clipped = {r["module"]: r["ratio"] for r in headroom if r["ratio"] > 1.0 and not r["scale_kind"].startswith("kv")}
     cause = annotate_culprit(report, collect(report, cand_runner, wa, localization, clipped))

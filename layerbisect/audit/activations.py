@@ -62,7 +62,7 @@ def headroom_rows(ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict
         x_in = ref_caps.tensors.get("embed" if li == 0 else f"layers.{li - 1}.out")
         if not static or x_in is None:
             continue
-        inputs = linear_inputs(ref_runner.model, li, x_in)
+        inputs = linear_inputs(ref_runner.model, li, x_in, caps=ref_caps)
         for name, (kind, limit) in static.items():
             x = inputs.get(name)
             if x is None:

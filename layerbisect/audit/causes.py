@@ -26,7 +26,11 @@ from typing import Any
 CAUSES = (
     "act_scale_overflow",
     "kv_cache_scale",
+    "kv_calibration",
+    "shard_scale",
     "missing_norm",
+    "missing_scale",
+    "attention_geometry",
     "nibble_order",
     "layout_permutation",
     "transposed",
@@ -36,6 +40,8 @@ CAUSES = (
     "scale_ignored",
     "nonfinite",
     "scale_mismatch",
+    "corrupt_blocks",
+    "quant_error_outlier",
     "garbage",
     "missing_tensor",
     "shape_mismatch",
@@ -46,7 +52,15 @@ DESCRIPTION = {
     "act_scale_overflow": "a static activation scale too small for the activations "
     "(clipping; NaN in non-saturating kernels)",
     "kv_cache_scale": "FP8 KV-cache scales far too small for the keys/values (saturation in the cache)",
+    "kv_calibration": "FP8 KV-cache scales frozen from a calibration pass whose activations were not the prompt's "
+    "(a dummy input, or recurrent layers running from garbage state)",
+    "shard_scale": "one per-tensor scale of a fused projection applied to its first shard only (the other shards' "
+    "rows dequantized with another scale)",
     "missing_norm": "a norm tensor absent from the checkpoint, run as the identity",
+    "missing_scale": "a scale tensor (layer scalar, router scale, per-expert scale) absent from the checkpoint, "
+    "run as 1.0",
+    "attention_geometry": "attention wrong only from the first layer of another head geometry (head_dim, kv "
+    "heads): buffers, strides or leading dimensions sized for the other layers' geometry",
     "nibble_order": "FP4 nibble order swapped in weight_packed",
     "layout_permutation": "Q/K rows in the wrong rope layout",
     "transposed": "a weight stored transposed",
@@ -56,6 +70,9 @@ DESCRIPTION = {
     "scale_ignored": "a weight scale ignored",
     "nonfinite": "non-finite values in a dequantized tensor or a module's output",
     "scale_mismatch": "a weight scaled by a factor no stored scale explains",
+    "corrupt_blocks": "quant blocks of a GGUF tensor far off their tensor's quantization noise "
+    "(scale bits or packed values changed)",
+    "quant_error_outlier": "a GGUF tensor whose error is far beyond what its GGML type gives elsewhere in the file",
     "garbage": "a weight that matches the reference under no layout",
     "missing_tensor": "a tensor absent from the checkpoint",
     "shape_mismatch": "a tensor with the wrong shape",
@@ -103,20 +120,27 @@ def from_findings(findings: Iterable[Any]) -> list[Evidence]:
     out = []
     for f in findings:
         cause = (f.evidence or {}).get("cause")
-        if f.kind in ("act_scale_overflow", "kv_cache_scale") and f.severity == "critical" and cause:
+        if f.kind in ("act_scale_overflow", "kv_cache_scale", "kv_calibration") and f.severity == "critical" \
+                and cause:
             out.append(Evidence(cause, f.layer, f.op, f.kind, f.title))
     return out
 
 
-def from_load_notes(notes: dict[str, list[str]] | None) -> list[Evidence]:
+def from_load_notes(notes: dict[str, Any] | None) -> list[Evidence]:
+    """Tensors the candidate loader filled with the identity: norms (op = the norm module) and scale
+    parameters (op = the parameter, e.g. ``layer_scalar``, ``mlp.router_scale``)."""
     out = []
+    kinds = (notes or {}).get("missing_kinds") or {}
     for m in (notes or {}).get("missing", []):
+        scale = kinds.get(m) == "scale"
+        cause = "missing_scale" if scale else "missing_norm"
         parts = m.split(".")
         if parts[0] == "layers":
-            out.append(Evidence("missing_norm", int(parts[1]), ".".join(parts[2:-1]), "load_notes",
-                                f"{m} is not in the checkpoint; the loader used the identity"))
+            op = ".".join(parts[2:] if scale else parts[2:-1])
+            out.append(Evidence(cause, int(parts[1]), op, "load_notes",
+                                f"{m} is not in the checkpoint; the loader used {'1.0' if scale else 'the identity'}"))
         else:
-            out.append(Evidence("missing_norm", None, parts[0], "load_notes", f"{m} missing"))
+            out.append(Evidence(cause, None, parts[0], "load_notes", f"{m} missing"))
     return out
 
 
@@ -139,6 +163,64 @@ def from_modules(modules: Iterable[dict[str, Any]], clipped: Mapping[str, float]
     return out
 
 
+OP_SCALE = 2.0  # an op output ≥ 2× (or ≤ ½×) the reference's at high cosine is a scale, not noise
+OP_COS = 0.99
+
+
+def from_ops(ops: Iterable[Any]) -> list[Evidence]:
+    """Activation patching per op: the first op of a layer whose output is α·ref with α far from 1 at high cosine.
+
+    With the layer run on the reference's own input, an op that scales its output by a factor
+    while keeping its direction (post-norm gains scaled, a norm output handed on without its
+    quantization scale) is a scale applied on top of one the model already accounts for:
+    ``double_scale``. Only the first such op per layer counts: what follows inherits it.
+    """
+    out: list[Evidence] = []
+    done: set[int] = set()
+    for o in ops:  # comparison.record.OpLocal rows, execution order
+        a, c = o.alpha, o.cosine
+        if o.layer in done or not (a == a and c == c and a > 0 and c > OP_COS):
+            continue
+        if abs(math.log(a)) > math.log(OP_SCALE):
+            done.add(o.layer)
+            out.append(Evidence("double_scale", int(o.layer), o.op, "patching",
+                                f"{o.op} output ≈ {a:.4g}× the reference's at cosine {c:.4f} with the layer "
+                                "on the reference's input: a scale applied on top of one the model already "
+                                "accounts for"))
+    return out
+
+
+def from_geometry(findings: Iterable[Any], spec: Any) -> list[Evidence]:
+    """The first divergence lies in the attention of the first layer with a head geometry no earlier layer has.
+
+    Everything before it matched, so the layers of the other geometry ran right: what differs
+    is how this geometry was laid out (seed 004: workspace and KV cache sized from the sliding
+    layers' head_dim, global layers' rows overflowing into the next token's). Needs no candidate
+    weights: it works on engine dumps, where nothing can be patched.
+    """
+    fd = next((f for f in findings if f.kind == "first_divergence"), None)
+    if fd is None or fd.layer is None or not str(fd.op or "").startswith("attn"):
+        return []
+
+    def geo(i: int) -> tuple[Any, ...]:
+        m = spec.layers[i].mixer
+        return (getattr(m, "head_dim", None), getattr(m, "n_heads", None), getattr(m, "n_kv_heads", None))
+
+    here, before = geo(fd.layer), [geo(j) for j in range(fd.layer)]
+    if not before or here in before:
+        return []
+    other = max(set(before), key=before.count)
+    why = (f"{fd.point} is the first divergence, in the first layer with head_dim {here[0]} ({here[2]} kv heads); "
+           f"the {len(before)} layers before it (head_dim {other[0]}, {other[2]} kv heads) match")
+    return [Evidence("attention_geometry", fd.layer, fd.op, "first_divergence", why)]
+
+
+def annotate_dump(report: Any, spec: Any) -> str | None:
+    """Name a cause on a comparison against an engine dump (no candidate to patch); None without evidence."""
+    ev = from_geometry(report.findings, spec)
+    return annotate_culprit(report, ev) if ev else None
+
+
 def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
     """Put the chosen cause on the top culprit finding (adds one if localization made none); returns the cause."""
     culprits = [f for f in report.findings if f.kind == "culprit"]
@@ -148,8 +230,10 @@ def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
     if top is None:
         from ..comparison.findings import Finding
 
-        top = Finding(severity="info", kind="culprit", title="Culprit", layer=best.layer if best else None,
-                      op=best.op if best else None)
+        where = f": layer {best.layer}, {best.op}" if best is not None and best.layer is not None else ""
+        top = Finding(severity="info", kind="culprit", title=f"Culprit{where}", layer=best.layer if best else None,
+                      op=best.op if best else None,
+                      point=f"layers.{best.layer}.{best.op}" if best is not None and best.layer is not None else None)
         report.add_finding(top)
     top.evidence["cause"] = cause
     top.evidence["cause_description"] = DESCRIPTION.get(cause, cause)
@@ -185,7 +269,8 @@ def collect(
         ev += from_load_notes(getattr(cand_runner, "load_notes", None))
     if localization is not None:  # comparison.record.Localization
         ev += from_modules((asdict(m) for m in localization.modules), clipped)
+        ev += from_ops(localization.ops)
     return ev
 
 
-__all__ = ["CAUSES", "Evidence", "annotate_culprit", "choose", "collect"]
+__all__ = ["CAUSES", "Evidence", "annotate_culprit", "annotate_dump", "choose", "collect", "from_geometry", "from_ops"]

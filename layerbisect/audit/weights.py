@@ -19,6 +19,11 @@ Design notes
 - Low cosine is a layout question: the audit tries the candidate transposed, Q/K rows
   permuted for rope either way (``families.base.permute_qk``), FP4 nibbles swapped; the first that
   restores the cosine names the cause (``transposed``, ``layout_permutation``, ``nibble_order``).
+- Fused projections (``graph.inventory.linear_shards``: a DeltaNet's ``in_proj_qkv`` holds q, k
+  and v rows) are also fitted shard by shard: one shard at α ≈ 1 beside another at α far from
+  1 with the weights themselves intact (high cosine) is one per-tensor scale applied to some
+  shards only (vLLM 38197: the fused projection's scale loaded into its first shard):
+  ``shard_scale``, naming the rows.
 - Inventory: tensors on one side only. The reference loader refuses unmapped GGUF tensors;
   the candidate loader fills missing norms with the identity and lists them (``load_notes``),
   and lists checkpoint tensors the graph never uses. Both are silent in every engine log.
@@ -49,11 +54,13 @@ class TensorAudit:
     kind: str  # linear / norm / embedding / lm_head
     layer: int | None
     op: str | None
-    scheme: str
+    scheme: str  # candidate: the linear's weight scheme (fp8_tensor, nvfp4, …; a GGUF candidate's GGML type)
     shape: tuple[int, ...]
     cosine: float = float("nan")
     rel_err: float = float("nan")
+    sqnr_db: float = float("nan")  # 10·log10(‖ref‖²/‖cand−ref‖²); +inf when identical
     alpha: float = float("nan")
+    ref_scheme: str = ""  # the reference GGUF tensor's GGML type
     nonfinite: int = 0
     status: str = "ok"  # ok / fault / missing / extra
     cause: str = ""
@@ -116,6 +123,30 @@ def classify_scale(alpha: float, scale: float | None, convention: str) -> tuple[
     return ("global_scale_ignored" if kr == 1 else "double_scale"), k
 
 
+def pair_stats(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float, float]:
+    """(cosine, relative error, α, SQNR dB) in one float64 pass over slices; the same numbers as ``cos_sim``,
+    ``rel_err``, ``best_alpha`` and ``gguf_types.sqnr_db`` (up to summation order).
+    """
+    rr = cc = rc = noise = 0.0
+    rf, cf = ref.detach().reshape(-1), cand.detach().reshape(-1)
+    step = 1 << 22  # float64 in slices: a 262k-row embedding is 170M values
+    for a in range(0, rf.numel(), step):
+        r, c = rf[a : a + step].double(), cf[a : a + step].double()
+        rr, cc, rc = rr + float(r @ r), cc + float(c @ c), rc + float(r @ c)
+        noise += float(((c - r) ** 2).sum())
+    na, nb = math.sqrt(rr), math.sqrt(cc)
+    if not (math.isfinite(na) and math.isfinite(nb)):
+        cos = float("nan")
+    elif na == 0 or nb == 0:
+        cos = float(na == nb)
+    else:
+        cos = rc / (na * nb)
+    rel = math.sqrt(noise) / na if na > 0 else (0.0 if noise == 0 else float("inf"))
+    alpha = rc / rr if rr > 0 else float("nan")
+    sq = math.inf if noise == 0 else (-math.inf if rr == 0 else 10.0 * math.log10(rr / noise))
+    return cos, rel, alpha, sq
+
+
 def swap_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return (packed >> 4) | ((packed & 0x0F) << 4)
 
@@ -130,6 +161,7 @@ class WeightAudit:
     ref_path: str
     cand_path: str
     rows: list[TensorAudit]
+    cand_format: str = "checkpoint"  # or "gguf": faults judged per GGML type (audit/gguf_types.py)
 
     @property
     def faults(self) -> list[TensorAudit]:
@@ -152,11 +184,15 @@ class WeightAudit:
             names = [r.name for r in rows]
             severity = "error" if cause in ("extra_tensor",) else "critical"
             alpha = f", α {first.alpha:.4g}" if math.isfinite(first.alpha) else ""
+            where = first.name
+            if self.cand_format == "gguf":  # name the file's tensor and its type: what a user re-quantizes
+                where += f" = {first.evidence.get('gguf_tensor', '?')} {first.scheme}"
+                alpha += f", SQNR {first.sqnr_db:.1f} dB" if math.isfinite(first.sqnr_db) else ""
             out.append(
                 Finding(
                     severity=severity,  # type: ignore[arg-type]
                     kind="weight_audit",
-                    title=f"Weight audit [{cause}]: {len(rows)} tensor(s), first {first.name}"
+                    title=f"Weight audit [{cause}]: {len(rows)} tensor(s), first {where}"
                     + (f" (cosine {first.cosine:.4f}{alpha})" if math.isfinite(first.cosine) else ""),
                     point=first.name.rsplit(".", 1)[0] if first.layer is not None else None,
                     layer=first.layer,
@@ -259,8 +295,8 @@ class PairSums:
                 s_cc = _dot(cc, cc)
             self.sums += torch.stack([_dot(rr, rr), s_cc, _dot(rr, cc), _dot(cc - rr, cc - rr), bad])
 
-    def result(self) -> tuple[int, float, float, float]:
-        """(non-finite count, cosine, relative L2 error, best-fit α) as ``cos_sim``/``rel_err``/``best_alpha``."""
+    def result(self) -> tuple[int, float, float, float, float]:
+        """(non-finite count, cosine, relative L2 error, best-fit α, SQNR dB) as ``pair_stats``."""
         rr, cc, rc, dd, bad = self.sums.tolist() if self.sums is not None else (0.0,) * 5
         na, nb = math.sqrt(rr) if rr >= 0 else float("nan"), math.sqrt(cc)
         if na == 0 or nb == 0 or not (math.isfinite(na) and math.isfinite(nb)):
@@ -270,7 +306,8 @@ class PairSums:
         d = math.sqrt(dd) if dd >= 0 else float("nan")
         rel = d / na if na > 0 else (0.0 if d == 0 else float("inf"))
         alpha = rc / rr if rr > 0 else float("nan")
-        return int(bad), cos, rel, alpha
+        sq = math.inf if dd == 0 else (-math.inf if rr == 0 else 10.0 * math.log10(rr / dd))
+        return int(bad), cos, rel, alpha, sq
 
 
 def _blocks_pair(rm: Any, cm: Any, name: str) -> tuple[Any, Any] | None:
@@ -284,72 +321,102 @@ def _blocks_pair(rm: Any, cm: Any, name: str) -> tuple[Any, Any] | None:
 
 
 @torch.no_grad()
-def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
+def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> WeightAudit:
     """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint).
 
-    Walks the reference's parameters in graph order, one layer of each side alive at a time
-    when streamed; each pair is reduced to its sums block by block (``PairSums``) on the
-    reference's device, so the audit holds at most one dequantized candidate tensor beyond
-    the layers themselves, whatever the model's depth.
+    ``scales``: also check every stored scale tensor (non-finite, zero, negative: ``audit/scales.py``).
+    The sides may sit on two devices: each candidate tensor is compared on the reference's. Dense
+    whole-vocabulary tensors (embedding, head) are reduced a block of rows at a time (``PairSums``),
+    so neither side's FP32 copy of them is ever whole beyond what its model holds (streamed: never).
     """
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
     from ..graph.inventory import meta_model, params
+    from . import gguf_types as gt
 
     rm, cm = ref_runner.model, cand_runner.model
     ref_sd = rm.state_dict()
     cfg = rm.cfg
     lins = cand_runner.quant_linears()
+    from ..graph.inventory import linear_shards
+
+    shard_map = linear_shards(cfg)
     missing = set(getattr(cand_runner, "load_notes", {}).get("missing", []))
+    missing_kinds = getattr(cand_runner, "load_notes", {}).get("missing_kinds") or {}
+    # whole state dicts are lazy for a streamed model: a layer's tensors are read when asked for
     cand_sd = cm.state_dict()
-    shapes = {p.name: p.shape for p in params(meta_model(cfg))}
+    shapes = {p.name: tuple(p.shape) for p in params(meta_model(cfg))}
+    ref_types = _types(ref_runner)
+    cand_types = _types(cand_runner)
+    is_gguf = getattr(cand_runner, "fmt", None) == "gguf"  # judged per GGML type (audit/gguf_types.py)
+    sources = getattr(getattr(cand_runner, "tmap", None), "sources", {}) or {}
     rows: list[TensorAudit] = []
     for name in ref_sd:
         if name == "lm_head.weight" and cfg.tied_embeddings:
             continue
-        r = c = None  # the previous pair is freed before this one is read
+        r = c = cz = None  # the previous pair is freed before this one is read
         kind, layer, op = _kind_op(name, lins)
         module = name.rsplit(".", 1)[0]
-        blocks = _blocks_pair(rm, cm, name) if name in ROW_BLOCKED else None
-        # a row-blocked head is dense; anything else gets its module (a streamed layer is built once for all)
+        blocks = _blocks_pair(rm, cm, name) if name in ROW_BLOCKED and not is_gguf and name not in missing else None
         lin = lins.get(module) if blocks is None and module in lins else None
-        scheme = lin.scheme.weight if lin is not None else "dense"
-        shape = tuple(shapes.get(name, ()))
-        sums = PairSums()
         if blocks is not None:
-            for rb, cb in zip(*blocks):
-                sums.add(rb, cb)
+            shape, scheme = shapes.get(name, ()), cand_types.get(name, "dense")
         else:
             r = ref_sd[name]
             shape = tuple(r.shape)
             if lin is not None:
                 c = getattr(lin, "bias", None) if name.endswith(".bias") else lin.dequantized_weight()
-            elif name not in missing:
-                c = cand_sd.get(name)
-        row = TensorAudit(name, kind, layer, op, scheme, shape)
+                scheme = cand_types.get(name, lin.scheme.weight)
+            else:
+                c = cand_sd.get(name) if name not in missing else None
+                scheme = cand_types.get(name, "dense")
+        row = TensorAudit(name, kind, layer, op, scheme, shape, ref_scheme=ref_types.get(name, ""))
+        if name in sources:
+            row.evidence["gguf_tensor"] = sources[name].tensor
         rows.append(row)
         if name in missing or (blocks is None and c is None):
-            row.status, row.cause = "missing", "missing_norm" if kind == "norm" else "missing_tensor"
+            mk = missing_kinds.get(name, kind)
+            row.status = "missing"
+            row.cause = {"norm": "missing_norm", "scale": "missing_scale"}.get(mk, "missing_tensor")
+            if mk == "scale":  # a parameter, not a module: the op is the parameter (layer_scalar, mlp.router_scale)
+                row.kind, row.op = "scale", name.split(".", 2)[2] if layer is not None else name
             row.note = "absent from the candidate checkpoint; the loader ran it as the identity"
             continue
-        if c is not None:
-            c = c.float()
+        if blocks is not None:
+            sums = PairSums()
+            for rb, cb in zip(*blocks):
+                sums.add(rb, cb)
+            if not sums.shape_ok:
+                row.status, row.cause, row.note = "fault", "shape_mismatch", "candidate rows differ in shape"
+                continue
+            row.nonfinite, row.cosine, row.rel_err, row.alpha, row.sqnr_db = sums.result()
+        else:
+            c = c.float().to(r.device)  # the sides may sit on two devices: compared on the reference's
             if tuple(c.shape) != tuple(r.shape):
                 row.status, row.cause = "fault", "shape_mismatch"
                 row.note = f"candidate shape {tuple(c.shape)}"
                 continue
-            sums.add(r, c)
-        elif not sums.shape_ok:
-            row.status, row.cause, row.note = "fault", "shape_mismatch", "candidate rows differ in shape"
-            continue
-        row.nonfinite, row.cosine, row.rel_err, row.alpha = sums.result()
+            row.nonfinite = int((~torch.isfinite(c)).sum())
+            cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+            row.cosine, row.rel_err, row.alpha, row.sqnr_db = pair_stats(r, cz)
+            shards = shard_map.get(module) if lin is not None and name.endswith(".weight") else None
+            if shards and not row.nonfinite:
+                fits = shard_fits(r, cz, shards)
+                row.evidence["shards"] = fits
+                note = shard_fault(fits)
+                if note:
+                    row.status, row.cause, row.note = "fault", "shard_scale", note
+                    continue
         if row.nonfinite:
             row.status, row.cause = "fault", "nonfinite"
             row.note = f"{row.nonfinite} non-finite values after dequantization"
             continue
+        if is_gguf:
+            _gguf_blocks(row, r, cz)
+            continue
         if row.cosine < COS_OK:
             row.status = "fault"
             if r is not None and c is not None:
-                row.cause, row.note, restored = _layout(name, r, c.to(r.device), lin, cfg, NVFP4Linear)
+                row.cause, row.note, restored = _layout(name, r, c, lin, cfg, NVFP4Linear)
             else:  # a whole-vocabulary tensor is never square: no layout hypothesis applies
                 row.cause, row.note, restored = "garbage", "low cosine and no layout hypothesis restores it", -2.0
             row.evidence["restored_cosine"] = restored
@@ -360,11 +427,96 @@ def audit_runners(ref_runner: Any, cand_runner: Any) -> WeightAudit:
             row.status, row.cause = "fault", cause
             row.evidence.update({"stored_scale": scale, "convention": conv, "k": k})
             row.note = _scale_note(cause, row.alpha, scale, conv, k)
+    if is_gguf:
+        for row in gt.judge_tensors(rows):
+            _gguf_outlier(row, ref_sd[row.name], _cand_tensor(row.name, lins, cand_sd), lins, cfg)
     _repeated_dense_scale(rows)
+    if scales and getattr(cand_runner, "checkpoint", None) is not None:
+        rows += _scale_rows(cand_runner.checkpoint, getattr(cand_runner, "linear_names", None))
     for extra in getattr(cand_runner, "load_notes", {}).get("unused", []):
         rows.append(TensorAudit(extra, "extra", None, None, "", (), status="extra", cause="extra_tensor",
                                 note="in the candidate checkpoint, used by no module of the graph"))
-    return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows)
+    return WeightAudit(str(ref_runner.path), str(cand_runner.path), rows, "gguf" if is_gguf else "checkpoint")
+
+
+def _types(runner: Any) -> dict[str, str]:
+    fn = getattr(runner, "tensor_types", None)
+    try:
+        return fn() if callable(fn) else {}
+    except Exception:  # a streamed or partial runner without a tensor map: no types to show
+        return {}
+
+
+def _cand_tensor(name: str, lins: Any, cand_sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    module, _, leaf = name.rpartition(".")
+    if module in lins:
+        lin = lins[module]
+        return lin.dequantized_weight() if leaf == "weight" else lin.bias
+    return cand_sd[name]
+
+
+def _gguf_blocks(row: TensorAudit, r: torch.Tensor, c: torch.Tensor) -> None:
+    """A GGUF candidate tensor: quant blocks far off the tensor's own noise are ``corrupt_blocks``."""
+    from .gguf_types import block_outliers
+
+    found = block_outliers(r, c, row.scheme)
+    if found is None:
+        return
+    w = found["worst"][0]
+    row.status, row.cause = "fault", "corrupt_blocks"
+    row.evidence["blocks"] = found
+    row.note = (f"{found['n_bad']} of {found['n_blocks']} {row.scheme} blocks far off the tensor's quantization "
+                f"noise; worst: row {w['row']}, block {w['block']} (columns {w['cols'][0]}..{w['cols'][1] - 1}), "
+                f"rel err {w['rel_err']:.3g} vs median block {found['median']:.3g}")
+
+
+def _gguf_outlier(row: TensorAudit, r: torch.Tensor, c: torch.Tensor, lins: Any, cfg: Any) -> None:
+    """A GGUF tensor whose SQNR is far below its type's: a layout fault if one explains it, else an outlier."""
+    from ..candidates.qlinear import NVFP4Linear
+
+    med = row.evidence.get("group_median_sqnr_db")
+    ref_med = f"{med:.1f} dB for {row.evidence.get('group')} here" if med is not None else "no group to compare"
+    cause, note, restored = _layout(row.name, r, c.float(), lins.get(row.name.rsplit('.', 1)[0]), cfg, NVFP4Linear)
+    row.status = "fault"
+    if cause != "garbage":
+        row.cause, row.note = cause, note
+        row.evidence["restored_cosine"] = restored
+        return
+    row.cause = "quant_error_outlier"
+    row.note = f"SQNR {row.sqnr_db:.1f} dB, far below what {row.scheme} gives ({ref_med})"
+
+
+def _scale_rows(ck: Any, linear_names: Any = None) -> list[TensorAudit]:
+    from .scales import canonical_module, scan_checkpoint
+
+    rows = []
+    for f in scan_checkpoint(ck):
+        canon, layer, op = canonical_module(f.module, linear_names)
+        name = f"{canon}.{f.tensor.rsplit('.', 1)[-1]}" if canon else f.tensor
+        rows.append(TensorAudit(name, "scale", layer, op, "", (f.numel,), status="fault", cause=f.cause,
+                                note=f.describe(), evidence={"tensor": f.tensor, "file": f.file}))
+    return rows
+
+
+def shard_fits(r: torch.Tensor, c: torch.Tensor, shards: Any) -> list[dict[str, Any]]:
+    """Cosine and best-fit α of each shard's rows (label, first row, end row) of a fused weight."""
+    return [{"shard": label, "rows": [lo, hi], "cosine": cos_sim(r[lo:hi], c[lo:hi]),
+             "alpha": best_alpha(r[lo:hi], c[lo:hi])} for label, lo, hi in shards]
+
+
+def shard_fault(fits: list[dict[str, Any]]) -> str | None:
+    """A note when some shards match (α ≈ 1) and others carry intact weights at another scale; else None. Pure."""
+    ok = [f for f in fits if f["cosine"] >= COS_OK and abs(f["alpha"] - 1) <= ALPHA_TOL]
+    off = [f for f in fits if f["cosine"] >= COS_OK and abs(f["alpha"] - 1) > ALPHA_TOL]
+    if not ok or not off:
+        return None
+    lo, hi = min(f["rows"][0] for f in off), max(f["rows"][1] for f in off)
+    first = "first shard" if fits[0] in ok else "shard"
+    return (f"rows {lo}:{hi} ({', '.join(f['shard'] for f in off)}) ≈ "
+            + ", ".join(f"{f['alpha']:.4g}" for f in off) + "·ref while rows "
+            + ", ".join(f"{f['rows'][0]}:{f['rows'][1]} ({f['shard']})" for f in ok)
+            + f" match: one per-tensor scale of this fused projection applied to its {first} "
+            + f"({', '.join(f['shard'] for f in ok)}) only")
 
 
 def _stored_scale(lin: Any, fp8_cls: type, nv_cls: type) -> tuple[float | None, str]:
@@ -428,4 +580,5 @@ def _layout(name: str, r: torch.Tensor, c: torch.Tensor, lin: Any, cfg: Any,
     return "garbage", "low cosine and no layout hypothesis restores it", best[2]
 
 
-__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale"]
+__all__ = ["TensorAudit", "WeightAudit", "audit_runners", "best_alpha", "classify_scale", "pair_stats", "shard_fault",
+           "shard_fits"]

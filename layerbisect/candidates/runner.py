@@ -8,8 +8,11 @@ embeddings, router biases) is loaded as FP32 with HF's conventions undone (norm 
 row permutations; see ``spec.py``). A linear whose checkpoint tensor is a plain float
 ``weight`` with no quantization tensors runs dense whatever the config's targets say (the
 producer quantizes ``nn.Linear`` modules only: transformers 5 routers are not ``nn.Linear``).
-Norms the checkpoint lacks are filled with the identity and listed in ``load_notes`` — what a
-lenient engine loader does silently, and what the comparator must then be able to point at.
+Norms and scale parameters (Gemma 4's ``layer_scalar``, router ``scale`` and
+``per_expert_scale``: the graph's ``scale_params``) the checkpoint lacks are filled with the
+identity (1.0) and listed in ``load_notes`` (``missing``, and ``missing_kinds``: name → norm /
+scale) — what a lenient engine loader does silently, and what the comparator must then be
+able to point at. Any other missing tensor is an ``InputError``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import InputError
 from ..families import family_of, spec_from_hf
 from ..graph import get_module, meta_model, set_module
 from ..graph.inventory import linear_modules, params
+from ..graph.layer import residual_norms
 from ..graph.names import HF_IGNORABLE, KV_SCALES, hf_fused_source, hf_module_name, hf_param_name, strip_hf_prefix
 from ..kv_cache import FP8KVQuant, KVCacheOptions
 from ..runner import ModelRunner
@@ -34,6 +38,7 @@ from ..spec import ModelSpec
 from .checkpoint import Checkpoint
 from .qlinear import DenseLinear, QuantOptions, build_linear
 from .schemes import DENSE
+from .whatif_norms import UnscaledFP8Norm
 
 _QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_global_scale", "weight_scale_2", "input_scale",
                    "input_global_scale", "weight_zero_point")
@@ -55,9 +60,10 @@ class CandidateRunner(ModelRunner):
         self.options = options or QuantOptions()
         self.kv_options = kv_cache or KVCacheOptions()
         self.progress = progress
-        self.load_notes: dict[str, list[str]] = {"missing": [], "unused": []}
+        self.load_notes: dict[str, Any] = {"missing": [], "unused": [], "missing_kinds": {}}
         self.linear_names: dict[str, str] = {}  # canonical module name → HF module name
         self.kv_quant: FP8KVQuant | None = None
+        self.kv_calibration: Any = None  # kv_calibration.KVCalibration once calibrate_kv ran
         self.checkpoint: Checkpoint | None = None
 
     def _build(self) -> None:
@@ -109,7 +115,7 @@ class CandidateRunner(ModelRunner):
                 plan.hf_module[name] = key[: -len(leaf) - 1]  # the checkpoint's own spelling, prefix included
                 used |= set(group.values())
             else:
-                fused = hf_fused_source(name)
+                fused = hf_fused_source(name, fam.hf_fused)
                 key = stripped.get(fused[0]) if fused else None
                 if key is None:
                     plan.absent.append(name)
@@ -123,16 +129,24 @@ class CandidateRunner(ModelRunner):
                                      f"(e.g. {', '.join(plan.absent[:3])})")
         linear_set = set(plan.linears) | ({"lm_head"} if spec.tied_embeddings else set())
         missing: list[str] = []
+        kinds: dict[str, str] = {}
         for p in params(model):
             if p.module in linear_set:
                 continue
             hf = hf_param_name(p.name, fam.hf_names)
             key = stripped.get(hf) if hf else None
             if key is None:
-                if p.kind == "norm":
-                    missing.append(p.name)  # an engine that never maps this norm runs the identity
+                if p.kind in ("norm", "scale"):
+                    missing.append(p.name)  # an engine that never maps this tensor runs the identity (1.0)
+                    kinds[p.name] = p.kind
                     continue
                 raise InputError(ck.dir, f"checkpoint has no tensor for {p.name} (looked for {hf!r})")
+            if ck.shape(key) != p.shape:  # the header's shape and dtype against config.json, before any read
+                raise InputError(ck.where[key], f"tensor {key!r} has shape {ck.shape(key)}, expected {p.shape} "
+                                                "from config.json")
+            if ck.dtype(key) not in _DENSE_DTYPES:
+                raise InputError(ck.where[key], f"tensor {key!r} has dtype {ck.dtype(key)}; an unquantized "
+                                                f"{p.kind} is one of {', '.join(_DENSE_DTYPES)}")
             plan.dense[p.name] = (key, spec.hf_norm_offset if p.kind == "norm" else None)
             used.add(key)
         unused = [k for k in ck.keys() if k not in used and not HF_IGNORABLE.search(strip_hf_prefix(k))]
@@ -142,7 +156,7 @@ class CandidateRunner(ModelRunner):
         if beyond:
             raise InputError(ck.dir, f"holds tensors for layer {beyond[-1]} but config.json says "
                                      f"num_hidden_layers = {spec.n_layers}")
-        self.load_notes = {"missing": missing, "unused": unused}
+        self.load_notes = {"missing": missing, "unused": unused, "missing_kinds": kinds}
         self.linear_names = {n: plan.hf_module[n] for n in plan.linears}
         return plan
 
@@ -164,6 +178,10 @@ class CandidateRunner(ModelRunner):
             if name.startswith(prefix):
                 state[name[n:]] = torch.ones(shapes[name])
         linears: dict[str, nn.Module] = {}
+        if self.options.norm_act_quant == "unscaled":  # what-if (seed 000): swapped like the linears
+            for name in _residual_and_head_norms(spec):
+                if name.startswith(prefix) and name != prefix.rstrip("."):
+                    linears[name[n:]] = UnscaledFP8Norm(shapes[f"{name}.weight"][0], spec.norm_eps)
         todo = [x for x in plan.linears if x.startswith(prefix)]
         for j, name in enumerate(todo):
             if self.progress and not prefix:
@@ -173,10 +191,16 @@ class CandidateRunner(ModelRunner):
             if name in plan.fused:
                 lin: nn.Module = _fused_linear(ck, name, plan.fused[name], (out_f, in_f), self.options)
             else:
-                tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
-                check_primary_shape(hf_name, tensors, (out_f, in_f))
-                scheme = DENSE if _is_plain(tensors) else plan.quant.scheme_for(hf_name)
-                lin = build_linear(hf_name, tensors, scheme, self.options)
+                try:
+                    tensors = {suffix: ck.get(key) for suffix, key in plan.groups[name].items()}
+                    check_primary_shape(hf_name, tensors, (out_f, in_f))
+                    scheme = DENSE if _is_plain(tensors) else plan.quant.scheme_for(hf_name)
+                    lin = build_linear(hf_name, tensors, scheme, self.options)
+                except InputError as e:  # the module's problem, said with the file that holds it
+                    if e.where != hf_name:
+                        raise
+                    raise InputError(ck.where[next(iter(plan.groups[name].values()))],
+                                     f"{hf_name}: {e.problem}") from None
             perm = fam.hf_row_permutation(name, spec)
             if perm is not None:
                 lin.permute_out_rows(perm)  # type: ignore[operator]
@@ -207,6 +231,20 @@ class CandidateRunner(ModelRunner):
         self.kv_quant = kvq
         model.set_kv_quant(kvq)
 
+    def calibrate_kv(self, prompt_ids: list[int]) -> Any:
+        """With calibrated KV scales: run the chosen calibration pass now (``kv_calibration.py``) and freeze them.
+
+        Returns the ``KVCalibration`` record, or None when the KV scales are not calibrated.
+        """
+        if self.kv_quant is None or self.kv_quant.source != "calibrate" or self.kv_quant.k_scale:
+            return self.kv_calibration
+        from ..kv_calibration import calibrate
+
+        self.activate()
+        self.kv_calibration = calibrate(self.model, self.kv_quant, prompt_ids, self.kv_options.calibration,
+                                        self.kv_options.calibration_seed)
+        return self.kv_calibration
+
     def quant_linears(self) -> Mapping[str, nn.Module]:
         assert self.model is not None
         if self.streaming:  # built layer by layer as the mapping is walked (streaming.py)
@@ -214,6 +252,11 @@ class CandidateRunner(ModelRunner):
 
             return LazyModules(self.model, list(self.linear_names))  # type: ignore[arg-type]
         return {n: get_module(self.model, n) for n in self.linear_names}
+
+
+def _residual_and_head_norms(spec: ModelSpec) -> list[str]:
+    """Canonical names of the norms that write the residual stream, and the final norm."""
+    return [f"layers.{ls.index}.{n}" for ls in spec.layers for n in residual_norms(ls)] + ["final_norm"]
 
 
 @dataclass
@@ -233,6 +276,9 @@ class CandidatePlan:
     @property
     def cfg(self) -> ModelSpec:
         return self.spec
+
+
+_DENSE_DTYPES = ("F32", "BF16", "F16", "F64")  # norms and embeddings: never integer, never FP8
 
 
 def _is_plain(tensors: dict[str, torch.Tensor]) -> bool:

@@ -27,7 +27,6 @@ raises ``InputError(<file>, <problem naming the value>)``.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +132,48 @@ def _modelopt_excluded(name: str, patterns: list[str]) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _args(g: dict, key: str, where: str, group: str) -> dict | None:
+    """A group's quantization args: an object or null; its numeric fields typed (``validation.py``)."""
+    from layerbisect.validation import as_int
+
+    a = g.get(key)
+    if a is None:
+        return None
+    if not isinstance(a, dict):
+        raise InputError(where, f"{group}.{key} must be an object or null, got {type(a).__name__}")
+    w = f"{where}: {group}.{key}"
+    for k in ("num_bits", "group_size"):
+        if a.get(k) is not None:
+            as_int(a[k], k, where=w, lo=1, hi=1 << 16)
+    for k in ("type", "strategy"):
+        if a.get(k) is not None and not isinstance(a[k], str):
+            raise InputError(w, f"{k!r} must be a string, got {type(a[k]).__name__}")
+    bs = a.get("block_structure")
+    if bs is not None:
+        if not (isinstance(bs, list) and len(bs) == 2):
+            raise InputError(w, f"'block_structure' must be [rows, cols], got {bs!r}")
+        for v in bs:
+            as_int(v, "block_structure", where=w, lo=1, hi=1 << 16)
+    return a
+
+
+def _patterns(v: Any, key: str, where: str) -> list[str]:
+    """A list of module names / ``re:`` patterns (a bare string is one); regexes compiled here, not at match time."""
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+        raise InputError(where, f"{key} must be a list of strings, got {v!r:.80}")
+    for t in v:
+        if t.startswith("re:"):
+            try:
+                re.compile(t[3:])
+            except re.error as e:
+                raise InputError(where, f"{key}: {t!r} is not a valid regular expression ({e})") from None
+    return list(v)
+
+
 def _ct_weight(args: dict | None, where: str, group: str) -> tuple[WeightKind, tuple[int, int] | None, int | None]:
     if args is None:
         return "dense", None, None
@@ -194,22 +235,24 @@ def _kv_from_args(args: dict | None, source: str, where: str) -> KVCacheScheme |
 
 
 def _parse_ct(qc: dict, where: str) -> CheckpointQuant:
-    top_format = qc.get("format", "dense")
+    top_format = qc.get("format") or "dense"
+    if not isinstance(top_format, str):
+        raise InputError(where, f"quantization_config.format must be a string, got {top_format!r:.60}")
     groups = qc.get("config_groups") or {}
     if not isinstance(groups, dict):
         raise InputError(where, f"config_groups must be a mapping, got {type(groups).__name__}")
     rules: list[_Rule] = []
     formats = set()
     for gname, g in groups.items():
+        if not isinstance(g, dict):
+            raise InputError(where, f"config_groups.{gname} must be an object, got {type(g).__name__}")
         fmt = g.get("format") or top_format
-        if fmt not in CT_FORMATS:
-            raise InputError(where, f"{gname}: unsupported compressed-tensors format {fmt!r}")
+        if not isinstance(fmt, str) or fmt not in CT_FORMATS:
+            raise InputError(where, f"{gname}: unsupported compressed-tensors format {fmt!r:.60}")
         formats.add(fmt)
-        targets = g.get("targets") or []
-        if isinstance(targets, str):
-            targets = [targets]
-        wkind, block, gsize = _ct_weight(g.get("weights"), where, gname)
-        akind, agroup = _ct_act(g.get("input_activations"), where, gname)
+        targets = _patterns(g.get("targets"), f"config_groups.{gname}.targets", where)
+        wkind, block, gsize = _ct_weight(_args(g, "weights", where, gname), where, gname)
+        akind, agroup = _ct_act(_args(g, "input_activations", where, gname), where, gname)
         if fmt == "dense":
             wkind, block, gsize = "dense", None, None
         if fmt == "nvfp4-pack-quantized" and wkind != "nvfp4":
@@ -217,11 +260,14 @@ def _parse_ct(qc: dict, where: str) -> CheckpointQuant:
         rules.append(_Rule(list(targets), LinearScheme(wkind, akind, block, gsize, "compressed-tensors", agroup)))
     if top_format not in CT_FORMATS and top_format != "mixed-precision":
         raise InputError(where, f"unsupported compressed-tensors format {top_format!r}")
-    ignore = qc.get("ignore") or []
+    ignore = _patterns(qc.get("ignore"), "ignore", where)
+    kv_args = qc.get("kv_cache_scheme")
+    if kv_args is not None and not isinstance(kv_args, dict):
+        raise InputError(where, f"kv_cache_scheme must be an object or null, got {type(kv_args).__name__}")
     return CheckpointQuant(
         format_name=top_format if len(formats) <= 1 else "mixed-precision",
         raw=qc,
-        kv_cache=_kv_from_args(qc.get("kv_cache_scheme"), "compressed-tensors", where),
+        kv_cache=_kv_from_args(kv_args, "compressed-tensors", where),
         source="compressed-tensors",
         rules=rules,
         ignore=list(ignore),
@@ -258,6 +304,8 @@ def _parse_modelopt(qc: dict, where: str) -> CheckpointQuant:
         group_size = qc.get("group_size")
     if not algo:
         raise InputError(where, "ModelOpt config has no quant_algo")
+    if not isinstance(algo, str) or (kv_algo is not None and not isinstance(kv_algo, str)):
+        raise InputError(where, f"quant_algo / kv_cache_quant_algo must be strings, got {algo!r:.40}, {kv_algo!r:.40}")
     algo_u = str(algo).upper()
     if algo_u not in MODELOPT_ALGOS:
         raise InputError(where, f"unsupported ModelOpt quant_algo {algo!r} (supported: {sorted(MODELOPT_ALGOS)})")
@@ -270,8 +318,8 @@ def _parse_modelopt(qc: dict, where: str) -> CheckpointQuant:
         if kv_u not in ("FP8", "NVFP4"):
             raise InputError(where, f"unsupported ModelOpt kv_cache_quant_algo {kv_algo!r}")
         kv_cache = KVCacheScheme("fp8_e4m3" if kv_u == "FP8" else "nvfp4", "tensor", "modelopt")
-    if not isinstance(exclude, list):
-        raise InputError(where, f"exclude_modules must be a list, got {type(exclude).__name__}")
+    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
+        raise InputError(where, f"exclude_modules must be a list of strings, got {exclude!r:.60}")
     return CheckpointQuant(
         format_name=f"modelopt-{algo_u.lower()}",
         raw=qc,
@@ -288,13 +336,9 @@ def _parse_modelopt(qc: dict, where: str) -> CheckpointQuant:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
-    return data
+    from layerbisect.validation import read_json
+
+    return read_json(path, path.name)
 
 
 def parse_quantization_config(config: dict, checkpoint_dir: Path) -> CheckpointQuant:
@@ -311,7 +355,7 @@ def parse_quantization_config(config: dict, checkpoint_dir: Path) -> CheckpointQ
     )
     hf_quant = checkpoint_dir / "hf_quant_config.json"
     if qc is None:
-        if hf_quant.is_file():
+        if hf_quant.exists():
             return _parse_modelopt(_read_json(hf_quant), str(hf_quant))
         return CheckpointQuant(format_name="dense", raw={})
     if not isinstance(qc, dict):
@@ -320,7 +364,7 @@ def parse_quantization_config(config: dict, checkpoint_dir: Path) -> CheckpointQ
     if method == "compressed-tensors":
         return _parse_ct(qc, where)
     if method.startswith("modelopt"):
-        if "quant_algo" not in qc and "quantization" not in qc and hf_quant.is_file():
+        if "quant_algo" not in qc and "quantization" not in qc and hf_quant.exists():
             return _parse_modelopt(_read_json(hf_quant), str(hf_quant))
         return _parse_modelopt(qc, where)
     raise InputError(where, f"unsupported quant_method {qc.get('quant_method')!r} "

@@ -22,16 +22,24 @@ from .errors import fail
 
 def audit(
     ref: Annotated[str, typer.Argument(help="Reference: a GGUF file.")],
-    cand: Annotated[str, typer.Argument(help="Candidate: a quantized HF checkpoint directory.")],
+    cand: Annotated[str, typer.Argument(help="Candidate: a quantized HF checkpoint directory, or a GGUF.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also write audit.json and audit.md into this directory.")
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List every tensor, not only the faults.")] = False,
     device: o.Device = "cpu",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into a non-empty directory layerbisect did not make.")
+    ] = False,
 ) -> None:
     """Audit every candidate tensor (dequantized) against the reference: cosine, error, best-fit scale, layout."""
     from ..api import audit_weights
+    from ..outputs import StagedDir, check_out_dir
+    from ..preflight import check_device
 
+    if out is not None:  # before any model is loaded; the write itself is staged and moved into place
+        check_out_dir(out, overwrite=overwrite)
+    check_device(device)
     try:
         result = audit_weights(ref, cand, device=device)
     except InputError as e:
@@ -50,11 +58,11 @@ def audit(
         console.print(table)
     console.print(result.summary_text(limit=0).splitlines()[0])
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         from ..comparison.report import jsonable
 
-        (out / "audit.json").write_text(json.dumps(jsonable(result.to_dict()), indent=1))
-        (out / "audit.md").write_text(to_markdown(result))
+        with StagedDir(out, overwrite=overwrite) as stage:
+            (stage / "audit.json").write_text(json.dumps(jsonable(result.to_dict()), indent=1), encoding="utf-8")
+            (stage / "audit.md").write_text(to_markdown(result), encoding="utf-8")
         console.print(f"wrote {out / 'audit.json'}, {out / 'audit.md'}")
     raise typer.Exit(0 if result.ok else 1)
 

@@ -9,10 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import api
 from ..errors import InputError
-from ..streaming import parse_bytes
-from ..tokenizer import parse_token_ids
 from . import options as o
 
 
@@ -20,13 +17,18 @@ def compare(
     ref: Annotated[str, typer.Argument(help="Reference: a GGUF file (any common llama.cpp quant type).")],
     cand: Annotated[
         str | None,
-        typer.Argument(help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt)."),
+        typer.Argument(
+            help="Candidate: a quantized HF checkpoint directory (compressed-tensors, ModelOpt) or a GGUF "
+            "(another llama.cpp quant of the same model: each tensor is reported with its GGML type)."
+        ),
     ] = None,
     prompt: o.Prompt = o.DEFAULT_PROMPT,
     tokens: o.Tokens = None,
     generate: o.Generate = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("bisect-report"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty foreign directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into a directory (or replace a --junit file) we did not make.")
+    ] = False,
     formats: Annotated[str, typer.Option("--formats", help="Comma list of md,html,json,parquet,csv,junit.")] = (
         "md,html,json,parquet"
     ),
@@ -65,8 +67,10 @@ def compare(
     ] = None,
     act_quant: o.ActQuant = "checkpoint",
     nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
+    norm_act_quant: o.NormActQuant = "off",
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
+    kv_calibration: o.KvCalibration = "prompt",
     impl: o.Impl = "emulate",
     localize: Annotated[
         bool, typer.Option("--localize/--no-localize", help="Activation patching: local vs accumulated error.")
@@ -74,42 +78,82 @@ def compare(
     bisect_modules: Annotated[
         bool, typer.Option("--bisect/--no-bisect", help="Binary-search the quantized modules that fail the gate.")
     ] = False,
+    restore_search: Annotated[
+        bool,
+        typer.Option(
+            "--restore-search",
+            help="Measure the KL each candidate type, layer, tensor role and tensor costs by restoring it to the "
+            "reference's precision (greedy; one logits pass per trial). Which tensors to keep at higher precision.",
+        ),
+    ] = False,
+    restore_steps: Annotated[
+        int, typer.Option("--restore-steps", help="Length of the greedy per-tensor path of --restore-search.")
+    ] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings and the gate verdict.")] = False,
     tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Compare a candidate with the reference point by point; write reports; exit 0 pass, 1 gate fail, 2 bad input."""
+    from .. import api
     from ..comparison import gate as gate_mod
+    from ..comparison.report import check_formats
+    from ..outputs import check_out_dir, check_out_file
     from ..pipeline import CompareOptions
     from ..pipeline import compare as run_compare
+    from ..preflight import (
+        check_baseline,
+        check_device,
+        check_length,
+        check_select,
+        check_token_ids,
+    )
     from ..reports import junit as junit_mod
     from ..reports import terminal as report_view
+    from ..streaming import parse_bytes
+    from ..tokenizer import parse_token_ids
 
+    # Every argument is checked before any model is loaded (preflight.py): a bad --out must not cost a run.
     if cand is None and candidate_dump is None:
         raise InputError("bisect", "missing the candidate: give CAND_DIR or --candidate-dump DIR")
-    from .progress import progress_display, terminal
-
-    console = terminal(stderr=True)
-    gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
-    if bisect_modules and stream:
-        raise InputError("--bisect", "swaps modules in a resident model; it cannot run with --stream")
+    check_formats(fmt)
+    check_out_dir(out, overwrite=overwrite)
+    if junit is not None:
+        check_out_file(junit, overwrite=overwrite, ours=junit_mod.is_ours, what="JUnit XML file")
+    gate_cfg = gate_mod.GateConfig.from_toml(gate) if gate else gate_mod.GateConfig.builtin()
+    if (bisect_modules or restore_search) and stream:
+        what = "--bisect" if bisect_modules else "--restore-search"
+        raise InputError(what, "swaps modules in a resident model; it cannot run with --stream")
+    if restore_steps < 1:
+        raise InputError("--restore-steps", f"{restore_steps} is not a positive number of steps")
+    for flag, dev in (("--device", device), ("--ref-device", ref_device), ("--cand-device", cand_device)):
+        check_device(dev, flag)
+    ids = parse_token_ids(tokens) if tokens is not None else None
     opts = CompareOptions(
         prompt=prompt,
-        tokens=parse_token_ids(tokens) if tokens else None,
+        tokens=ids,
         generate=generate,
         device=device,
         ref_device=ref_device,
         cand_device=cand_device,
         select=select,
-        quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
-        kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+        quant_options=api.candidate_options(act_quant, nvfp4_act_scale, impl, norm_act_quant),
+        kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales, kv_calibration),
         localize=localize,
         tokenizer=tokenizer,
-        stream=False if bisect_modules else stream,  # the bisect swaps modules in a resident model
+        stream=False if (bisect_modules or restore_search) else stream,  # both swap modules in a resident model
         memory_cap=parse_bytes(memory_cap),
         thresholds=gate_cfg.default,
         dump_map=dump_map,
     )
+    ref_cfg = api.peek_config(ref)  # the GGUF header only
+    check_token_ids(ids, ref_cfg)
+    check_length(len(ids or []), generate, ref_cfg)
+    check_select(select, ref_cfg)
+    baseline_data = check_baseline(baseline, ref_cfg, select) if baseline is not None else None
+    from .progress import progress_display, terminal
+
+    console = terminal(stderr=True)
+
     with progress_display(console) as shown:
         progress, status = shown.progress, shown.status
         report = run_compare(ref, cand, candidate_dump=candidate_dump, options=opts, progress=progress, status=status)
@@ -118,10 +162,15 @@ def compare(
 
             status("bisecting quantized modules")
             bisect_report(report, ref, cand, opts, gate_cfg)
-    result = gate_mod.evaluate(report, gate_cfg, baseline=baseline)
+        if restore_search and cand is not None:
+            from ..restore import restore_report
+
+            status("restore search")
+            restore_report(report, ref, cand, opts, steps=restore_steps, status=status)
+    result = gate_mod.evaluate(report, gate_cfg, baseline=baseline_data, baseline_where=baseline)
     written = report.save(out, fmt, overwrite=overwrite, gate=result)
     if junit:
-        junit_mod.write_junit(report, junit, gate=result)
+        junit_mod.write_junit(report, junit, gate=result, overwrite=overwrite)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         junit_mod.write_step_summary(report, gate=result)
     out = terminal()
@@ -131,6 +180,8 @@ def compare(
 
 
 def _quiet(c: Console, report, result) -> None:  # noqa: ANN001
+    from rich.markup import escape
+
     for f in report.findings[:8]:
-        c.print(f"[{f.severity}] {f.title}")
+        c.print(escape(f"[{f.severity}] {f.title}"))
     c.print("gate: " + ("PASS" if result.passed else "FAIL"))

@@ -33,6 +33,10 @@ def demo(
     bad = [s for s in chosen if s not in SCHEMES]
     if bad:
         raise InputError("--schemes", f"unknown scheme(s) {bad}; choose from {', '.join(SCHEMES)}")
+    from ..outputs import check_out_dir
+
+    for s in chosen:  # before anything is built or run
+        check_out_dir(out / s.lower(), overwrite=overwrite)
     with progress_display(terminal(stderr=True), "demo") as shown:
         results = run_demo(
             out, chosen, options=CompareOptions(prompt=prompt, generate=generate), overwrite=overwrite,

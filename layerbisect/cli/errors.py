@@ -6,8 +6,19 @@ import sys
 
 from ..errors import InputError
 
+MAX_CHARS = 2000
 
-def fail(err: InputError | str) -> None:
-    msg = str(err)
+
+def fail(err: InputError | str, code: int = 2) -> None:
+    """One line on stderr, whatever the message holds (names from a hostile file can hold any character)."""
+    msg = " ".join(str(err).splitlines())  # every line break str.splitlines knows (\x1c, \x85, \u2028 ...)
+    if len(msg) > MAX_CHARS:
+        msg = msg[: MAX_CHARS - 3] + "..."
     print(f"bisect: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+def interrupted(signum: int) -> None:
+    """Exit as the shell reports a signal (128 + N: 130 for SIGINT) after one line on stderr."""
+    print("bisect: interrupted; no output was changed", file=sys.stderr)
+    raise SystemExit(128 + int(signum))

@@ -20,6 +20,14 @@ ActQuant = Annotated[
         help="What-if for candidate activation quantization: checkpoint (as declared), static, dynamic, off.",
     ),
 ]
+NormActQuant = Annotated[
+    str,
+    typer.Option(
+        "--norm-act-quant",
+        help="What-if (seed 000): 'unscaled' FP8-quantizes the outputs of the norms that write the residual and of "
+        "the final norm per token and drops the scale, as an engine that thinks it was absorbed; default off.",
+    ),
+]
 Nvfp4ActScale = Annotated[
     str,
     typer.Option(
@@ -35,6 +43,14 @@ KvScales = Annotated[
     typer.Option(
         "--kv-scales",
         help="FP8 KV-cache scales: checkpoint (k_scale/v_scale), calibrate (amax/448 of the first pass), unit (1.0).",
+    ),
+]
+KvCalibration = Annotated[
+    str,
+    typer.Option(
+        "--kv-calibration",
+        help="With --kv-scales calibrate, the first pass the scales freeze on: prompt (the real prompt), zeros "
+        "(token id 0), random (seeded ids), garbage-state (the prompt from uninitialized recurrent state).",
     ),
 ]
 Impl = Annotated[str, typer.Option("--impl", help="Candidate kernels: emulate (exact, CPU/GPU) or native (GPU).")]

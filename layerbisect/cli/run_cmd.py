@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import api
-from ..tokenizer import parse_token_ids
 from . import options as o
 from .progress import progress_display, terminal
 
@@ -21,20 +19,30 @@ def run(
     device: o.Device = "cpu",
     act_quant: o.ActQuant = "checkpoint",
     nvfp4_act_scale: o.Nvfp4ActScale = "checkpoint",
+    norm_act_quant: o.NormActQuant = "off",
     kv_cache_dtype: o.KvCacheDtype = "auto",
     kv_scales: o.KvScales = "checkpoint",
+    kv_calibration: o.KvCalibration = "prompt",
     impl: o.Impl = "emulate",
     tokenizer: o.TokenizerPath = None,
 ) -> None:
     """Run one model: print the greedy continuation and per-layer residual norms and non-finite counts."""
+    from .. import api
+    from ..preflight import check_device, check_length, check_token_ids
+    from ..tokenizer import parse_token_ids
+
     console = terminal(stderr=True)
-    ids = parse_token_ids(tokens) if tokens else None
+    ids = parse_token_ids(tokens) if tokens is not None else None  # --tokens "" is an error, not the default
+    check_device(device)
+    cfg = api.peek_config(model)  # headers only, before the model loads
+    check_token_ids(ids, cfg)
+    check_length(len(ids or []), generate, cfg)
     with progress_display(console, "loading") as shown:
         progress = shown.progress
         res = api.run_model(
             model, prompt=None if ids else prompt, tokens=ids, generate=generate, device=device, progress=progress,
-            options=api.candidate_options(act_quant, nvfp4_act_scale, impl),
-            kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales),
+            options=api.candidate_options(act_quant, nvfp4_act_scale, impl, norm_act_quant),
+            kv_cache=api.kv_cache_options(kv_cache_dtype, kv_scales, kv_calibration),
             tokenizer=tokenizer,
         )
     out = terminal()

@@ -364,6 +364,14 @@ def _saturation_of(
     c_all = float((torch.nan_to_num(cs) * cf).sum() / max(int(cf.sum()), 1))
     limit = t.max_saturation if t.max_saturation is not None else 0.0
     over = [pos[i] for i, v in enumerate(cs.tolist()) if v > limit]
+    row = pos.index(over[0]) if over else len(pos) - 1
+
+    def top(x: torch.Tensor) -> tuple[tuple[int, float], ...]:
+        v = x[row].double()
+        v = cap * torch.tanh(v / cap) if pre else v
+        vals, ids = torch.topk(torch.nan_to_num(v, nan=-math.inf), min(5, v.shape[-1]))
+        return tuple((int(i), float(a)) for i, a in zip(ids.tolist(), vals.tolist()))
+
     return SaturationResult(
         point=name,
         kind=kind,
@@ -377,6 +385,9 @@ def _saturation_of(
         ref_token_share=tuple(rs.tolist()),
         first_saturated_token=over[0] if over else None,
         thresholds=t,
+        top_token=pos[row] if pos else None,
+        ref_top=top(r) if pos else (),
+        cand_top=top(c) if pos else (),
     )
 
 

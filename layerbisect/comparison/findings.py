@@ -18,7 +18,7 @@ logit_summary, missing_points, shape_mismatch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -314,7 +314,9 @@ def detect_saturation(cmp: Comparison) -> list[Finding]:
                 detail=(
                     f"|cap·tanh(x/cap)| ≥ 0.99·cap with cap {s.cap:g}; largest pre-softcap magnitude "
                     f"candidate {s.cand_max_pre:.4g} vs reference {s.ref_max_pre:.4g}. "
-                    "A saturated distribution collapses to repeated tokens; look upstream for a norm blow-up."
+                    + (f"Top values at token {s.top_token} (as bf16 prints them): candidate "
+                       f"{_bf16_list(s.cand_top)} vs reference {_bf16_list(s.ref_top)}. " if s.cand_top else "")
+                    + "A saturated distribution collapses to repeated tokens; look upstream for a norm blow-up."
                 ),
                 evidence={
                     "cap": s.cap,
@@ -324,10 +326,21 @@ def detect_saturation(cmp: Comparison) -> list[Finding]:
                     "ref_max_pre_softcap": s.ref_max_pre,
                     "cand_max_pre_softcap": s.cand_max_pre,
                     "cand_token_share": list(s.cand_token_share[:64]),
+                    "top_token": s.top_token,
+                    "ref_top": [list(x) for x in s.ref_top],
+                    "cand_top": [list(x) for x in s.cand_top],
                 },
             )
         )
     return out
+
+
+def _bf16_list(top: Sequence[tuple[int, float]]) -> str:
+    """``[30.0 (id 496), 21.62 (id 236780)]``: values rounded to bfloat16, as an engine running in bf16 shows them."""
+    import torch
+
+    vals = torch.tensor([v for _, v in top], dtype=torch.float64).to(torch.bfloat16).double().tolist()
+    return "[" + ", ".join(f"{v:.4g} (id {i})" for (i, _), v in zip(top, vals)) + "]"
 
 
 def detect_most_divergent_layer(cmp: Comparison) -> list[Finding]:

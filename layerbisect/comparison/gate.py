@@ -89,14 +89,12 @@ class GateConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> GateConfig:
+        from layerbisect.validation import read_text
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(p, "gate config not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(p, f"cannot read gate config: {e}") from None
-        return cls.from_toml_text(text, where=str(p))
+        if not p.exists() and not p.is_symlink():
+            raise InputError(p, "gate config not found")
+        return cls.from_toml_text(read_text(p, "gate config", max_bytes=1 << 20), where=str(p))
 
     @classmethod
     def from_toml_text(cls, text: str, where: str = "<gate toml>") -> GateConfig:
@@ -212,8 +210,12 @@ def evaluate(
     report: Report,
     config: GateConfig | None = None,
     baseline: str | Path | Mapping[str, Any] | None = None,
+    baseline_where: str | Path | None = None,
 ) -> GateResult:
-    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline."""
+    """Judge a report: per-point thresholds, logits, saturation, findings, and the baseline.
+
+    A baseline that shares no compared point with this report is an ``InputError`` (it would pass vacuously).
+    """
     config = config or GateConfig.builtin()
     cmp = report.comparison
     failures: list[str] = []
@@ -242,10 +244,13 @@ def evaluate(
             failures.append(f"finding [{f.severity}] {f.kind}: {f.title}")
 
     if baseline is not None:
+        where = str(baseline_where or (baseline if not isinstance(baseline, Mapping) else "<baseline>"))
         if isinstance(baseline, Mapping):
-            base = _baseline_points(baseline, "<baseline>")
+            base = _baseline_points(baseline, where)
         else:
             base = load_baseline(baseline)
+        if base and not set(base) & set(cmp.points):
+            raise InputError(where, "has no compared point in common with this run; nothing to gate against")
         for name, before in base.items():
             r = cmp.points.get(name)
             if r is None:

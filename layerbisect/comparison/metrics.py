@@ -138,6 +138,22 @@ def sqnr_db(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- logits
 
 
+LOGIT_ROWS = 16  # logits are compared this many positions at a time: (T, 262144) in float64 is GBs at once
+
+
+def _by_rows(fn, ref: torch.Tensor, cand: torch.Tensor, *args) -> torch.Tensor:  # noqa: ANN001
+    """``fn`` over row chunks of (T, V) logits, concatenated: each row's value depends on that row only."""
+    r, c = ref.detach(), cand.detach()
+    if r.dim() == 1:
+        r, c = r.unsqueeze(0), c.unsqueeze(0)
+    if r.shape != c.shape:
+        raise ValueError(f"shape mismatch: reference {tuple(r.shape)} vs candidate {tuple(c.shape)}")
+    if r.shape[0] <= LOGIT_ROWS:
+        return fn(r, c, *args)
+    n = LOGIT_ROWS
+    return torch.cat([fn(r[a : a + n], c[a : a + n], *args) for a in range(0, r.shape[0], n)])
+
+
 def _logit_rows_ok(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     # -inf is a legitimate logit (masked vocabulary entry); NaN and +inf are not.
     bad = torch.isnan(r) | torch.isnan(c) | (r == math.inf) | (c == math.inf)
@@ -150,6 +166,10 @@ def kl_divergence(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.
     Terms with P_ref = 0 contribute 0; P_ref > 0 with P_cand = 0 gives +inf. Rows with NaN or
     +inf logits on either side give NaN. Tiny negative values from rounding are clamped to 0.
     """
+    return _by_rows(_kl_rows, ref_logits, cand_logits)
+
+
+def _kl_rows(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.Tensor:
     r, c = _pair(ref_logits, cand_logits)
     ok = _logit_rows_ok(r, c)
     r = torch.where(ok[:, None], r, torch.zeros_like(r))
@@ -164,6 +184,10 @@ def kl_divergence(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.
 
 def top1_agreement(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.Tensor:
     """Per position: does the candidate's argmax equal the reference's? NaN/+inf rows → False."""
+    return _by_rows(_top1_rows, ref_logits, cand_logits)
+
+
+def _top1_rows(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.Tensor:
     r, c = _pair(ref_logits, cand_logits)
     ok = _logit_rows_ok(r, c)
     return (r.argmax(dim=-1) == c.argmax(dim=-1)) & ok
@@ -171,6 +195,10 @@ def top1_agreement(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch
 
 def topk_overlap(ref_logits: torch.Tensor, cand_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     """Per position: |top-k(ref) ∩ top-k(cand)| / k (k capped at the vocabulary size). Bad rows → 0."""
+    return _by_rows(_topk_rows, ref_logits, cand_logits, k)
+
+
+def _topk_rows(ref_logits: torch.Tensor, cand_logits: torch.Tensor, k: int) -> torch.Tensor:
     r, c = _pair(ref_logits, cand_logits)
     k = max(1, min(k, r.shape[-1]))
     ok = _logit_rows_ok(r, c)

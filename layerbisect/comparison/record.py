@@ -89,6 +89,11 @@ class ModelSummary:
             top_k = ", ".join(str(k) for k in dict.fromkeys(f.router.top_k for f in moe))
             ffn_parts.append(f"moe {distinct(moe, 'n_experts')} experts × d_ff {distinct(moe, 'd_ff_expert')}, "
                              f"top-{top_k}")  # fmt: skip
+        both = [f for f in ffns if getattr(f, "kind", "") == "dense+moe"]  # Gemma 4: dense MLP beside the experts
+        if both:
+            top_k = ", ".join(str(k) for k in dict.fromkeys(f.router.top_k for f in both))
+            ffn_parts.append(f"dense d_ff {distinct(both, 'd_ff')} + moe {distinct(both, 'n_experts')} experts × "
+                             f"d_ff {distinct(both, 'd_ff_expert')}, top-{top_k}")
         kinds: dict[str, int] = {}
         for ls in layers:
             k = str(getattr(ls, "kind", ""))
@@ -230,6 +235,17 @@ class ModuleLocal:
     scheme: str
 
 
+@dataclass(frozen=True)
+class OpLocal:
+    """One capture point inside a patched layer: its local error and best-fit scale against the reference."""
+
+    layer: int
+    op: str
+    cosine: float
+    rel_l2: float
+    alpha: float  # cand ≈ alpha·ref over the whole point: a scale applied on top shows as alpha far from 1
+
+
 def _rows(cls: type, rows: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:
     """Dict rows → ``cls`` instances; keys the type lacks are dropped (a stage may compute more)."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -240,10 +256,12 @@ def _rows(cls: type, rows: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:
 class Localization:
     layers: tuple[LayerLocal, ...] = ()  # layer order
     modules: tuple[ModuleLocal, ...] = ()  # worst local error first
+    ops: tuple[OpLocal, ...] = ()  # every op of every patched layer, execution order (evidence, not a section)
 
     @classmethod
-    def from_rows(cls, layers: Iterable[Mapping[str, Any]], modules: Iterable[Mapping[str, Any]]) -> Localization:
-        return cls(_rows(LayerLocal, layers), _rows(ModuleLocal, modules))
+    def from_rows(cls, layers: Iterable[Mapping[str, Any]], modules: Iterable[Mapping[str, Any]],
+                  ops: Iterable[Mapping[str, Any]] = ()) -> Localization:
+        return cls(_rows(LayerLocal, layers), _rows(ModuleLocal, modules), _rows(OpLocal, ops))
 
     def sections(self) -> tuple[Section, ...]:
         out = []
@@ -317,6 +335,8 @@ class TensorCheck:
     status: str  # ok / fault / missing / extra
     cause: str
     note: str
+    sqnr_db: float = math.nan  # 10·log10(‖ref‖²/‖cand−ref‖²); inf when identical
+    ref_scheme: str = ""  # the reference GGUF tensor's GGML type
 
     @property
     def ok(self) -> bool:
@@ -449,6 +469,7 @@ class RunRecord:
     localization: Localization | None = None
     audits: Audits | None = None
     bisect: BisectSummary | None = None
+    kld: Any = None  # comparison.kld.KLDStats: llama-perplexity --kl-divergence statistics of the logits
     extra: tuple[Section, ...] = ()  # sections of any other kind, rendered as they come
 
     def label(self, name: str) -> str | None:
@@ -456,7 +477,7 @@ class RunRecord:
 
     def sections(self) -> tuple[Section, ...]:
         out: list[Section] = []
-        for part in (self.localization, self.audits, self.bisect):
+        for part in (self.kld, self.localization, self.audits, self.bisect):
             if part is not None:
                 out += part.sections()
         return (*out, *self.extra)

@@ -13,7 +13,9 @@ Design notes
   same bytes, so a report JSON can be diffed and used as a gate baseline.
 - ``save`` refuses to write into a non-empty directory that is not a previous layerbisect
   report (recognised by the marker file ``.layerbisect-report``) unless ``overwrite=True``:
-  ``bisect ... -o ~/`` must never scribble over a home directory.
+  ``bisect ... -o ~/`` must never scribble over a home directory. It writes into a staging
+  directory and moves it into place at the end (``layerbisect/outputs.py``): an error or an
+  interrupt never leaves a half-written report or a new file beside an old one.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from layerbisect.comparison.findings import Finding, detect_all, sort_findings
 from layerbisect.comparison.record import RunRecord
 from layerbisect.comparison.sections import Section
 from layerbisect.errors import InputError
+from layerbisect.outputs import MARKER  # the marker of a report directory, re-exported
 
-MARKER = ".layerbisect-report"
 SCHEMA = 2  # 2: "run" (typed record) and "sections" (typed tables) replace "meta" and "extra_sections"
 DEFAULT_FORMATS: tuple[str, ...] = ("md", "html", "json", "parquet")
 FILE_NAMES = {
@@ -217,48 +219,53 @@ class Report:
         overwrite: bool = False,
         gate: Any = None,
     ) -> dict[str, Path]:
-        """Write the report files; returns format → path. See module notes for the overwrite rule."""
-        out = Path(out_dir)
-        unknown = [f for f in formats if f not in FILE_NAMES and f != "csv"]
-        if unknown:
-            raise InputError(out, f"unknown report format(s) {unknown}; known: {sorted(FILE_NAMES)}")
-        if out.exists() and not out.is_dir():
-            raise InputError(out, "exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not overwrite:
-            raise InputError(
-                out,
-                "directory is not empty and is not a previous layerbisect report; pass overwrite=True (--overwrite)",
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(json.dumps({"layerbisect_report": SCHEMA}) + "\n", encoding="utf-8")
+        """Write the report files; returns format → path. See module notes for the overwrite rule.
 
+        Written whole into a staging directory beside ``out_dir`` and moved into place at the end
+        (``layerbisect.outputs.StagedDir``): an error or an interrupt leaves the previous report as it was.
+        """
+        from layerbisect.outputs import StagedDir
+
+        check_formats(formats, where=out_dir)
         from layerbisect.reports import html, junit, markdown
 
-        written: dict[str, Path] = {}
-        for fmt in formats:
-            if fmt == "md":
-                p = out / FILE_NAMES["md"]
-                p.write_text(markdown.render(self, gate), encoding="utf-8")
-            elif fmt == "html":
-                p = out / FILE_NAMES["html"]
-                p.write_text(html.render(self, gate), encoding="utf-8")
-            elif fmt == "json":
-                p = out / FILE_NAMES["json"]
-                p.write_text(self.to_json(), encoding="utf-8")
-            elif fmt in ("parquet", "csv"):
-                p = write_points(self.df, out, prefer_parquet=fmt == "parquet")
-                if not self.comparison.routing_df.empty:
-                    written["routing"] = write_points(self.comparison.routing_df, out, prefer_parquet=fmt == "parquet",
-                                                      stem="routing")
-            elif fmt == "junit":
-                p = out / FILE_NAMES["junit"]
-                p.write_text(junit.render(self, gate), encoding="utf-8")
-            written[fmt] = p
-        if self.record.runtime is not None:
-            p = out / "runtime.json"
-            p.write_text(json.dumps(jsonable(self.record.runtime.to_dict()), sort_keys=True, indent=2) + "\n")
-            written["runtime"] = p
-        return written
+        staged = StagedDir(out_dir, overwrite=overwrite)
+        names: dict[str, str] = {}
+        with staged as stage:
+            for fmt in formats:
+                if fmt == "md":
+                    p = stage / FILE_NAMES["md"]
+                    p.write_text(markdown.render(self, gate), encoding="utf-8")
+                elif fmt == "html":
+                    p = stage / FILE_NAMES["html"]
+                    p.write_text(html.render(self, gate), encoding="utf-8")
+                elif fmt == "json":
+                    p = stage / FILE_NAMES["json"]
+                    p.write_text(self.to_json(), encoding="utf-8")
+                elif fmt in ("parquet", "csv"):
+                    p = write_points(self.df, stage, prefer_parquet=fmt == "parquet")
+                    if not self.comparison.routing_df.empty:
+                        names["routing"] = write_points(self.comparison.routing_df, stage,
+                                                        prefer_parquet=fmt == "parquet", stem="routing").name
+                elif fmt == "junit":
+                    p = stage / FILE_NAMES["junit"]
+                    p.write_text(junit.render(self, gate), encoding="utf-8")
+                names[fmt] = p.name
+            if self.record.runtime is not None:
+                p = stage / "runtime.json"
+                p.write_text(json.dumps(jsonable(self.record.runtime.to_dict()), sort_keys=True, indent=2) + "\n")
+                names["runtime"] = p.name
+        out = Path(out_dir)
+        return {fmt: out / name for fmt, name in names.items()}
+
+
+def check_formats(formats: Sequence[str], where: str | Path = "--formats") -> None:
+    """Unknown or empty report format lists are an ``InputError`` (checked before any work)."""
+    unknown = [f for f in formats if f not in FILE_NAMES and f != "csv"]
+    if unknown:
+        raise InputError(where, f"unknown report format(s) {unknown}; known: {sorted(FILE_NAMES) + ['csv']}")
+    if not formats:
+        raise InputError(where, f"no report format given; known: {sorted(FILE_NAMES) + ['csv']}")
 
 
 def parquet_available() -> bool:
@@ -279,15 +286,12 @@ def write_points(df: pd.DataFrame, out: Path, *, prefer_parquet: bool = True, st
 
 def load_report_json(path: str | Path) -> dict[str, Any]:
     """Read a report.json (e.g. a gate baseline); bad files raise InputError."""
+    from layerbisect.validation import parse_json, read_text
+
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(p, "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(p, f"cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(p, f"not valid JSON: {e}") from None
+    if not p.exists() and not p.is_symlink():
+        raise InputError(p, "file not found")
+    data = parse_json(read_text(p, "report JSON", max_bytes=1 << 30), p)
     if (
         not isinstance(data, dict)
         or data.get("layerbisect_report") is None

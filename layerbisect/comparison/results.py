@@ -188,6 +188,11 @@ class SaturationResult:
     ref_token_share: tuple[float, ...] = ()
     first_saturated_token: int | None = None  # first token index where the candidate share exceeds the limit
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # Top softcapped values (id, value) of both sides at ``top_token`` (the first saturated token, else the
+    # last one): what an engine's logit dump shows (seed 000 printed them in bf16).
+    top_token: int | None = None
+    ref_top: tuple[tuple[int, float], ...] = ()
+    cand_top: tuple[tuple[int, float], ...] = ()
 
     def under(self, thresholds: Thresholds) -> SaturationResult:
         return replace(self, thresholds=thresholds)

@@ -66,7 +66,10 @@ def _engine_info(model: torch.nn.Module) -> dict[str, Any]:
     keys = ("model_type", "name_or_path", "_name_or_path", "num_hidden_layers", "hidden_size", "num_attention_heads",
             "num_key_value_heads", "head_dim")
     for key in keys:
-        v = getattr(cfg, key, None) if cfg is not None else None
+        try:
+            v = getattr(cfg, key, None) if cfg is not None else None
+        except Exception:  # transformers refuses per-layer attributes of heterogeneous configs (Gemma 4 head_dim)
+            v = None
         if isinstance(v, (str, int, float)) and v != "":
             info[key.lstrip("_")] = v
     p = next(iter(model.parameters()), None)

@@ -31,7 +31,6 @@ with the reference's) raises ``InputError`` naming the file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,12 +59,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     man = p if p.name == MANIFEST else p / MANIFEST
     if not p.exists():
         raise InputError(p, "no such dump folder")
-    if not man.is_file():
+    if not man.exists() and not man.is_symlink():
         raise InputError(man, "missing: not an engine dump (write one with capture_activations)")
-    try:
-        data = json.loads(man.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(man, f"not valid JSON: {e}") from e
+    from layerbisect.validation import parse_json, read_text
+
+    data = parse_json(read_text(man, MANIFEST, max_bytes=1 << 30), man)  # a regular file: a FIFO would block
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(man, f"not a {FORMAT} manifest")
     if data.get("version") != FORMAT_VERSION:
@@ -377,8 +375,11 @@ def _read_shard(
     rows: dict[str, dict[int, torch.Tensor]],
     man_path: Path,
 ) -> None:
-    if not shard.is_file():
+    if not shard.exists() and not shard.is_symlink():
         raise InputError(shard, f"missing: {MANIFEST} lists it for step {step['step']}")
+    from layerbisect.validation import regular_file
+
+    regular_file(shard, "dump shard")
     try:
         with safe_open(str(shard), framework="pt") as f:
             keys = set(f.keys())

@@ -13,7 +13,7 @@ value of the wrong type, or one out of its sane range, before any tensor is read
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +36,7 @@ def _check_int(value: Any, where: str, key: str, lo: int, hi: int) -> int:
     return v
 
 
-def _check_float(value: Any, where: str, key: str, lo: float, hi: float) -> float:
+def check_float(value: Any, where: str, key: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(where, f"{key} is {value!r}, not a number")
     v = float(value)
@@ -81,11 +81,11 @@ class GGUFMeta:
 
     def float(self, name: str, default: Any = None, *, required: bool = False, lo: float = -1e30,
               hi: float = 1e30) -> float:
-        return _check_float(self.get(name, default, required=required), self.path, self.key(name), lo, hi)
+        return check_float(self.get(name, default, required=required), self.path, self.key(name), lo, hi)
 
     def opt_float(self, name: str, lo: float = 0.0, hi: float = 1e30) -> float | None:
         v = self.get(name)
-        return None if v is None else _check_float(v, self.path, self.key(name), lo, hi)
+        return None if v is None else check_float(v, self.path, self.key(name), lo, hi)
 
     def per_layer(self, name: str, n_layers: int, default: Any = None, *, required: bool = False,
                   lo: int = 0, hi: int = MAX_DIM) -> list[int]:
@@ -169,11 +169,23 @@ class HFConfig:
         v = self.get(key, default)
         if v is None:
             raise InputError(self.path, f"config.json lacks {key!r}")
-        return _check_float(v, self.path, key, lo, hi)
+        return check_float(v, self.path, key, lo, hi)
 
     def opt_float(self, key: str, lo: float = 0.0, hi: float = 1e30) -> float | None:
         v = self.get(key)
-        return None if v is None else _check_float(v, self.path, key, lo, hi)
+        return None if v is None else check_float(v, self.path, key, lo, hi)
+
+    def bool(self, key: str, default: bool) -> bool:
+        """true/false only: "yes", 1 or "false" in a config are typos, not booleans (validation.field_bool)."""
+        from ..validation import field_bool
+
+        return field_bool(self.cfg, key, where=self.path, default=default)
+
+    def int_list(self, key: str, lo: int = 0, hi: int = MAX_LAYERS) -> list[int]:
+        v = self.get(key, [])
+        if not isinstance(v, list):
+            raise InputError(self.path, f"{key} is {v!r:.40}, not a list of integers")
+        return [_check_int(x, self.path, f"{key}[{j}]", lo, hi) for j, x in enumerate(v)]
 
     def layer(self, i: int | None, key: str, default: Any = None) -> Any:
         if i is not None and key in self.overrides.get(i, {}):
@@ -193,6 +205,9 @@ class HFConfig:
 
     def rope(self, layer_type: str | None = None) -> dict[str, Any]:
         """The rope parameters (transformers 5 ``rope_parameters``, per layer type where nested; 4.x keys too)."""
+        for key in ("rope_parameters", "rope_scaling"):
+            if not isinstance(self.get(key, {}), dict):
+                raise InputError(self.path, f"{key} is {self.get(key)!r:.40}, not an object")
         rp = self.get("rope_parameters")
         if isinstance(rp, dict) and layer_type is not None and isinstance(rp.get(layer_type), dict):
             rp = rp[layer_type]
@@ -202,6 +217,7 @@ class HFConfig:
             rp = dict(self.get("rope_scaling") or {})
         out = dict(rp)
         out.setdefault("rope_theta", self.get("rope_theta", 10_000.0))
+        out["rope_theta"] = check_float(out["rope_theta"], self.path, "rope_theta", 1e-6, 1e30)
         return out
 
     def rope_scaling(self, rp: dict[str, Any]) -> RopeScaling:
@@ -209,15 +225,17 @@ class HFConfig:
         if kind == "default":
             return RopeScaling()
         if kind == "linear":
-            factor = _check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6)
+            factor = check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6)
             return RopeScaling(kind="linear", factor=factor)
         if kind == "llama3":
             return RopeScaling(
                 kind="llama3",
-                factor=_check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6),
-                low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
-                high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
-                original_context=int(rp.get("original_max_position_embeddings", 8192)),
+                factor=check_float(rp.get("factor"), self.path, "rope factor", 1e-6, 1e6),
+                low_freq_factor=check_float(rp.get("low_freq_factor", 1.0), self.path, "low_freq_factor", 1e-6, 1e6),
+                high_freq_factor=check_float(rp.get("high_freq_factor", 4.0), self.path, "high_freq_factor", 1e-6,
+                                              1e6),
+                original_context=_check_int(rp.get("original_max_position_embeddings", 8192), self.path,
+                                            "original_max_position_embeddings", 1, 1 << 31),
             )
         raise InputError(self.path, f"rope scaling {kind!r} is not supported (supported: default, linear, llama3)")
 
@@ -228,8 +246,9 @@ class Family:
     name: ClassVar[str] = ""
     gguf_archs: ClassVar[tuple[str, ...]] = ()
     hf_model_types: ClassVar[tuple[str, ...]] = ()
-    hf_names: ClassVar[dict[str, str]] = {}  # canonical module pattern → HF module (overrides graph/names.HF)
+    hf_names: ClassVar[dict[str, str]] = {}  # canonical module (or parameter) pattern → HF name (overrides names.HF)
     gguf_names: ClassVar[dict[str, Any]] = {}  # canonical module pattern → gguf MODEL_TENSOR / Stacked
+    hf_fused: ClassVar[dict[str, Any]] = {}  # canonical module pattern → names.Fused (overrides names.HF_FUSED)
 
     def from_gguf(self, meta: GGUFMeta) -> ModelSpec:
         raise NotImplementedError
@@ -239,6 +258,16 @@ class Family:
 
     def hf_row_permutation(self, module: str, spec: ModelSpec) -> torch.Tensor | None:
         """Index p such that the graph's rows of ``module`` are the HF checkpoint's rows ``[p]`` (None: same order)."""
+        return None
+
+    def gguf_transform(self, param: str, spec: ModelSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How the GGUF tensor of graph parameter ``param`` becomes the graph's (None: as stored).
+
+        For conventions llama.cpp's converter applies that the canonical (HF) layout does not:
+        a reordering of heads, a stored function of the parameter (``-exp(A_log)``), a reshape.
+        The function must be shape-generic torch ops: the loader runs it on a ``meta`` tensor of
+        the file's shape to check shapes before any weight is read.
+        """
         return None
 
 

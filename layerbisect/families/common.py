@@ -77,7 +77,7 @@ def read_hf(cfg: HFConfig, *, ff_key: str | None = "intermediate_size", tied_def
         rope_base=float(rp.get("rope_theta", 10_000.0)),
         rope_scaling=cfg.rope_scaling(rp),
         context_length=cfg.int("max_position_embeddings", 8192, hi=1 << 31),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", tied_default)),
+        tied_embeddings=cfg.bool("tie_word_embeddings", tied_default),
     )
 
 

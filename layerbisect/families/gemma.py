@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..graph.names import HF
-from .base import GGUFMeta, HFConfig
+from .base import MAX_LAYERS, GGUFMeta, HFConfig
 
 # HF Gemma names its sandwich norms differently from llama: post_attention_layernorm is the
 # norm *after* attention here, and the MLP input norm is pre_feedforward_layernorm.
@@ -40,8 +40,8 @@ def sliding_from_hf(cfg: HFConfig, n: int, pattern: int) -> list[bool]:
     lt = cfg.layer_types(n)
     if lt is not None:
         return [t == "sliding_attention" for t in lt]
-    p = cfg.get("sliding_window_pattern", pattern)
-    return [(i + 1) % int(p) != 0 for i in range(n)]
+    p = cfg.int("sliding_window_pattern", pattern, lo=1, hi=MAX_LAYERS)
+    return [(i + 1) % p != 0 for i in range(n)]
 
 
 def gguf_query_scale(n_layers: int, d_model: int, n_heads: int, head_dim: int, big_layers: int) -> float:
@@ -51,5 +51,5 @@ def gguf_query_scale(n_layers: int, d_model: int, n_heads: int, head_dim: int, b
 
 
 def hf_query_scale(cfg: HFConfig, head_dim: int) -> float:
-    q = cfg.get("query_pre_attn_scalar")
-    return 1.0 / math.sqrt(float(q) if q else head_dim)
+    q = cfg.opt_float("query_pre_attn_scalar", lo=1e-6)
+    return 1.0 / math.sqrt(q if q else head_dim)

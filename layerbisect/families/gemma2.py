@@ -22,15 +22,15 @@ class Gemma2(Family):
         scale = gemma.gguf_query_scale(d.n_layers, d.d_model, d.n_heads[0], d.head_dim[0], big_layers=46)
         return self.build(d, sliding=gemma.sliding_from_gguf(meta, d.n_layers, 2), scale=scale,
                           window=meta.int("attention.sliding_window", required=True),
-                          attn_cap=meta.opt_float("attn_logit_softcapping") or 50.0,
-                          final_cap=meta.opt_float("final_logit_softcapping") or 30.0)
+                          attn_cap=meta.opt_float("attn_logit_softcapping", lo=1e-6) or 50.0,
+                          final_cap=meta.opt_float("final_logit_softcapping", lo=1e-6) or 30.0)
 
     def from_hf(self, cfg: HFConfig) -> ModelSpec:
         d = read_hf(cfg)
         return self.build(d, sliding=gemma.sliding_from_hf(cfg, d.n_layers, 2),
                           scale=gemma.hf_query_scale(cfg, d.head_dim[0]), window=cfg.int("sliding_window"),
-                          attn_cap=cfg.opt_float("attn_logit_softcapping"),
-                          final_cap=cfg.opt_float("final_logit_softcapping"))
+                          attn_cap=cfg.opt_float("attn_logit_softcapping", lo=1e-6),  # 0 would divide by zero
+                          final_cap=cfg.opt_float("final_logit_softcapping", lo=1e-6))
 
     def build(self, d: Dims, *, sliding: list[bool], scale: float, window: int, attn_cap: float | None,
               final_cap: float | None) -> ModelSpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..spec import AttentionSpec, DenseFFNSpec, LayerSpec, ModelSpec, NormsSpec, Rope, RopeScaling
 from . import gemma
-from .base import Family, GGUFMeta, HFConfig
+from .base import Family, GGUFMeta, HFConfig, check_float
 from .common import Dims, read_gguf, read_hf
 
 
@@ -30,9 +30,10 @@ class Gemma3(Family):
         d = read_hf(cfg)
         rp = cfg.get("rope_parameters")
         if isinstance(rp, dict) and isinstance(rp.get("sliding_attention"), dict):
-            base = float(rp["sliding_attention"].get("rope_theta", 10_000.0))
+            base = check_float(rp["sliding_attention"].get("rope_theta", 10_000.0), cfg.path,
+                                "rope_parameters.sliding_attention.rope_theta", 1e-6, 1e30)
         else:
-            base = float(cfg.get("rope_local_base_freq", 10_000.0))
+            base = cfg.float("rope_local_base_freq", 10_000.0, lo=1e-6)
         return self.build(d, sliding=gemma.sliding_from_hf(cfg, d.n_layers, 6),
                           scale=gemma.hf_query_scale(cfg, d.head_dim[0]), window=cfg.int("sliding_window"),
                           local_base=base)

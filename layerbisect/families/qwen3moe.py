@@ -36,10 +36,10 @@ class Qwen3Moe(Family):
         d = read_hf(cfg, tied_default=False)
         n_exp = cfg.int("num_experts", cfg.get("num_local_experts"))
         top_k = cfg.int("num_experts_per_tok", hi=n_exp)
-        dense_layers = set(cfg.get("mlp_only_layers") or [])
+        dense_layers = set(cfg.int_list("mlp_only_layers"))
         step = cfg.int("decoder_sparse_step", 1)
         moe = [i not in dense_layers and (i + 1) % step == 0 for i in range(d.n_layers)]
-        router = RouterSpec(top_k=top_k, norm_topk=bool(cfg.get("norm_topk_prob", False)))
+        router = RouterSpec(top_k=top_k, norm_topk=cfg.bool("norm_topk_prob", False))
         return self.build(d, moe, n_exp, cfg.int("moe_intermediate_size"), router)
 
     def build(self, d: Dims, moe: list[bool], n_experts: int, d_ff_expert: int, router: RouterSpec) -> ModelSpec:

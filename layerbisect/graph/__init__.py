@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .attention import Attention, KVCache, KVQuant
 from .decoder import Decoder
+from .deltanet import GatedDeltaNet, GatedRMSNorm, RecurrentState
 from .ffn import MLP, MoE, route
 from .inventory import capture_points, estimate_fp32_bytes, layer_fp32_bytes, meta_model, quantizable_linears
 from .layer import Layer
@@ -19,12 +20,15 @@ __all__ = [
     "MLP",
     "Attention",
     "Decoder",
+    "GatedDeltaNet",
+    "GatedRMSNorm",
     "KVCache",
     "KVQuant",
     "Layer",
     "MoE",
     "RMSNorm",
     "Recorder",
+    "RecurrentState",
     "apply_rope",
     "capture_points",
     "estimate_fp32_bytes",

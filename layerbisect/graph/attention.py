@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..spec import AttentionSpec
+from .deltanet import RecurrentState
 from .ops import Recorder, RMSNorm, apply_rope, rope_inv_freq, softcap
 
 KVQuant = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -28,11 +29,21 @@ KVQuant = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
 
 @dataclass
 class KVCache:
-    """Per-layer keys/values as written (after any KV quantization), (S, n_kv, D) each; ``length`` positions seen."""
+    """Per-layer keys/values as written (after any KV quantization), (S, n_kv, D) each; ``length`` positions seen.
+
+    Every layer call receives it, so it also carries what a layer reads from outside its own
+    input besides earlier layers' keys/values: ``per_layer_inputs``, the (T, L, P) per-layer
+    input embeddings of the current pass (Gemma 4 PLE, ``graph/per_layer.py``).
+    ``state``: recurrent layers' state beside the KV cache (``graph.deltanet.RecurrentState``
+    per layer index): absent means zeros, a fresh sequence; a caller may plant one (e.g. the
+    garbage state of an engine's uninitialized memory, ``kv_calibration``).
+    """
 
     k: dict[int, torch.Tensor] = field(default_factory=dict)
     v: dict[int, torch.Tensor] = field(default_factory=dict)
     length: int = 0
+    per_layer_inputs: torch.Tensor | None = None
+    state: dict[int, RecurrentState] = field(default_factory=dict)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pk, pv = self.k.get(layer), self.v.get(layer)

@@ -18,6 +18,7 @@ from ..spec import ModelSpec
 from .attention import KVCache, KVQuant
 from .layer import Layer
 from .ops import Recorder, RMSNorm, softcap
+from .per_layer import PerLayerInputs
 
 
 class Decoder(nn.Module):
@@ -25,7 +26,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.rec = Recorder()
-        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        # _weight skips nn.Embedding's normal_ init, which takes ~1 s per 262k-row table even on meta
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model, _weight=torch.empty(spec.vocab_size, spec.d_model))
+        if spec.per_layer_input:
+            self.per_layer = PerLayerInputs(spec, self.rec)
         self.layers = nn.ModuleList(Layer(spec, i, self.rec) for i in range(spec.n_layers))
         self.final_norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
@@ -40,6 +44,8 @@ class Decoder(nn.Module):
 
     def points(self) -> list[str]:
         names = ["embed"]
+        if self.spec.per_layer_input:
+            names += self.per_layer.points()
         for layer in self.layers:
             names += layer.points()
         return names + ["final_norm", "logits.pre_softcap", "logits"]
@@ -71,6 +77,9 @@ class Decoder(nn.Module):
         tokens = tokens.to(self.device)
         pos = torch.arange(start_pos, start_pos + tokens.shape[0], device=self.device)
         x = self.embed_tokens(tokens)
+        cache = cache if cache is not None else KVCache()  # layers may read earlier layers' K/V (shared KV)
+        if self.spec.per_layer_input:
+            cache.per_layer_inputs = self.per_layer(tokens, x)
         for layer in self.layers:
             x = layer(x, pos, cache)
         if cache is not None:

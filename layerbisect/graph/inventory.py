@@ -39,7 +39,7 @@ class ParamInfo:
     module: str
     leaf: str
     shape: tuple[int, ...]
-    kind: str  # linear / norm / embedding / buffer
+    kind: str  # linear / norm / embedding / scale / buffer
 
     @property
     def layer(self) -> int | None:
@@ -54,10 +54,12 @@ def params(model: nn.Module, prefix: str = "") -> list[ParamInfo]:
         full = f"{prefix}{mname}" if mname else prefix.rstrip(".")
         kind = ("linear" if isinstance(mod, nn.Linear) else "norm" if isinstance(mod, RMSNorm)
                 else "embedding" if isinstance(mod, nn.Embedding) else "buffer")
+        scales = getattr(mod, "scale_params", ())  # learned multipliers whose identity is 1.0 (Gemma 4)
         for leaf, p in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
             if p is None:
                 continue
-            out.append(ParamInfo(f"{full}.{leaf}" if full else leaf, full, leaf, tuple(p.shape), kind))
+            out.append(ParamInfo(f"{full}.{leaf}" if full else leaf, full, leaf, tuple(p.shape),
+                                 "scale" if leaf in scales else kind))
     return out
 
 
@@ -70,6 +72,22 @@ def quantizable_linears(spec: ModelSpec) -> list[str]:
     """Every linear module of the whole graph in execution order (``lm_head`` last; omitted when tied)."""
     names = linear_modules(meta_model(spec))
     return [n for n in names if not (n == "lm_head" and spec.tied_embeddings)]
+
+
+@lru_cache(maxsize=16)
+def linear_shards(spec: ModelSpec) -> dict[str, tuple[tuple[str, int, int], ...]]:
+    """Fused projections: linear name → its shards (label, first row, end row), from the modules' ``shards()``.
+
+    E.g. a Gated DeltaNet's ``in_proj_qkv`` holds q, k and v rows (one HF tensor with one
+    per-tensor scale, several logical matrices to an engine that fuses it further).
+    """
+    out: dict[str, tuple[tuple[str, int, int], ...]] = {}
+    for name, mod in meta_model(spec).named_modules():
+        fn = getattr(mod, "shards", None)
+        if callable(fn):
+            for child, rows in fn().items():
+                out[f"{name}.{child}" if name else child] = tuple(rows)
+    return out
 
 
 def layer_fp32_bytes(spec: ModelSpec, i: int | None = None) -> int:
@@ -94,6 +112,7 @@ __all__ = [
     "estimate_fp32_bytes",
     "layer_fp32_bytes",
     "linear_modules",
+    "linear_shards",
     "meta_model",
     "params",
     "quantizable_linears",

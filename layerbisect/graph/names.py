@@ -32,9 +32,16 @@ T = gguf.MODEL_TENSOR
 
 @dataclass(frozen=True)
 class Stacked:
-    """A GGUF tensor that holds every expert of a layer, expert e at index e of its outermost numpy dim."""
+    """A GGUF tensor that holds every expert of a layer, expert e at index e of its outermost numpy dim.
+
+    ``part``/``parts``: the tensor also fuses several modules along the rows of each expert
+    (llama.cpp's ``ffn_gate_up_exps``: gate rows first, then up, as ``build_moe_ffn`` splits
+    them), this module being rows ``part``·n … (``part`` + 1)·n of ``parts``·n.
+    """
 
     tensor: T
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,32 @@ GGUF: dict[str, T | Stacked] = {
     "layers.{i}.mlp.shared_expert.up_proj": T.FFN_UP_SHEXP,
     "layers.{i}.mlp.shared_expert.down_proj": T.FFN_DOWN_SHEXP,
     "layers.{i}.mlp.shared_expert_gate": T.FFN_GATE_INP_SHEXP,
+    # Gemma 4: the MoE block's own norms (graph/parallel_moe.py) and per-layer inputs (graph/per_layer.py)
+    "layers.{i}.mlp.post_norm_1": T.FFN_POST_NORM_1,
+    "layers.{i}.mlp.pre_norm_2": T.FFN_PRE_NORM_2,
+    "layers.{i}.mlp.post_norm_2": T.FFN_POST_NORM_2,
+    "per_layer.embed": T.PER_LAYER_TOKEN_EMBD,
+    "per_layer.proj": T.PER_LAYER_MODEL_PROJ,
+    "per_layer.norm": T.PER_LAYER_PROJ_NORM,
+    "layers.{i}.ple.gate": T.PER_LAYER_INP_GATE,
+    "layers.{i}.ple.proj": T.PER_LAYER_PROJ,
+    "layers.{i}.ple.post_norm": T.PER_LAYER_POST_NORM,
+    # Gated DeltaNet (graph/deltanet.py; llama.cpp qwen35/qwen35moe/qwen3next)
+    "layers.{i}.attn.in_proj_qkv": T.ATTN_QKV,
+    "layers.{i}.attn.in_proj_z": T.ATTN_GATE,
+    "layers.{i}.attn.in_proj_b": T.SSM_BETA,
+    "layers.{i}.attn.in_proj_a": T.SSM_ALPHA,
+    "layers.{i}.attn.conv1d": T.SSM_CONV1D,
+    "layers.{i}.attn.norm": T.SSM_NORM,
+    "layers.{i}.attn.out_proj": T.SSM_OUT,
 }
-GGUF_PARAMS: dict[str, tuple[T, str]] = {
+GGUF_PARAMS: dict[str, tuple[T, str]] = {  # leaf "" = a tensor name without a leaf (llama.cpp's ``blk.{i}.ssm_a``)
     "layers.{i}.mlp.score_bias": (T.FFN_EXP_PROBS_B, "bias"),
+    "layers.{i}.layer_scalar": (T.LAYER_OUT_SCALE, "weight"),
+    "layers.{i}.mlp.router_scale": (T.FFN_GATE_INP, "scale"),  # Gemma 4 router.scale (conversion/gemma.py)
+    "layers.{i}.mlp.expert_scale": (T.FFN_DOWN_EXP, "scale"),  # Gemma 4 router.per_expert_scale
+    "layers.{i}.attn.A_log": (T.SSM_A, ""),
+    "layers.{i}.attn.dt_bias": (T.SSM_DT, "bias"),
 }
 GGUF_EXTRA: dict[str, T] = {"rope_freqs": T.ROPE_FREQS}  # tensors that are no parameter of the graph
 
@@ -101,9 +131,18 @@ HF: dict[str, str] = {
     "layers.{i}.mlp.shared_expert.up_proj": "layers.{i}.mlp.shared_expert.up_proj",
     "layers.{i}.mlp.shared_expert.down_proj": "layers.{i}.mlp.shared_expert.down_proj",
     "layers.{i}.mlp.shared_expert_gate": "layers.{i}.mlp.shared_expert_gate",
+    "layers.{i}.attn.in_proj_qkv": "layers.{i}.linear_attn.in_proj_qkv",
+    "layers.{i}.attn.in_proj_z": "layers.{i}.linear_attn.in_proj_z",
+    "layers.{i}.attn.in_proj_b": "layers.{i}.linear_attn.in_proj_b",
+    "layers.{i}.attn.in_proj_a": "layers.{i}.linear_attn.in_proj_a",
+    "layers.{i}.attn.conv1d": "layers.{i}.linear_attn.conv1d",
+    "layers.{i}.attn.norm": "layers.{i}.linear_attn.norm",
+    "layers.{i}.attn.out_proj": "layers.{i}.linear_attn.out_proj",
 }
 HF_PARAMS: dict[str, str] = {
     "layers.{i}.mlp.score_bias": "layers.{i}.mlp.gate.e_score_correction_bias",
+    "layers.{i}.attn.A_log": "layers.{i}.linear_attn.A_log",
+    "layers.{i}.attn.dt_bias": "layers.{i}.linear_attn.dt_bias",
 }
 HF_FUSED: dict[str, Fused] = {  # transformers 5's in-memory expert layout, should a checkpoint hold it
     "layers.{i}.mlp.experts.{e}.gate_proj": Fused("layers.{i}.mlp.experts.gate_up_proj", 0, 2),
@@ -157,25 +196,33 @@ def strip_hf_prefix(name: str) -> str:
 
 @dataclass(frozen=True)
 class GGUFSource:
-    """Where one graph parameter lives in a GGUF: a tensor, and the expert index into it if stacked."""
+    """Where one graph parameter lives in a GGUF: a tensor, the expert index into it if stacked, and
+    which of ``parts`` equal row blocks of (each expert of) it when fused."""
 
     tensor: str
     expert: int | None = None
+    part: int = 0
+    parts: int = 1
 
 
 def gguf_source(param: str, overrides: dict[str, object] | None = None) -> GGUFSource | None:
-    """The GGUF tensor of graph parameter ``param`` (``layers.3.attn.q_proj.weight``), or None if unnamed."""
+    """The GGUF tensor of graph parameter ``param`` (``layers.3.attn.q_proj.weight``), or None if unnamed.
+
+    ``overrides`` (a family's ``gguf_names``) maps module patterns to a ``MODEL_TENSOR`` or
+    ``Stacked``, and may map a whole parameter pattern to ``(MODEL_TENSOR, leaf)``.
+    """
     table = {**GGUF, **(overrides or {})}
     pattern, i, e = pattern_of(param)
-    if pattern in GGUF_PARAMS:
-        t, leaf = GGUF_PARAMS[pattern]
-        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}")
+    param_entry = table.get(pattern) if isinstance(table.get(pattern), tuple) else GGUF_PARAMS.get(pattern)
+    if param_entry is not None:
+        t, leaf = param_entry  # type: ignore[misc]
+        return GGUFSource(f"{gguf_tensor_name(t, i)}.{leaf}" if leaf else gguf_tensor_name(t, i))
     module, _, leaf = pattern.rpartition(".")
     entry = table.get(module)
-    if entry is None:
+    if entry is None or isinstance(entry, tuple):
         return None
     if isinstance(entry, Stacked):
-        return GGUFSource(f"{gguf_tensor_name(entry.tensor, i)}.{leaf}", e)
+        return GGUFSource(f"{gguf_tensor_name(entry.tensor, i)}.{leaf}", e, entry.part, entry.parts)
     return GGUFSource(f"{gguf_tensor_name(entry, i)}.{leaf}")  # type: ignore[arg-type]
 
 
@@ -187,8 +234,13 @@ def hf_module_name(module: str, overrides: dict[str, str] | None = None) -> str 
 
 
 def hf_param_name(param: str, overrides: dict[str, str] | None = None) -> str | None:
-    """HF tensor name (no ``model.`` prefix) of a graph parameter: its module's name + leaf, or a listed exception."""
+    """HF tensor name (no ``model.`` prefix) of a graph parameter: its module's name + leaf, or a listed exception.
+
+    ``overrides`` (a family's ``hf_names``) may name a whole parameter pattern as well as modules.
+    """
     pattern, i, e = pattern_of(param)
+    if overrides and pattern in overrides:
+        return fill(overrides[pattern], i, e)
     if pattern in HF_PARAMS:
         return fill(HF_PARAMS[pattern], i, e)
     module, _, leaf = param.rpartition(".")
@@ -196,10 +248,13 @@ def hf_param_name(param: str, overrides: dict[str, str] | None = None) -> str | 
     return None if base is None else f"{base}.{leaf}"
 
 
-def hf_fused_source(module: str) -> tuple[str, int | None, int, int] | None:
-    """(HF tensor, expert index, part, parts) when ``module`` may live inside a fused HF tensor."""
+def hf_fused_source(module: str, overrides: dict[str, Fused] | None = None) -> tuple[str, int | None, int, int] | None:
+    """(HF tensor, expert index, part, parts) when ``module`` may live inside a fused HF tensor.
+
+    ``overrides``: a family's ``hf_fused`` (Gemma 4's experts hang off the layer, not ``mlp``).
+    """
     pattern, i, e = pattern_of(module)
-    f = HF_FUSED.get(pattern)
+    f = {**HF_FUSED, **(overrides or {})}.get(pattern)
     return None if f is None else (fill(f.name, i, e), e if f.per_expert else None, f.part, f.parts)
 
 

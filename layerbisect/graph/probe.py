@@ -13,20 +13,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..capture import Captures
 from ..kernels import on_device
 from .attention import KVCache
+from .context import layer_cache
 
 
 @torch.no_grad()
 def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.Tensor | None = None,
-                  cache: KVCache | None = None) -> dict[str, torch.Tensor]:
+                  cache: KVCache | None = None, caps: Captures | None = None) -> dict[str, torch.Tensor]:
     """Run ``model.layers[index]`` on ``x_in`` (T, d); return canonical linear name → its input (rows, in) in FP32.
 
+    What the layer reads besides ``x_in`` (shared K/V, per-layer inputs) comes from ``cache``,
+    or is rebuilt from ``caps`` (the whole-sequence captures ``x_in`` came from; ``graph/context.py``).
     A module called several times (none today) gets its inputs concatenated; a module never
     called (an expert no token was routed to) is absent. Captures are off during the run.
     """
     layer = model.layers[index]
     dev = next((p.device for p in layer.parameters() if p.device.type != "meta"), x_in.device)
+    if cache is None and caps is not None:
+        cache = layer_cache(model.cfg, caps, index, dev)
     pos = pos if pos is not None else torch.arange(x_in.shape[0], device=dev)
     seen: dict[str, list[torch.Tensor]] = {}
     handles = []

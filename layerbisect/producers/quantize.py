@@ -81,7 +81,10 @@ def quantize_checkpoint(
         raise InputError(hf_dir / "config.json", "already has a quantization_config; give an unquantized checkpoint")
 
     texts = tuple(calibration_texts)
-    key = options_key(kind="candidate", scheme=scheme, ignore=list(ignore), texts=texts, max_seq_length=max_seq_length)
+    pipeline = calibration_pipeline(cfg)
+    extra = {"pipeline": pipeline} if pipeline else {}  # keys of existing entries stay as they were
+    key = options_key(kind="candidate", scheme=scheme, ignore=list(ignore), texts=texts, max_seq_length=max_seq_length,
+                      **extra)
     if out_dir is None:
         final = cache_dir() / "candidates" / sha256_dir(hf_dir)[:12] / f"{scheme}-{key}"
     else:
@@ -96,13 +99,28 @@ def quantize_checkpoint(
     def build(tmp: Path) -> None:
         # the producer's INFO logs, progress bars and warnings would bury our display: they go to a log
         with output_to(tmp / "producer.log"):
-            _run_producer(hf_dir, scheme, tmp, texts, list(ignore), max_seq_length)
+            _run_producer(hf_dir, scheme, tmp, texts, list(ignore), max_seq_length, pipeline)
 
     return build_atomic(final, build)
 
 
+def calibration_pipeline(cfg: dict[str, Any]) -> str | None:
+    """llmcompressor's calibration pipeline for this config: None (its default) unless the default cannot run it.
+
+    Gemma 4 with shared-KV layers (``num_kv_shared_layers`` > 0, E2B/E4B): llmcompressor 0.14's
+    sequential pipeline runs each decoder layer as a traced subgraph and does not carry
+    transformers' ``shared_kv_states`` from the source layers to the sharing ones (KeyError
+    'sliding_attention' in ``Gemma4TextAttention.forward``); the "basic" pipeline runs the whole
+    model per calibration sample and does.
+    """
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    if str(text.get("model_type", "")).startswith("gemma4") and int(text.get("num_kv_shared_layers") or 0) > 0:
+        return "basic"
+    return None
+
+
 def _run_producer(hf_dir: Path, scheme: str, out: Path, texts: tuple[str, ...], ignore: list[str],
-                  max_seq_length: int) -> None:
+                  max_seq_length: int, pipeline: str | None = None) -> None:
     import compressed_tensors
     import llmcompressor
     import transformers
@@ -126,6 +144,7 @@ def _run_producer(hf_dir: Path, scheme: str, out: Path, texts: tuple[str, ...], 
         max_seq_length=max_seq_length,
         shuffle_calibration_samples=False,
         log_dir=None,
+        **({"pipeline": pipeline} if pipeline else {}),
     )
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
@@ -135,6 +154,7 @@ def _run_producer(hf_dir: Path, scheme: str, out: Path, texts: tuple[str, ...], 
         "ignore": ignore,
         "calibration_texts": list(texts),
         "max_seq_length": max_seq_length,
+        "pipeline": pipeline or "default",
         "llmcompressor": llmcompressor.__version__,
         "compressed_tensors": compressed_tensors.__version__,
         "transformers": transformers.__version__,

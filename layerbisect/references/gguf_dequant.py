@@ -436,6 +436,76 @@ class IQ4_XS(BlockQuant, qtype=QT.IQ4_XS):
         return (dl * q).reshape(n, QK_K)
 
 
+# --- IQ3: grid look-ups ---------------------------------------------------------------------
+# Each group of 4 elements is an entry of a fixed grid of small positive integers (gguf-py's
+# ``grid_hex``, decoded by its own ``init_grid``: we take the table from gguf-py itself, so it
+# cannot drift), signs come from separate bits, and a sub-block scale multiplies. The grid
+# values are small integers, so a float32 look-up equals gguf-py's.
+
+
+def _grid(qtype: QT, device: torch.device) -> torch.Tensor:
+    """gguf-py's decoded grid of ``qtype`` as float32 (entries, values per entry)."""
+    cls = {QT.IQ3_S: gguf.quants.IQ3_S, QT.IQ3_XXS: gguf.quants.IQ3_XXS}[qtype]
+    cls.init_grid()
+    assert cls.grid is not None
+    return torch.from_numpy(np.ascontiguousarray(cls.grid.reshape(cls.grid_shape))).to(device)
+
+
+def _ksigns(device: torch.device) -> torch.Tensor:
+    """IQ2_XXS's ``ksigns``: 7 stored sign bits -> 8 (the 8th makes the parity even), as uint8."""
+    return torch.frombuffer(bytearray(gguf.quants.IQ2_XXS.ksigns), dtype=torch.uint8).to(device)
+
+
+def _signs(bits: torch.Tensor) -> torch.Tensor:
+    """Sign bits (0 -> +1, 1 -> -1) as float32, as gguf-py's ``np.where(signs == 0, 1, -1)``."""
+    return torch.where(bits == 0, 1.0, -1.0).to(torch.float32)
+
+
+class IQ3_XXS(BlockQuant, qtype=QT.IQ3_XXS):
+    """x = ((d * (0.5 + s)) * 0.5) * grid[q] * sign; 8 sub-blocks of 32, 4-bit scales s.
+
+    98 bytes: | d f16 (2) | qs (64): one 8-bit grid index per 4 elements | scales_and_signs (32) |
+    scales_and_signs: one LE uint32 per sub-block: 4 x 7-bit ``ksigns`` indices (bits 0..27,
+    one per 8 elements) and the scale s in bits 28..31. Grid: 256 entries of 4 values.
+    """
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: torch.Tensor) -> torch.Tensor:
+        n = blocks.shape[0]
+        dev = blocks.device
+        d, qs, sas = _split(blocks, 2, QK_K // 4)
+        d = _f16(d)
+        sas = sas.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF  # (n, 8) LE uint32
+        db = ((d * (0.5 + (sas >> 28).to(torch.float32))) * 0.5).reshape(n, -1, 1, 1)
+        idx = (sas.reshape(n, -1, 1) >> torch.tensor([0, 7, 14, 21], device=dev).reshape(1, 1, 4)) & 0x7F
+        signs = _ksigns(dev)[idx].reshape(n, -1, 4, 1) >> _u8(range(8), (1, 1, 1, 8), dev)
+        signs = _signs(signs & 1).reshape(n, -1, 4, 8)
+        grid = _grid(QT.IQ3_XXS, dev)[qs.long()].reshape(n, -1, 4, 8)
+        return (db * grid * signs).reshape(n, QK_K)
+
+
+class IQ3_S(BlockQuant, qtype=QT.IQ3_S):
+    """x = (d * (1 + 2s)) * grid[q] * sign; 8 sub-blocks of 32, 4-bit scales s.
+
+    110 bytes: | d f16 (2) | qs (64) | qh (8) | signs (32) | scales (4) |
+    grid index (9 bits) = qs[j] | bit j of qh << 8, one per 4 elements; sign of element k =
+    bit k of ``signs``; scales: two nibbles per byte, low nibble first. Grid: 512 x 4 values.
+    """
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: torch.Tensor) -> torch.Tensor:
+        n = blocks.shape[0]
+        dev = blocks.device
+        d, qs, qh, signs, scales = _split(blocks, 2, QK_K // 4, QK_K // 32, QK_K // 8)
+        d = _f16(d)
+        sc = ((scales.reshape(n, -1, 1) >> _u8([0, 4], (1, 1, 2), dev)) & 0x0F).reshape(n, -1)
+        db = (d * (1 + 2 * sc).to(torch.float32)).reshape(n, -1, 1, 1)  # 1 + 2s <= 31: exact in uint8
+        sg = _signs(_bits(signs)).reshape(n, -1, 4, 8)
+        q = qs.to(torch.int64) | (_bits(qh).to(torch.int64) << 8)
+        grid = _grid(QT.IQ3_S, dev)[q].reshape(n, -1, 4, 8)
+        return (db * grid * sg).reshape(n, QK_K)
+
+
 # --- microscaling FP4 ------------------------------------------------------------------------
 
 # E2M1 values doubled, so they are integers; the scale is halved to compensate (ggml convention).

@@ -1,14 +1,16 @@
 """Opening a GGUF file: memory-mapped, metadata as plain Python values, clear errors.
 
-``gguf.GGUFReader`` (through ``FastGGUFReader``, which parses large metadata arrays lazily)
-maps the file and parses the header; tensor data stays on disk until a
-tensor is dequantized. A truncated file, a file that is not GGUF, or a tensor whose data
-runs past the end of the file becomes one ``InputError`` naming the file.
+``gguf.GGUFReader`` (through ``FastGGUFReader``, which parses large metadata arrays lazily and
+checks every count, length and offset against the file size before allocating anything) maps
+the file and parses the header; tensor data stays on disk until a tensor is dequantized. A path
+that is not a regular readable file, a file that is not GGUF, a truncated or self-contradicting
+header, or a tensor whose data runs past the end of the file becomes one ``InputError`` naming
+the file. Metadata arrays longer than ``MAX_FIELD_ARRAY`` are left out of ``fields`` (no model
+setting is that long; the tokenizer reads its arrays from the reader on demand).
 """
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .fast_reader import FastGGUFReader
+from ..validation import open_regular, regular_file
+from .fast_reader import FastGGUFReader, GGUFFormatError
 
 GGUF_MAGIC = b"GGUF"
+MAX_FIELD_ARRAY = 1 << 16
 
 
 class GGUFFile:
@@ -26,27 +30,35 @@ class GGUFFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(self.path, "no such file")
-        with open(self.path, "rb") as f:
-            magic = f.read(4)
+        regular_file(self.path, "GGUF file")
+        try:
+            with open_regular(self.path, "GGUF file") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise InputError(self.path, f"cannot read: {e.strerror or e}") from None
         if magic != GGUF_MAGIC:
             raise InputError(self.path, f"not a GGUF file (magic {magic!r}, expected b'GGUF')")
         try:
             self.reader = FastGGUFReader(self.path, "r")
-        except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad headers
-            raise InputError(self.path, f"unreadable GGUF header ({type(e).__name__}: {e})") from None
-        size = os.path.getsize(self.path)
-        for t in self.reader.tensors:
-            end = t.data_offset + t.n_bytes
-            if end > size:
-                raise InputError(self.path, f"truncated: tensor {t.name!r} ends at byte {end} but the file has {size}")
+        except GGUFFormatError as e:
+            raise InputError(self.path, str(e)) from None
+        except OSError as e:
+            raise InputError(self.path, f"cannot map the file: {e.strerror or e}") from None
         self.tensors = {t.name: t for t in self.reader.tensors}
+        from .gguf_dequant import supported_types
+
+        ok = set(supported_types())
+        for t in self.reader.tensors:  # every tensor is dequantized (an unmapped one is refused later)
+            if t.tensor_type.name not in ok:
+                raise InputError(self.path, f"tensor {t.name!r} has type {t.tensor_type.name}, which layerbisect "
+                                            f"cannot dequantize (supported: {', '.join(sorted(ok))})")
 
     @cached_property
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, field in self.reader.fields.items():
+            if len(field.data) > MAX_FIELD_ARRAY:
+                continue
             if key.startswith("tokenizer.ggml.") and key in (
                 "tokenizer.ggml.tokens",
                 "tokenizer.ggml.scores",

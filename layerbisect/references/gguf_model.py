@@ -15,7 +15,7 @@ permuted for the ``normal`` rope ordering; the graph takes both as stored.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,13 +36,22 @@ def read_spec(f: GGUFFile) -> ModelSpec:
 
 @dataclass(frozen=True)
 class TensorMap:
-    """Graph parameter → GGUF source, checked against the file's header (no weight read)."""
+    """Graph parameter → GGUF source, checked against the file's header (no weight read).
+
+    ``transforms``: graph parameter → the family's function from the stored tensor to the
+    graph's (``Family.gguf_transform``: llama.cpp conventions undone); ``apply`` runs it.
+    """
 
     sources: dict[str, GGUFSource]
     extras: dict[str, str]  # graph attribute (``rope_freqs``) → GGUF tensor
+    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     def under(self, prefix: str) -> dict[str, GGUFSource]:
         return {k[len(prefix):]: v for k, v in self.sources.items() if k.startswith(prefix)}
+
+    def apply(self, param: str, t: torch.Tensor) -> torch.Tensor:
+        fn = self.transforms.get(param)
+        return t if fn is None else fn(t).contiguous()
 
 
 def _file_shape(f: GGUFFile, name: str) -> tuple[int, ...]:
@@ -56,8 +65,10 @@ def map_tensors(f: GGUFFile, spec: ModelSpec, model: torch.nn.Module | None = No
     graph does not use, and shape mismatches.
     """
     model = model if model is not None else meta_model(spec)
-    overrides = family_of(spec).gguf_names
+    fam = family_of(spec)
+    overrides = fam.gguf_names
     sources: dict[str, GGUFSource] = {}
+    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     missing: list[str] = []
     used: set[str] = set()
     for p in params(model):
@@ -72,8 +83,21 @@ def map_tensors(f: GGUFFile, spec: ModelSpec, model: torch.nn.Module | None = No
             if len(shape) != 3 or src.expert >= shape[0]:
                 raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}: no expert {src.expert}")
             shape = shape[1:]
+        if src.parts > 1:  # fused along the rows (ffn_gate_up_exps): this module's share
+            if shape[0] % src.parts:
+                raise InputError(f.path, f"tensor {src.tensor!r} has {shape[0]} rows, not {src.parts} equal parts")
+            shape = (shape[0] // src.parts, *shape[1:])
+        fn = fam.gguf_transform(p.name, spec)
+        stored = shape
+        if fn is not None:
+            transforms[p.name] = fn
+            try:
+                shape = tuple(fn(torch.empty(shape, device="meta")).shape)
+            except RuntimeError:  # a reshape the stored shape cannot take
+                shape = ()
         if shape != p.shape:
-            raise InputError(f.path, f"tensor {src.tensor!r} has shape {shape}, expected {p.shape} for {p.name}")
+            raise InputError(f.path, f"tensor {src.tensor!r} has shape {stored}, expected {p.shape} for {p.name}"
+                             + (" (after undoing llama.cpp's layout)" if fn is not None else ""))
         sources[p.name] = src
         used.add(src.tensor)
     extras = {attr: gguf_tensor_name(t, None) + ".weight" for attr, t in GGUF_EXTRA.items()}
@@ -87,7 +111,7 @@ def map_tensors(f: GGUFFile, spec: ModelSpec, model: torch.nn.Module | None = No
         if unused:
             parts.append(f"{len(unused)} tensors the {spec.arch} graph does not use (e.g. {', '.join(unused[:4])})")
         raise InputError(f.path, "; ".join(parts))
-    return TensorMap(sources, extras)
+    return TensorMap(sources, extras, transforms)
 
 
 def dequantize_source(f: GGUFFile, src: GGUFSource | str, *, device: torch.device | str | None = None,
@@ -100,6 +124,9 @@ def dequantize_source(f: GGUFFile, src: GGUFSource | str, *, device: torch.devic
     data = t.data
     if src.expert is not None:  # an expert's slab is whole rows of whole blocks: slicing the bytes is exact
         data, shape = data[src.expert], shape[1:]
+    if src.parts > 1:  # one module of a row-fused tensor: whole rows again
+        n = shape[0] // src.parts
+        data, shape = data[src.part * n:(src.part + 1) * n], (n, *shape[1:])
     if rows is not None:
         data = data[rows]
         shape = (data.shape[0], *shape[1:])
@@ -122,7 +149,7 @@ def load_reference_model(
     for n, (target, src) in enumerate(items):
         if progress:
             progress(src.tensor, n, len(items))
-        state[target] = dequantize_source(f, src, device=device)
+        state[target] = tmap.apply(target, dequantize_source(f, src, device=device))
     if progress:
         progress("done", len(items), len(items))
     if spec.tied_embeddings:

@@ -43,6 +43,14 @@ class ReferenceRunner(ModelRunner):
     def tokenizer(self, value) -> None:
         self._tok = value
 
+    def tensor_types(self) -> dict[str, str]:
+        """Canonical parameter → GGML type name (``Q4_K``, ``F32``, …) of the GGUF tensor it is read from."""
+        from .gguf_model import map_tensors
+
+        assert self.gguf is not None, "runner not activated"
+        tmap = map_tensors(self.gguf, self.config)  # header only: no weight is read
+        return {name: self.gguf.tensors[src.tensor].tensor_type.name for name, src in tmap.sources.items()}
+
 
 def run_gguf(
     path: str | Path,

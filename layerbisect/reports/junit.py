@@ -55,11 +55,21 @@ def render(report: Report, gate: GateResult | None = None) -> str:
     )
 
 
-def write_junit(report: Report, path: str | Path, gate: GateResult | None = None) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render(report, gate), encoding="utf-8")
-    return p
+def is_ours(path: Path) -> bool:
+    """A JUnit file this module wrote (its suite is named "layerbisect"): safe to replace without --overwrite."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return b'<testsuite name="layerbisect"' in head
+
+
+def write_junit(report: Report, path: str | Path, gate: GateResult | None = None, *, overwrite: bool = False) -> Path:
+    """Write atomically (temporary file + rename); an existing file that is not ours needs ``overwrite``."""
+    from layerbisect.outputs import write_file_atomic
+
+    return write_file_atomic(path, render(report, gate), overwrite=overwrite, ours=is_ours, what="JUnit XML file")
 
 
 def write_step_summary(

@@ -43,7 +43,7 @@ def test_missing_scale_tensor(tiny_quantized, tmp_path):
     _, cand = tiny_quantized("gemma3", "FP8")
     d = _copy(cand, tmp_path / "c")
     _edit_tensors(d, lambda t: t.pop(next(k for k in t if k.endswith("layers.0.self_attn.q_proj.weight_scale"))))
-    _one_line_exit2(_run(d), "layers.0.self_attn.q_proj", "weight_scale", "missing")
+    _one_line_exit2(_run(d), "model.safetensors", "layers.0.self_attn.q_proj", "weight_scale", "missing")
 
 
 def test_wrong_packed_shape(tiny_quantized, tmp_path):
@@ -55,7 +55,7 @@ def test_wrong_packed_shape(tiny_quantized, tmp_path):
         t[k] = t[k][:, : t[k].shape[1] // 2].contiguous()
 
     _edit_tensors(d, cut)
-    _one_line_exit2(_run(d), "layers.1.mlp.up_proj", "weight_packed", "shape")
+    _one_line_exit2(_run(d), "model.safetensors", "layers.1.mlp.up_proj", "weight_packed", "shape")
 
 
 def test_unknown_format(tiny_quantized, tmp_path):

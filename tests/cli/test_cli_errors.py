@@ -70,7 +70,7 @@ def test_missing_file(tmp_path):
 
 def test_bad_token_ids(tiny_models):
     _assert_clean_error(_bisect("run", str(tiny_models["llama"]["gguf"]), "--tokens", "1,x"), "token ids", "'x'")
-    _assert_clean_error(_bisect("run", str(tiny_models["llama"]["gguf"]), "--tokens", "1,99999"), "outside")
+    _assert_clean_error(_bisect("run", str(tiny_models["llama"]["gguf"]), "--tokens", "1,9999999"), "outside")
 
 
 def test_run_tiny_prints_table(tiny_models):

@@ -39,3 +39,36 @@ def test_run_with_hf_tokenizer(tiny_models):
 
     ids = tokenizer_from_hf(m["hf"]).encode("the quick brown fox")
     assert f"prompt ids: {ids}" in res.stdout.replace("\n", "")
+
+
+def test_norm_act_quant_whatif_from_the_cli(tiny_quantized):
+    """Seed 000's what-if from the command line: the residual stream climbs; a bad value is one clean error."""
+    _, cand = tiny_quantized("gemma3", "FP8_BLOCK")
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10,11,12",
+                               "-n", "1", *extra], capture_output=True, text=True)
+
+    plain, unscaled = run(), run("--norm-act-quant", "unscaled")
+    assert plain.returncode == 0 and unscaled.returncode == 0, unscaled.stderr[-2000:]
+    assert plain.stdout != unscaled.stdout
+    bad = run("--norm-act-quant", "twice")
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "--norm-act-quant" in lines[0], bad.stderr
+
+
+def test_kv_calibration_needs_calibrated_scales(tiny_quantized):
+    """--kv-calibration chooses the pass of --kv-scales calibrate; with other scales it is one clear error."""
+    _, cand = tiny_quantized("gemma3", "FP8")
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "unit", "--kv-calibration", "zeros"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2 and "--kv-calibration" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "layerbisect.cli.app", "run", str(cand), "--tokens", "2,10,11,12",
+         "--kv-cache-dtype", "fp8_e4m3", "--kv-scales", "calibrate", "--kv-calibration", "random"],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]

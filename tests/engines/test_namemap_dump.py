@@ -23,7 +23,15 @@ def _spec(n_layers: int, *, softcap: float | None = 50.0, sandwich: bool = True)
     return ModelSpec("test", "test", 64, 16, layers)
 
 
-CANONICAL = set(capture_points(_spec(4)))
+def _gemma4_points() -> set[str]:
+    """Points of Gemma 4's MoE and per-layer-input variants (router, experts' norms, PLE)."""
+    from layerbisect.families import spec_from_hf
+    from layerbisect.producers.tiny_gemma4 import gemma4_config
+
+    return {p for v in ("moe", "ple") for p in capture_points(spec_from_hf(gemma4_config(v).to_dict()))}
+
+
+CANONICAL = set(capture_points(_spec(4))) | _gemma4_points()
 
 
 def _canonical(name: str) -> bool:
@@ -33,9 +41,12 @@ def _canonical(name: str) -> bool:
 def test_builtin_maps_found_as_package_data():
     maps = builtin_maps()
     assert set(maps) == {
-        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "vllm_llama", "sglang_llama", "trtllm_qwen"
+        "hf_llama", "hf_qwen2", "hf_qwen3", "hf_gemma2", "hf_gemma3", "hf_gemma4",
+        "vllm_llama", "sglang_llama", "trtllm_qwen", "llamacpp",
     }
     for nm in maps.values():
+        if nm.engine == "llama.cpp":  # ggml node names, read by engines/llamacpp.py (tests/engines/test_llamacpp.py)
+            continue
         targets = nm.targets(4)
         extras = {t for t in targets if not _canonical(t)}
         # HF maps name only canonical points; the fused-qkv engines add the pre-rope projections (documented).

@@ -25,7 +25,9 @@ def _assert_same(path):
     assert [key(t) for t in a.tensors] == [key(t) for t in b.tensors]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
+# One SentencePiece vocabulary (scores) and one byte-level BPE (merges); llama's 128k-token BPE adds
+# a minute of gguf-py parsing and nothing new.
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
 def test_tiny_models_with_tokenizers(tiny_models, arch):
     _assert_same(tiny_models[arch]["gguf"])
 

@@ -43,10 +43,12 @@ F16_FIELDS: dict[QT, tuple[int, ...]] = {
     QT.Q6_K: (208,),
     QT.IQ4_NL: (0,),
     QT.IQ4_XS: (0,),
+    QT.IQ3_XXS: (0,),
+    QT.IQ3_S: (0,),
 }
 ALL_TYPES = [
     QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q2_K, QT.Q3_K,
-    QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_NL, QT.IQ4_XS, QT.MXFP4, QT.NVFP4,
+    QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_NL, QT.IQ4_XS, QT.IQ3_XXS, QT.IQ3_S, QT.MXFP4, QT.NVFP4,
 ]
 BLOCK_TYPES = [t for t in ALL_TYPES if gguf.GGML_QUANT_SIZES[t][0] > 1]
 # The types gguf-py can also quantize (the others raise NotImplementedError there).
