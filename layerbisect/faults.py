@@ -556,12 +556,14 @@ QWEN35_FAULT_LAYERS = ["full_attention", "linear_attention", "linear_attention",
 
 
 def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> dict[str, dict[str, Path]]:
-    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights}.
+    """arch → {"hf": BF16 tiny HF dir, "gguf": F32 GGUF of the same weights by llama.cpp's own converter}.
 
+    The tiny archs of ``producers/tiny.py`` get the real llama.cpp vocabulary of their family
+    (``vocabulary="auto"``); the GGUF is ``convert_hf_to_gguf.py --outtype f32`` (cached by content).
     "qwen35": the tiny Qwen3.5 (``make_tiny_qwen35``, layers ``QWEN35_FAULT_LAYERS``, real qwen35
     vocabulary) converted by llama.cpp's own ``convert_hf_to_gguf.py --no-mtp`` (both cached).
     """
-    from .producers.gguf_writer import write_gguf_from_hf
+    from .producers.llamacpp import converted_gguf
     from .producers.tiny import make_tiny_hf
 
     out: dict[str, dict[str, Path]] = {}
@@ -572,27 +574,15 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
             out[arch] = tiny_gemma4(arch.removeprefix("gemma4-"))
             continue
         if arch == "qwen35":
-            from .producers.llamacpp import converted_gguf
             from .producers.tiny import cached_tiny_qwen35
 
             hf = cached_tiny_qwen35("dense", dtype="bfloat16", layer_types=QWEN35_FAULT_LAYERS)
             out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32", extra_args=("--no-mtp",))}
             continue
-        if arch == "qwen3moe":  # real qwen2 vocabulary; GGUF by llama.cpp's converter (cached by content)
-            from .producers.llamacpp import converted_gguf
-
-            hf = root / f"{arch}-hf"
-            if not (hf / "config.json").is_file():
-                make_tiny_hf(arch, hf, dtype="bfloat16", hidden=64, vocabulary="auto")
-            out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32")}
-            continue
         hf = root / f"{arch}-hf"
         if not (hf / "config.json").is_file():
-            make_tiny_hf(arch, hf, dtype="bfloat16")
-        gguf = root / f"{arch}.gguf"
-        if not gguf.is_file():
-            write_gguf_from_hf(hf, gguf, tensor_type="F32")
-        out[arch] = {"hf": hf, "gguf": gguf}
+            make_tiny_hf(arch, hf, dtype="bfloat16", hidden=64 if arch == "qwen3moe" else None, vocabulary="auto")
+        out[arch] = {"hf": hf, "gguf": converted_gguf(hf, outtype="f32")}
     return out
 
 

@@ -80,7 +80,8 @@ def test_audit_cli_exit_codes_and_files(llama_nvfp4, fault_root, tmp_path) -> No
     assert "nibble_order" in (tmp_path / "a" / "audit.md").read_text()
     r = CliRunner().invoke(app, ["audit", str(ref), str(tmp_path / "nope")])
     assert r.exit_code == 2
-    r = CliRunner().invoke(app, ["audit", str(fault_root / "gemma2.gguf"), str(clean)])
+    gemma2 = faults.tiny_sources(fault_root, ("gemma2",))["gemma2"]["gguf"]
+    r = CliRunner().invoke(app, ["audit", str(gemma2), str(clean)])
     assert r.exit_code == 2  # not the same model
 
 

@@ -126,11 +126,11 @@ def test_input_scale_overflow_saturates_without_the_engine_fault(fault_root) -> 
     """Without the non-saturating cast the emulation clips (like the producer): no NaN, same cause."""
     from layerbisect.pipeline import CompareOptions, compare
 
-    clean = faults.clean_candidate(fault_root, faults.tiny_sources(fault_root, ("gemma2",))["gemma2"], "gemma2",
-                                   "NVFP4")
+    src = faults.tiny_sources(fault_root, ("gemma2",))["gemma2"]
+    clean = faults.clean_candidate(fault_root, src, "gemma2", "NVFP4")
     ids = faults.prompt_ids_for(clean)
     broken = faults.input_scale_overflow(clean, fault_root / "overflow-saturating")
-    report = compare(fault_root / "gemma2.gguf", broken, options=CompareOptions(prompt=None, tokens=ids, generate=0))
+    report = compare(src["gguf"], broken, options=CompareOptions(prompt=None, tokens=ids, generate=0))
     assert "nonfinite_onset" not in _kinds(report)
     top = _culprit(report)
     assert top.evidence["cause"] == "act_scale_overflow" and top.layer == 0
