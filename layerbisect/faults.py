@@ -589,11 +589,10 @@ def tiny_sources(root: Path, archs: tuple[str, ...] = ("gemma2", "llama")) -> di
 def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str) -> Path:
     from .producers.quantize import quantize_checkpoint
 
-    # qwen35's sources live in the fixture cache already: its candidates can too (keyed by content)
-    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$")
+    # Cached by content (the tiny sources are seeded, so a warm cache skips llmcompressor);
+    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$").
     ignore = ("lm_head", "re:.*mlp.gate$") if arch == "qwen3moe" else ("lm_head",)
-    return quantize_checkpoint(src["hf"], scheme, None if arch == "qwen35" else root / f"{arch}-{scheme}",
-                               ignore=ignore)
+    return quantize_checkpoint(src["hf"], scheme, None, ignore=ignore)
 
 
 def prompt_ids_for(hf_dir: Path) -> list[int]:
