@@ -103,31 +103,22 @@ def compare(
         raise InputError("candidate", "give exactly one of a candidate checkpoint or --candidate-dump")
 
     t0 = time.perf_counter()
-    say("loading reference")
     ref_dev, cand_dev = o.ref_device or o.device, o.cand_device or o.device
     share = 2 if cand is not None and torch.device(ref_dev) == torch.device(cand_dev) else 1
     concurrent = o.concurrent if o.concurrent is not None else cand is not None and share == 1
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ref_runner = _memory_mode(open_runner(ref, device=ref_dev, progress=progress), o, share).activate()
-    use_tokenizer(ref_runner, o.tokenizer)
-    timings["load_reference"] = time.perf_counter() - t0
 
-    dump_caps: Captures | None = None
-    cand_runner: ModelRunner | None = None
-    if candidate_dump is not None:
-        from .engines.dump import load_dump
+    def load_reference() -> ModelRunner:
+        t = time.perf_counter()
+        runner = _memory_mode(open_runner(ref, device=ref_dev, progress=progress), o, share).activate()
+        use_tokenizer(runner, o.tokenizer)
+        timings["load_reference"] = time.perf_counter() - t
+        return runner
 
-        dump_caps = load_dump(
-            candidate_dump,
-            token_ids=list(o.tokens) if o.tokens else None,
-            name_map=o.dump_map,
-            config=ref_runner.config,
-        )
-    else:
-        t0 = time.perf_counter()
-        say("loading candidate")
-        cand_runner = _memory_mode(
+    def load_candidate() -> ModelRunner:
+        t = time.perf_counter()
+        runner = _memory_mode(
             open_runner(
                 cand,  # type: ignore[arg-type]
                 device=cand_dev,
@@ -139,7 +130,32 @@ def compare(
             o,
             share,
         ).activate()
-        timings["load_candidate"] = time.perf_counter() - t0
+        timings["load_candidate"] = time.perf_counter() - t
+        return runner
+
+    cand_runner: ModelRunner | None = None
+    if cand is not None and concurrent and share == 1:  # two devices: each side loads onto its own at once
+        say("loading reference and candidate (both sides at once)")
+        ref_runner, cand_runner = _both(load_reference, load_candidate, True)
+        timings["load_both_wall"] = time.perf_counter() - t0
+    else:
+        say("loading reference")
+        ref_runner = load_reference()
+
+    dump_caps: Captures | None = None
+    if candidate_dump is not None:
+        from .engines.dump import load_dump
+
+        dump_caps = load_dump(
+            candidate_dump,
+            token_ids=list(o.tokens) if o.tokens else None,
+            name_map=o.dump_map,
+            config=ref_runner.config,
+        )
+    else:
+        if cand_runner is None:
+            say("loading candidate")
+            cand_runner = load_candidate()
         check_candidate(ref_runner, cand_runner)
 
     findings: list[Finding] = []
@@ -277,12 +293,13 @@ def compare(
 
         t0 = time.perf_counter()
         say("localizing (activation patching)")
-        loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
-        if loc is not None:
-            report.put(localization=loc)
-            if loc.layers:
-                say("auditing weights and scales")
-                report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
+        with torch.no_grad():  # the models' parameters may require grad: no autograd graph may keep temporaries
+            loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say)
+            if loc is not None:
+                report.put(localization=loc)
+                if loc.layers:
+                    say("auditing weights and scales")
+                    report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
         timings["localize"] = time.perf_counter() - t0
     from .streaming import streaming_meta
 
