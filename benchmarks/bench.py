@@ -21,6 +21,13 @@
                      forced: peak live weight bytes vs one layer, peak device memory, time.
 (e) ``gemm.md``      FP8/NVFP4 GEMM throughput of our kernels vs ``torch._scaled_mm``
                      (``benchmarks/gpu_kernels.py``).
+(f) ``bounded.md``   streamed bisect (localization and audits on) of a model with 70B-shaped layers
+                     (``--f-shape``; 1/8 of the width on CPU) at several depths (``--depths 2,6,12``):
+                     peak GPU memory against 3 FP32 layers + embedding and head per side, host
+                     anonymous and file-mapped memory, per stage.
+(g) ``two_gpus.md``  the synthetic model on one GPU and on two (reference on cuda:0, candidate on
+                     cuda:1), alternated in one process (needs 2 GPUs).
+``ratios.md``        every section's ratios against issue 14's targets, in one table.
 
 Without CUDA every section runs its CPU part only. Files go to ``--work`` (default: a temp dir).
 """
@@ -52,9 +59,28 @@ import dequant_bench as db  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 GB = 1e9
 
+# (item of issue 14, what, measured ratio, target, the numbers behind it): every section adds its ratios here and
+# ``ratios.md`` collects them in one table at the end
+RATIOS: list[tuple[str, str, float, str, str]] = []
+
+
+def ratio(item: str, what: str, value: float, target: float | None, numbers: str) -> None:
+    ok = "-" if target is None or value != value else ("yes" if value <= target else "NO")
+    RATIOS.append((item, what, value, f"<= {target:g}" if target is not None else "-", numbers + f" | met: {ok}"))
+
+
+def ratios_section(out: Path) -> str:
+    rows = [[item, what, f"{v:.3f}" if v == v else "-", target, numbers] for item, what, v, target, numbers in RATIOS]
+    return emit(out, "ratios.md", "Ratios (issue 14): each measured within one run", table(
+        ["item", "ratio", "value", "target", "numbers"], rows))
+
 SHAPES = {
     "8b": dict(n_layers=32, d=4096, ff=14336, heads=32, kv=8, vocab=128256),
     "small": dict(n_layers=4, d=512, ff=1792, heads=8, kv=2, vocab=8192),
+    # one layer of a 70B llama (Llama 3 70B): what (f) streams at several depths
+    "70b-layer": dict(n_layers=12, d=8192, ff=28672, heads=64, kv=8, vocab=128256),
+    # the same proportions at 1/8 of the width, for CPU runs of (f)
+    "70b-layer/8": dict(n_layers=12, d=1024, ff=3584, heads=8, kv=1, vocab=16032),
 }
 
 
@@ -86,6 +112,42 @@ def emit(out: Path, name: str, title: str, lines: list[str], notes: list[str] = 
 # --- (a) dequantization ----------------------------------------------------------------------
 
 
+def time_cuda_graph(fns: list, repeats: int = 20) -> float:
+    """Median seconds of one call of ``fns`` (run in turn, one per input copy) timed as CUDA graph replays.
+
+    Per-call event timing (``dequant_bench.time_cuda``) puts the host's launch path inside the
+    window: at 4096x4096 a kernel takes ~25-70 us, about what Python dispatch and a Triton launch
+    take on the host, so that number is launch-bound. A graph replay times the device work alone;
+    several input copies (more bytes than the L2 holds) keep the reads from coming from the cache.
+    NaN when a path cannot be captured.
+    """
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for f in fns:
+                f()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for f in fns:
+                f()
+        g.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) / 1e3 / len(fns))
+        return float(np.median(times))
+    except Exception as e:  # noqa: BLE001 - a path that cannot be captured has no graph number
+        print(f"graph capture failed: {type(e).__name__}: {e}", flush=True)
+        return float("nan")
+
+
 def section_a(out: Path, size: int, repeats: int) -> str:
     from gguf import GGMLQuantizationType as QT
 
@@ -97,7 +159,13 @@ def section_a(out: Path, size: int, repeats: int) -> str:
     out_bytes = rows * cols * 4
     cpu_copy = db.copy_bandwidth("cpu", out_bytes, repeats)
     gpu_copy = db.copy_bandwidth("cuda", out_bytes, 20) if HAS_CUDA else float("nan")
-    res = []
+    gpu_copy_graph = float("nan")
+    if HAS_CUDA:
+        src = torch.ones(out_bytes // 4, device="cuda")
+        dst = torch.empty_like(src)
+        gpu_copy_graph = 2 * out_bytes / time_cuda_graph([lambda: dst.copy_(src)]) / GB
+        del src, dst
+    res, graph_rows = [], []
     for qt in types:
         data = db.make_data(qt, rows, cols)
         moved = data.nbytes + out_bytes
@@ -112,6 +180,21 @@ def section_a(out: Path, size: int, repeats: int) -> str:
         if HAS_CUDA:
             g = torch.from_numpy(np.ascontiguousarray(data)).cuda()
             t_gt = db.time_cuda(lambda d=g, q=qt: dequantize(d, q, impl="torch"), 20)
+            copies = [g] + [g.clone() for _ in range(3)]  # 4 inputs: more than the L2 between replays
+            outs = {}
+            for impl in ("torch", "triton"):
+                if impl == "triton" and not gguf_triton.usable(qt, g.device):
+                    continue
+                tg = time_cuda_graph([lambda d=d, q=qt, i=impl: dequantize(d, q, impl=i) for d in copies])
+                outs[impl] = moved / tg / GB if tg == tg else float("nan")
+            del copies
+            best_graph = max((v for v in outs.values() if v == v), default=float("nan"))
+            graph_rows.append([qt.name, *(f"{outs[k]:.0f} ({100 * outs[k] / gpu_copy_graph:.0f}%)" if k in outs
+                                          and outs[k] == outs[k] else "-" for k in ("triton", "torch"))])
+            if best_graph == best_graph:
+                ratio("3", f"dequant {qt.name} {rows}x{cols}, H200 kernel time (graph replay): copy / best path "
+                      "(<= 2 is >= 50%)", gpu_copy_graph / best_graph, 2.0,
+                      f"{best_graph:.0f} GB/s of copy {gpu_copy_graph:.0f} GB/s, both as graph replays")
             if gguf_triton.usable(qt, g.device):
                 t_gtr = db.time_cuda(lambda d=g, q=qt: dequantize(d, q, impl="triton"), 20)
                 a, b = dequantize(g, qt, impl="triton"), dequantize(g, qt, impl="torch")
@@ -128,13 +211,22 @@ def section_a(out: Path, size: int, repeats: int) -> str:
             f"{t_ref / t_cpu:.1f}x", exact,
         ])
         print(res[-1], flush=True)
+        if HAS_CUDA:
+            best = max(x for x in (bw(t_gtr), bw(t_gt)) if x == x)
+            ratio("3", f"dequant {qt.name} {rows}x{cols}, per call (host launch inside the timing): copy / best "
+                  "path (<= 2 is >= 50%)", gpu_copy / best, 2.0, f"{best:.0f} GB/s of copy {gpu_copy:.0f} GB/s")
     header = ["type", "in MB", "Triton GPU GB/s (copy %)", "torch GPU GB/s (copy %)", "torch CPU GB/s (copy %)",
               "gguf-py GB/s", "Triton x gguf-py", "torch GPU x gguf-py", "CPU x gguf-py", "Triton == torch bits"]
     notes = [f"{rows}x{cols} elements per type; GB/s = (input + FP32 output bytes) / median time; copy % relative "
              f"to dst.copy_(src) of an output-sized buffer (CPU {cpu_copy:.1f} GB/s"
              + (f", GPU {gpu_copy:.0f} GB/s)" if HAS_CUDA else ")"),
              "BF16/F16 are casts (torch path under impl=auto); gguf-py is single-threaded numpy"]
-    return emit(out, "dequant.md", "(a) GGUF dequantization throughput", table(header, res), notes)
+    lines = table(header, res)
+    if graph_rows:
+        lines += ["", f"Device time alone (CUDA graph replays of 4 calls on 4 input copies; copy {gpu_copy_graph:.0f} "
+                  "GB/s timed the same way):", ""]
+        lines += table(["type", "Triton GB/s (copy %)", "torch GB/s (copy %)"], graph_rows)
+    return emit(out, "dequant.md", "(a) GGUF dequantization throughput", lines, notes)
 
 
 # --- synthetic models ------------------------------------------------------------------------
@@ -286,13 +378,16 @@ def dir_bytes(p: Path) -> int:
 
 
 def run_compare(ref: Path, cand: Path, device: str, *, tokens: list[int], generate: int, stream: bool | None = None,
-                memory_cap: int | None = None, localize: bool = True, out_dir: Path | None = None) -> dict:
+                memory_cap: int | None = None, localize: bool = True, out_dir: Path | None = None,
+                ref_device: str | None = None, cand_device: str | None = None) -> dict:
     import layerbisect
     from layerbisect.pipeline import CompareOptions
 
     t0 = time.perf_counter()
-    rep = layerbisect.compare(ref, cand, options=CompareOptions(
-        tokens=tokens, generate=generate, device=device, stream=stream, memory_cap=memory_cap, localize=localize))
+    with MemProbe() as probe:
+        rep = layerbisect.compare(ref, cand, options=CompareOptions(
+            tokens=tokens, generate=generate, device=device, stream=stream, memory_cap=memory_cap, localize=localize,
+            ref_device=ref_device, cand_device=cand_device), status=probe.say)
     t_cmp = time.perf_counter() - t0
     t0 = time.perf_counter()
     if out_dir is not None:
@@ -300,7 +395,8 @@ def run_compare(ref: Path, cand: Path, device: str, *, tokens: list[int], genera
     t_rep = time.perf_counter() - t0
     rt = rep.record.runtime.to_dict()
     return {"total_s": t_cmp + t_rep, "report_s": t_rep, **rt["timings_s"], "peak": rt["peak_memory_bytes"],
-            "memory": rt["memory"]}
+            "memory": rt["memory"], "host_rss_sampled": probe.rss_peak, "gpu_peak_sampled": max(probe.gpu.values(),
+                                                                                                  default=None)}
 
 
 def profile_reference_load(path: Path, device: str) -> dict[str, float]:
@@ -335,12 +431,12 @@ def _fmt_gib(x: Any) -> str:
 
 def _breakdown_rows(label: str, r: dict, device: str) -> list[Any]:
     pk = r["peak"]
-    cuda_peak = max((v for k, v in pk.items() if k.startswith("cuda:")), default=None)
+    cuda_peak = r.get("gpu_peak_sampled") if HAS_CUDA else None
     return [label, device, f"{r['total_s']:.1f}", f"{r.get('load_reference', 0):.1f}",
             f"{r.get('load_candidate', 0):.1f}",
             f"{r.get('generate', 0):.1f}", f"{r.get('run_reference', 0):.1f}", f"{r.get('run_candidate', 0):.1f}",
             f"{r.get('compare', 0):.2f}", f"{r.get('localize', 0):.1f}", f"{r['report_s']:.2f}",
-            _fmt_gib(cuda_peak), _fmt_gib(pk.get("host_rss")),
+            _fmt_gib(cuda_peak), _fmt_gib(r.get("host_rss_sampled") or pk.get("host_rss")),
             "/".join(m.get("mode", "?") for m in r["memory"])]
 
 
@@ -362,13 +458,25 @@ def section_b(out: Path, gguf_path: Path | None, cand: Path | None, work: Path) 
         p = profile_reference_load(gguf_path, dev)
         prof_rows.append([dev, f"{p['open_s']:.2f}", f"{p['read_s']:.2f}", f"{p['dequant_s']:.2f}",
                           f"{p['bytes'] / 1e6:.0f}"])
+        r = None
         if cand is not None and cand.is_dir():
-            r = run_compare(gguf_path, cand, dev, tokens=ids, generate=8, out_dir=work / f"rep-{dev}")
-            rows.append(_breakdown_rows("bisect compare (ours)", r, dev))
+            for label in ("bisect compare (ours), first", "bisect compare (ours), warm"):
+                r = run_compare(gguf_path, cand, dev, tokens=ids, generate=8, out_dir=work / f"rep-{dev}")
+                rows.append(_breakdown_rows(label, r, dev))
         try:
             user_rows.append(transformers_path(gguf_path, ids, dev))
         except Exception as e:  # noqa: BLE001 - report and continue
             user_rows.append([dev, f"failed: {type(e).__name__}: {str(e)[:80]}", "-", "-", "-"])
+        if r is not None and len(user_rows[-1]) == 5 and not str(user_rows[-1][1]).startswith("failed"):
+            hf_s = float(user_rows[-1][3])
+            ratio("2", f"Gemma 3 270M bisect (warm) / transformers GGUF load + hidden states, {dev}",
+                  r["total_s"] / hf_s, None, f"{r['total_s']:.1f} s vs {hf_s:.1f} s; {os.cpu_count()} CPUs, "
+                  f"torch threads {torch.get_num_threads()}")
+        if r is not None and dev == "cpu":
+            ratio("2", "Gemma 3 270M bisect, warm, CPU: seconds / 15 s", r["total_s"] / 15, 1.0,
+                  f"{r['total_s']:.1f} s (noisy on a shared machine: the ratio above is the measure)")
+            ratio("2", "Gemma 3 270M bisect, CPU: peak host RSS / 3 GiB", r["host_rss_sampled"] / 2**30 / 3, 1.0,
+                  f"{r['host_rss_sampled'] / 2**30:.2f} GiB (RssAnon + RssFile sampled every 2 ms)")
         print(prof_rows[-1], rows[-1:] , user_rows[-1], flush=True)
     lines = ["Reference load profile (GGUF open = header and metadata; read = tensor bytes from the page cache "
              "(and to the GPU); dequant = ours, impl auto):", ""]
@@ -474,6 +582,230 @@ def section_d(out: Path, made: dict, shape_name: str) -> str:
     ])
 
 
+# --- (f) bounded streaming at the 70B-layer shape ---------------------------------------------
+
+
+def _status_kb() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+class MemProbe:
+    """Peak memory per pipeline stage (the pipeline's status messages name the stages).
+
+    GPU: ``torch.cuda.max_memory_allocated`` per device, reset at each stage change. Host:
+    ``RssAnon`` (anonymous: heap, tensors) and ``RssFile`` (mapped file pages) sampled every
+    2 ms from /proc/self/status; tensors this large live for far longer than that.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stage = "start"
+        self.gpu: dict[str, int] = {}
+        self.anon: dict[str, int] = {}
+        self.file: dict[str, int] = {}
+        self.rss_peak = 0  # RssAnon + RssFile + RssShmem, sampled: this run's own peak (getrusage's never resets)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            st, stage = _status_kb(), self.stage
+            self.anon[stage] = max(self.anon.get(stage, 0), st.get("RssAnon", 0))
+            self.file[stage] = max(self.file.get(stage, 0), st.get("RssFile", 0) + st.get("RssShmem", 0))
+            self.rss_peak = max(self.rss_peak, sum(st.get(k, 0) for k in ("RssAnon", "RssFile", "RssShmem")))
+            self._stop.wait(0.002)
+
+    def _close(self) -> None:
+        if HAS_CUDA:
+            peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+            self.gpu[self.stage] = max(self.gpu.get(self.stage, 0), peak)
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
+
+    def say(self, stage: str) -> None:
+        self._close()
+        self.stage = stage.split(" (")[0].split(":")[0]
+
+    def __enter__(self) -> MemProbe:
+        if HAS_CUDA:
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+        self._stop.set()
+        self._thread.join()
+
+
+STAGE_ORDER = ["loading reference", "loading candidate", "greedy", "reference", "candidate", "capture passes",
+               "comparing", "localizing", "auditing weights and scales"]
+
+
+def _stage_key(k: str) -> int:
+    return next((j for j, s in enumerate(STAGE_ORDER) if k.startswith(s)), len(STAGE_ORDER))
+
+
+def write_synthetic_ct_depths(path: Path, shape: dict, scheme: str, depths: list[int]) -> dict[int, Path]:
+    """The deepest checkpoint written once; shallower ones share its shards through symlinks (own config/index)."""
+    deepest = max(depths)
+    full = path / f"n{deepest}"
+    if not (full / "config.json").exists():
+        write_synthetic_ct(full, {**shape, "n_layers": deepest}, scheme)
+    out = {deepest: full}
+    wm = json.loads((full / "model.safetensors.index.json").read_text())["weight_map"]
+    for n in depths:
+        if n == deepest:
+            continue
+        d = path / f"n{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        keep = {k: v for k, v in wm.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < n}
+        for shard in set(keep.values()):
+            if not (d / shard).exists():
+                os.symlink(full / shard, d / shard)
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}))
+        (d / "config.json").write_text(json.dumps(_ct_config({**shape, "n_layers": n}, scheme), indent=1))
+        out[n] = d
+    return out
+
+
+def section_f(out: Path, work: Path, shape_name: str, depths: list[int], generate: int = 2) -> str:
+    """Streamed bisect (localization and audits on) at several depths: peak memory must not grow with depth."""
+    from layerbisect.graph import layer_fp32_bytes
+    from layerbisect.references.gguf_file import GGUFFile
+    from layerbisect.references.gguf_model import read_spec
+
+    shape = SHAPES[shape_name]
+    dev = "cuda" if HAS_CUDA else "cpu"
+    t0 = time.perf_counter()
+    cands = write_synthetic_ct_depths(work / f"f-{shape_name.replace('/', '_')}-FP8", shape, "FP8", depths)
+    ggufs = {}
+    for n in depths:
+        p = work / f"f-{shape_name.replace('/', '_')}-n{n}-Q8_0.gguf"
+        if not p.exists():
+            write_synthetic_gguf(p, {**shape, "n_layers": n}, "Q8_0")
+        ggufs[n] = p
+    QK_TEMPLATES.clear()
+    t_write = time.perf_counter() - t0
+    cfg = read_spec(GGUFFile(ggufs[depths[0]]))
+    layer = layer_fp32_bytes(cfg)
+    vd = 4 * cfg.vocab_size * cfg.d_model
+    ends = vd * (1 if cfg.tied_embeddings else 2)  # embedding and head of one side, FP32
+    cap = 2 * layer
+    bound = 3 * layer + 2 * ends
+    ids = list(range(1, 33))
+    rows, stage_rows = [], []
+    peaks: list[tuple[int, int, int, int]] = []
+    for n in depths:
+        if HAS_CUDA:
+            torch.cuda.empty_cache()
+        import layerbisect
+        from layerbisect.pipeline import CompareOptions
+
+        with MemProbe() as probe:
+            t1 = time.perf_counter()
+            rep = layerbisect.compare(ggufs[n], cands[n], options=CompareOptions(
+                tokens=ids, generate=generate, device=dev, memory_cap=cap, localize=True), status=probe.say)
+            total = time.perf_counter() - t1
+        rt = rep.record.runtime
+        mem = {m.side: m for m in rt.memory}
+        gpu_peak = max(probe.gpu.values(), default=0)
+        at = max(probe.gpu, key=probe.gpu.get) if probe.gpu else "-"
+        rows.append([n, f"{total:.1f}", _fmt_gib(gpu_peak) if HAS_CUDA else "-", _fmt_gib(bound),
+                     f"{gpu_peak / layer:.2f}" if HAS_CUDA else "-", at,
+                     _fmt_gib(mem["reference"].peak_live_weight_bytes),
+                     _fmt_gib(mem["candidate"].peak_live_weight_bytes),
+                     _fmt_gib(max(probe.anon.values())), _fmt_gib(max(probe.file.values())),
+                     "/".join(m.mode for m in rt.memory)])
+        for st in sorted(set(probe.anon) | set(probe.gpu), key=_stage_key):
+            stage_rows.append([n, st, _fmt_gib(probe.gpu.get(st)) if HAS_CUDA else "-", _fmt_gib(probe.anon.get(st)),
+                               _fmt_gib(probe.file.get(st)), f"{rt.timings_s.get(_timing_of(st), float('nan')):.1f}"])
+        print(rows[-1], flush=True)
+        peaks.append((n, gpu_peak, max(probe.anon.values()), max(probe.file.values())))
+        del rep
+    (n0, g0, a0, f0), (n1, g1, a1, f1) = peaks[0], peaks[-1]
+    if HAS_CUDA:
+        for n, g, _, _ in peaks:
+            ratio("1", f"streamed {shape_name}, {n} layers: peak GPU / (3 FP32 layers + embedding and head per side)",
+                  g / bound, 1.0, f"{g / 2**30:.2f} of {bound / 2**30:.2f} GiB")
+        ratio("1", f"streamed {shape_name}: peak GPU at {n1} layers / at {n0}", g1 / g0, 1.05,
+              f"{g1 / 2**30:.2f} vs {g0 / 2**30:.2f} GiB")
+    ratio("1", f"streamed {shape_name}: host anonymous peak at {n1} layers / at {n0}", a1 / a0, 1.1,
+          f"{a1 / 2**30:.2f} vs {a0 / 2**30:.2f} GiB (file-mapped: {f1 / 2**30:.2f} vs {f0 / 2**30:.2f} GiB)")
+    head = ["layers", "total s", "peak GPU GiB", "bound GiB", "peak / FP32 layer", "peak stage",
+            "ref live weights GiB", "cand live weights GiB", "host anon peak GiB", "host file-mapped peak GiB",
+            "mode ref/cand"]
+    lines = table(head, rows) + ["", "Per stage (peak GPU reset at each stage; host peaks sampled every 2 ms):", ""]
+    lines += table(["layers", "stage", "peak GPU GiB", "host anon GiB", "host file-mapped GiB", "stage s"],
+                   stage_rows)
+    return emit(out, "bounded.md", f"(f) Bounded streaming at the {shape_name} shape over depth", lines, [
+        f"shape {shape}; Q8_0 GGUF vs FP8 (compressed-tensors) checkpoint, both streamed under a cap of "
+        f"{cap / 2**30:.2f} GiB per side (2 FP32 layers); {len(ids)} prompt tokens + {generate} generated; "
+        f"localization and audits on; files written in {t_write:.0f} s",
+        f"one FP32 layer {layer / 2**30:.2f} GiB; embedding + head of one side {ends / 2**30:.2f} GiB FP32; "
+        f"bound = 3 layers + embedding and head of each side = {bound / 2**30:.2f} GiB",
+        "live weights: the streamer's exact count of weight bytes it holds (LiveBytes), per side",
+    ])
+
+
+# --- (g) two GPUs ----------------------------------------------------------------------------------
+
+
+def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
+              devices: tuple[str, str] = ("cuda:0", "cuda:1")) -> str:
+    """The synthetic model (Q8_0 vs FP8, localization and audits on) on one GPU and on two (reference on cuda:0,
+    candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each."""
+    if devices[1].startswith("cuda") and torch.cuda.device_count() < 2:
+        return emit(out, "two_gpus.md", "(g) One GPU vs two", [f"skipped: {torch.cuda.device_count()} CUDA devices"])
+    shape = SHAPES[shape_name]
+    t0 = time.perf_counter()
+    ref, cand = work / f"g-{shape_name}-Q8_0.gguf", work / f"g-{shape_name}-FP8"
+    if not ref.exists():
+        write_synthetic_gguf(ref, shape, "Q8_0")
+    if not (cand / "config.json").exists():
+        write_synthetic_ct(cand, shape, "FP8")
+    QK_TEMPLATES.clear()
+    t_write = time.perf_counter() - t0
+    ids = list(range(1, 33))
+    a, b = devices
+    configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
+               f"two GPUs (ref {a}, cand {b})": dict(ref_device=a, cand_device=b)}
+    order = [k for i in range(repeats) for k in (list(configs) if i % 2 == 0 else list(configs)[::-1])]
+    best: dict[str, dict] = {}
+    rows = []
+    for label in order:
+        if HAS_CUDA:
+            torch.cuda.empty_cache()
+        r = run_compare(ref, cand, a, tokens=ids, generate=4, **configs[label])
+        rows.append(_breakdown_rows(label, r, a))
+        print(rows[-1], flush=True)
+        if label not in best or r["total_s"] < best[label]["total_s"]:
+            best[label] = r
+    one, two = (best[k]["total_s"] for k in configs)
+    ratio("4", f"{shape_name} Q8_0 vs FP8, localization on: two GPUs / one GPU (best of {repeats} each)", two / one,
+          0.6, f"{two:.1f} s vs {one:.1f} s")
+    return emit(out, "two_gpus.md", f"(g) One GPU vs two, synthetic {shape_name}", table(BREAKDOWN, rows), [
+        f"shape {shape}; 32 prompt tokens + 4 generated; localization and audits on; runs alternate "
+        f"({', '.join(order)}); files written in {t_write:.0f} s",
+        "two devices: both sides load, generate and run their capture passes at once (two threads)",
+    ])
+
+
+def _timing_of(stage: str) -> str:
+    return {"loading reference": "load_reference", "loading candidate": "load_candidate", "greedy": "generate",
+            "reference": "run_reference", "candidate": "run_candidate", "capture passes": "run_both_wall",
+            "comparing": "compare", "localizing": "localize", "auditing weights and scales": "localize"}.get(
+        stage, stage)
+
+
 # --- (e) GEMM --------------------------------------------------------------------------------
 
 
@@ -493,11 +825,14 @@ def section_e(out: Path, repeats: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="directory for the markdown tables")
-    ap.add_argument("--sections", default="a,b,c,d,e")
+    ap.add_argument("--sections", default="a,b,c,d,e,f,g")
     ap.add_argument("--gguf", type=Path, default=None, help="Gemma 3 270M GGUF for (b)")
     ap.add_argument("--cand", type=Path, default=None, help="quantized Gemma 3 270M checkpoint dir for (b)")
     ap.add_argument("--shape", choices=list(SHAPES), default="8b" if HAS_CUDA else "small")
     ap.add_argument("--size", type=int, default=4096, help="(a): NxN elements per type")
+    ap.add_argument("--f-shape", choices=list(SHAPES), default="70b-layer" if HAS_CUDA else "70b-layer/8",
+                    help="(f): the layer shape streamed at several depths")
+    ap.add_argument("--depths", default="2,6,12", help="(f): the depths")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--work", type=Path, default=None, help="where synthetic files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
@@ -535,6 +870,12 @@ def main(argv: list[str] | None = None) -> int:
             step("d", lambda: section_d(args.out, made, args.shape))
         if "e" in sections:
             step("e", lambda: section_e(args.out, 20 if HAS_CUDA else 3))
+        if "g" in sections:
+            step("g", lambda: section_g(args.out, work, args.shape))
+        if "f" in sections:
+            depths = [int(x) for x in args.depths.split(",")]
+            step("f", lambda: section_f(args.out, work, args.f_shape, depths))
+        step("ratios", lambda: ratios_section(args.out))
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -36,6 +36,25 @@ from .errors import InputError
 from .graph import get_module, set_module
 
 
+class OnDevice(torch.nn.Module):
+    """A module run where its weights are, called from another device: the input goes there, the output comes back.
+
+    The reference's FP32 linear swapped into a candidate on another GPU (``--ref-device cuda:0
+    --cand-device cuda:1``) stays on its own device: no copy of its weights is made.
+    """
+
+    def __init__(self, inner: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.inner, self.device = inner, torch.device(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.device)).to(x.device)
+
+
+def _module_device(m: torch.nn.Module) -> torch.device | None:
+    return next((t.device for t in [*m.parameters(), *m.buffers()] if t.device.type != "meta"), None)
+
+
 class ModuleBisect:
     """Pure state machine; see the module notes."""
 
@@ -185,6 +204,10 @@ def bisect_runners(
     mods = [m for n in names for m in units[n]]
     quant = {m: get_module(cand_runner.model, m) for m in mods}
     dense = {m: get_module(ref_runner.model, m) for m in mods}
+    for m, mod in dense.items():  # the sides may sit on two devices: a reference linear runs on its own
+        dev, cdev = _module_device(mod), _module_device(quant[m])
+        if dev is not None and cdev is not None and dev != cdev:
+            dense[m] = OnDevice(mod, dev)
     history: list[dict[str, Any]] = []
 
     def run(keep: Sequence[str]) -> tuple[bool, dict[str, float]]:

@@ -925,9 +925,10 @@ def clean_candidate(root: Path, src: dict[str, Path], arch: str, scheme: str, **
     """The producer's checkpoint (cached under ``$LAYERBISECT_CACHE/candidates``, keyed by source and options)."""
     from .producers.quantize import quantize_checkpoint
 
-    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$")
+    # Cached by content (the tiny sources are seeded, so a warm cache skips llmcompressor);
+    # MoE routers stay unquantized, as every published MoE recipe keeps them ("re:.*mlp.gate$").
     ignore = ("lm_head", "re:.*mlp.gate$") if arch == "qwen3moe" else ("lm_head",)
-    return quantize_checkpoint(src["hf"], scheme, **{"ignore": ignore, **producer_kw})
+    return quantize_checkpoint(src["hf"], scheme, None, **{"ignore": ignore, **producer_kw})
 
 
 def prompt_ids_for(hf_dir: Path) -> list[int]:

@@ -27,6 +27,7 @@ from .comparison.routing import is_route_point
 from .graph import get_module
 from .graph.context import context_points, layer_cache
 from .graph.probe import linear_inputs
+from .kernels import on_device
 from .runner import ModelRunner
 
 
@@ -53,7 +54,8 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
         cache = layer_cache(model.cfg, ref_caps, i, dev)  # shared K/V, per-layer inputs: the reference's
         model.rec.captures = caps
         try:
-            layer(x_in.to(dev), pos, cache)
+            with on_device(dev):
+                layer(x_in.to(dev), pos, cache)
         finally:
             model.rec.captures = None
         ops = []
@@ -84,8 +86,10 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
             continue
         for name, x in linear_inputs(rm, i, x_in, caps=ref_caps).items():
             r_lin, c_lin = get_module(rm, name), get_module(cm, name)
-            y_ref = r_lin(x.to(rm.device)).float().cpu()
-            y_cand = c_lin(x.to(cm.device)).float().cpu()
+            # both sides are queued before either result is waited for: on two devices they overlap
+            y_ref_dev = r_lin(x.to(rm.device))
+            y_cand_dev = c_lin(x.to(cm.device))
+            y_ref, y_cand = y_ref_dev.float().cpu(), y_cand_dev.float().cpu()
             cmin, rmax = _agg(y_ref, y_cand)
             nonfinite = int((~torch.isfinite(y_cand)).sum())
             # best-fit scale α (cand ≈ α·ref): a scale bug shows as α far from 1 at high cosine

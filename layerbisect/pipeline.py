@@ -104,31 +104,22 @@ def compare(
         raise InputError("candidate", "give exactly one of a candidate checkpoint or --candidate-dump")
 
     t0 = time.perf_counter()
-    say("loading reference")
     ref_dev, cand_dev = o.ref_device or o.device, o.cand_device or o.device
     share = 2 if cand is not None and torch.device(ref_dev) == torch.device(cand_dev) else 1
     concurrent = o.concurrent if o.concurrent is not None else cand is not None and share == 1
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ref_runner = _memory_mode(open_runner(ref, device=ref_dev, progress=progress), o, share).activate()
-    use_tokenizer(ref_runner, o.tokenizer)
-    timings["load_reference"] = time.perf_counter() - t0
 
-    dump_caps: Captures | None = None
-    cand_runner: ModelRunner | None = None
-    if candidate_dump is not None:
-        from .engines.dump import load_dump
+    def load_reference() -> ModelRunner:
+        t = time.perf_counter()
+        runner = _memory_mode(open_runner(ref, device=ref_dev, progress=progress), o, share).activate()
+        use_tokenizer(runner, o.tokenizer)
+        timings["load_reference"] = time.perf_counter() - t
+        return runner
 
-        dump_caps = load_dump(
-            candidate_dump,
-            token_ids=list(o.tokens) if o.tokens else None,
-            name_map=o.dump_map,
-            config=ref_runner.config,
-        )
-    else:
-        t0 = time.perf_counter()
-        say("loading candidate")
-        cand_runner = _memory_mode(
+    def load_candidate() -> ModelRunner:
+        t = time.perf_counter()
+        runner = _memory_mode(
             open_runner(
                 cand,  # type: ignore[arg-type]
                 device=cand_dev,
@@ -140,7 +131,32 @@ def compare(
             o,
             share,
         ).activate()
-        timings["load_candidate"] = time.perf_counter() - t0
+        timings["load_candidate"] = time.perf_counter() - t
+        return runner
+
+    cand_runner: ModelRunner | None = None
+    if cand is not None and concurrent and share == 1:  # two devices: each side loads onto its own at once
+        say("loading reference and candidate (both sides at once)")
+        ref_runner, cand_runner = _both(load_reference, load_candidate, True)
+        timings["load_both_wall"] = time.perf_counter() - t0
+    else:
+        say("loading reference")
+        ref_runner = load_reference()
+
+    dump_caps: Captures | None = None
+    if candidate_dump is not None:
+        from .engines.dump import load_dump
+
+        dump_caps = load_dump(
+            candidate_dump,
+            token_ids=list(o.tokens) if o.tokens else None,
+            name_map=o.dump_map,
+            config=ref_runner.config,
+        )
+    else:
+        if cand_runner is None:
+            say("loading candidate")
+            cand_runner = load_candidate()
         check_candidate(ref_runner, cand_runner)
         compute = getattr(getattr(cand_runner, "options", None), "compute_dtype", "fp32")
         if compute != "fp32" and cand_runner.streaming:
@@ -157,7 +173,7 @@ def compare(
 
         check_length(len(prompt_ids), gen, ref_runner.config)
     if cand_runner is not None:
-        findings += _tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
+        findings += tokenizer_findings(ref_runner, cand_runner, o, prompt_ids)
         calibrate = getattr(cand_runner, "calibrate_kv", None)
         if calibrate is not None:  # --kv-scales calibrate: the chosen first pass, before anything else runs
             say("calibrating the KV-cache scales")
@@ -202,7 +218,7 @@ def compare(
         ref_caps = align_to_dump(ref_caps, dump_caps)
         timings["run_candidate"] = time.perf_counter() - t0
     for caps, runner in ((ref_caps, ref_runner), (cand_caps, cand_runner)):
-        if runner is not None and cand_runner is None:  # with both runners, _tokenizer_findings says more
+        if runner is not None and cand_runner is None:  # with both runners, tokenizer_findings says more
             fp = _tokenizer_fingerprint(runner)
             if fp:
                 caps.meta["tokenizer_fingerprint"] = fp
@@ -291,7 +307,8 @@ def compare(
 
         t0 = time.perf_counter()
         say("expected lane: the reference's weights in the candidate's format")
-        exp_run = run_expected(ref_runner, cand_runner, ids, ref_caps, info, thresholds, o.select)
+        with torch.no_grad():  # as localization: no autograd graph may keep the lane's temporaries
+            exp_run = run_expected(ref_runner, cand_runner, ids, ref_caps, info, thresholds, o.select)
         timings["expected_lane"] = time.perf_counter() - t0
     loc = None
     if o.localize and cand_runner is not None:
@@ -299,8 +316,9 @@ def compare(
 
         t0 = time.perf_counter()
         say("localizing (activation patching)")
-        loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say,
-                       expected=(exp_run.layers, exp_run.modules) if exp_run is not None else None)
+        with torch.no_grad():  # the models' parameters may require grad: no autograd graph may keep temporaries
+            loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say,
+                           expected=(exp_run.layers, exp_run.modules) if exp_run is not None else None)
         if loc is not None:
             report.put(localization=loc)
         timings["localize"] = time.perf_counter() - t0
@@ -315,7 +333,8 @@ def compare(
 
         t0 = time.perf_counter()
         say("auditing weights and scales")
-        report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
+        with torch.no_grad():
+            report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
         timings["audit"] = time.perf_counter() - t0
     from .streaming import streaming_meta
 
@@ -410,7 +429,7 @@ def _peak_memory() -> dict[str, int]:
     return out
 
 
-def _tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:
+def tokenizer_findings(ref: ModelRunner, cand: ModelRunner, o: CompareOptions, ids: list[int]) -> list[Finding]:
     """How the two tokenizers segment the prompt (``tokenizer.segmentation``); both sides always run ``ids``.
 
     The compared ids are the same on both sides here (the reference's encoding, or ``--tokens``), so a

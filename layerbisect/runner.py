@@ -20,6 +20,7 @@ import torch
 from .capture import Captures, Selector
 from .errors import InputError
 from .graph import Decoder, KVCache
+from .kernels import on_device
 from .spec import ModelSpec
 
 
@@ -52,10 +53,11 @@ class ModelRunner:
                 stream, self.stream_reason = streaming.decide_stream(
                     self.stream, cfg, self.device, self.memory_cap, self.memory_share
                 )
-            if stream:
-                streaming.build_streamed(self)
-            else:
-                self._build()
+            with on_device(self.device):  # a loader's kernels (GGUF dequantization) launch on this device
+                if stream:
+                    streaming.build_streamed(self)
+                else:
+                    self._build()
             self.load_seconds = time.perf_counter() - t0
         return self
 
@@ -90,6 +92,11 @@ class ModelRunner:
         """One whole-sequence pass over ``token_ids`` with captures at the selected points."""
         self.activate()
         assert self.model is not None
+        with on_device(self.device):
+            return self._run(token_ids, select=select, summary_only=summary_only)
+
+    def _run(self, token_ids: Sequence[int], *, select: str | Sequence[str] | None, summary_only: bool) -> Captures:
+        assert self.model is not None
         caps = Captures(selector=Selector(select), summary_only=summary_only, token_ids=list(token_ids))
         caps.meta.update({"runner": self.kind, "path": self.path, "arch": self.model.cfg.arch})
         self.model.rec.captures = caps
@@ -109,6 +116,11 @@ class ModelRunner:
     ) -> list[int]:
         """Greedy-decode n tokens through the KV cache; returns the new ids only."""
         self.activate()
+        with on_device(self.device):
+            return self._generate(token_ids, n, stop_at_eos=stop_at_eos, captures=captures)
+
+    def _generate(self, token_ids: Sequence[int], n: int, *, stop_at_eos: bool,
+                  captures: Captures | None) -> list[int]:
         assert self.model is not None
         model, cache = self.model, KVCache()
         model.rec.captures = captures

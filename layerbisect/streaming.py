@@ -50,6 +50,7 @@ import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,8 +73,10 @@ __all__ = [
     "decide_stream",
     "estimate_fp32_bytes",
     "free_device_bytes",
+    "free_module",
     "module_nbytes",
     "peak_memory",
+    "row_blocks",
 ]
 
 
@@ -121,6 +124,33 @@ def module_nbytes(m: nn.Module) -> int:
         seen.add(key)
         n += t.numel() * t.element_size()
     return n
+
+
+def free_module(m: nn.Module) -> None:
+    """Give back the memory of a part that is done: every parameter's and buffer's storage is emptied.
+
+    A layer handed out by the lazy sequence may still be referenced by a caller (a loop
+    variable, a module taken from it, a ``state_dict`` view), which would keep its weights
+    alive past the point where the streamer counted them freed. Emptying the storages
+    (``resize_(0)``, as FSDP frees unsharded parameters) frees them whatever references
+    remain; a released part is dead: using it afterwards raises. Storages that are not ours
+    to resize (a memory-mapped file) are left alone. Tensors cached as plain attributes
+    (a dequantized weight) are dropped.
+    """
+    seen: set[int] = set()
+    for mod in m.modules():
+        for t in [*mod._parameters.values(), *mod._buffers.values()]:
+            if t is None or t.device.type == "meta":
+                continue
+            st = t.untyped_storage()
+            if st.data_ptr() in seen:
+                continue
+            seen.add(st.data_ptr())
+            if st.resizable():
+                st.resize_(0)
+        for k, v in list(vars(mod).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(mod, k, None)
 
 
 def free_device_bytes(device: str | torch.device) -> int:
@@ -189,6 +219,14 @@ class PartSource:
     def head_module(self) -> nn.Module:
         raise NotImplementedError
 
+    def weight_rows(self, name: str, lo: int, hi: int) -> torch.Tensor | None:
+        """FP32 rows lo..hi of ``embed.weight`` or ``lm_head.weight``; None when the head is quantized (whole only)."""
+        if name == "embed.weight":
+            return self.embed_rows(torch.arange(lo, hi))
+        if name == "lm_head.weight":
+            return self.head_rows(lo, hi)
+        raise KeyError(name)
+
     def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
         """The model-level half of per-layer input embeddings (Gemma 4 PLE), loaded whole."""
         raise NotImplementedError
@@ -243,6 +281,11 @@ class GGUFSource(PartSource):
         src = self.tmap.sources["embed.weight" if self.cfg.tied_embeddings else "lm_head.weight"]
         return self._dequant(src, slice(lo, hi))
 
+    def weight_rows(self, name: str, lo: int, hi: int) -> torch.Tensor | None:
+        if name == "embed.weight":  # a range of rows: a slice of whole blocks, no index array
+            return self._dequant(self.tmap.sources["embed.weight"], slice(lo, hi))
+        return super().weight_rows(name, lo, hi)
+
     def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
         with torch.device("meta"):
             part = PerLayerInputs(self.cfg, rec)
@@ -280,7 +323,7 @@ class CheckpointSource(PartSource):
             sl = f.get_slice(key)
             rows = torch.cat([sl[int(t) : int(t) + 1] for t in ids.tolist()]) if len(ids) else None
         assert rows is not None
-        return rows.float().to(self.device)
+        return rows.to(self.device).float()  # converted where it lands: no FP32 copy on the host
 
     def final_norm(self) -> RMSNorm:
         from .candidates.whatif_norms import final_norm_module
@@ -293,18 +336,42 @@ class CheckpointSource(PartSource):
         _load_part(norm, state, "final_norm")
         return norm.to(self.device)
 
+    @cached_property
+    def _dense_head_key(self) -> str | None:
+        """The checkpoint key of a row-sliceable head: the embedding when tied, else an unquantized lm_head."""
+        if self.cfg.tied_embeddings:
+            return self.plan.dense["embed.weight"][0]
+        group = self.plan.groups.get("lm_head", {})
+        if set(group) != {"weight"}:
+            return None  # a quantized head (weight scales ...): loaded whole
+        from safetensors import safe_open
+
+        key = group["weight"]
+        with safe_open(self.ck.where[key], "pt") as f:
+            dtype = f.get_slice(key).get_dtype()
+        return key if dtype in ("F32", "BF16", "F16") else None
+
     def head_rows(self, lo: int, hi: int) -> torch.Tensor | None:
-        if not self.cfg.tied_embeddings:
+        key = self._dense_head_key
+        if key is None:
             return None
         from safetensors import safe_open
 
-        key, _ = self.plan.dense["embed.weight"]
         with safe_open(self.ck.where[key], "pt") as f:
-            return f.get_slice(key)[lo:hi].float().to(self.device)
+            return f.get_slice(key)[lo:hi].to(self.device).float()
 
     def head_module(self) -> nn.Module:
         _, linears = self.runner.materialize(self.plan, "lm_head")
         return linears[""].to(self.device)
+
+    def weight_rows(self, name: str, lo: int, hi: int) -> torch.Tensor | None:
+        if name == "embed.weight":  # a range of rows: one slice read, not one per row
+            from safetensors import safe_open
+
+            key, _ = self.plan.dense["embed.weight"]
+            with safe_open(self.ck.where[key], "pt") as f:
+                return f.get_slice(key)[lo:hi].to(self.device).float()
+        return super().weight_rows(name, lo, hi)
 
     def per_layer_part(self, rec: Recorder) -> PerLayerInputs:
         with torch.device("meta"):
@@ -354,6 +421,8 @@ class _LazyLayers(Sequence):
     def release(self) -> None:
         if self.index is not None:
             self.owner.tracker.drop(f"layer.{self.index}")
+            if self.current is not None:
+                free_module(self.current)  # freed now, whoever still holds a reference to it
         self.index, self.current = None, None
 
 
@@ -479,6 +548,32 @@ class StreamedDecoder:
     def state_dict(self) -> LazyStateDict:
         return LazyStateDict(self)
 
+    def row_blocks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor] | None:
+        """``embed.weight`` / ``lm_head.weight`` as FP32 blocks of rows of at most ``max_bytes`` each, in order.
+
+        Each block is counted live until the consumer asks for the next one. None for a quantized
+        head (not row-sliceable: ``lm_head`` gives the whole module).
+        """
+        if name == "lm_head.weight" and self.source.weight_rows(name, 0, 1) is None:
+            return None
+        return self._row_blocks(name, max_bytes)
+
+    def _row_blocks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
+        self.layers.release()  # one part alive at a time: a layer left from the last walk goes first
+        V, d = self.cfg.vocab_size, self.cfg.d_model
+        step = max(1, min(V, max_bytes // (4 * d)))
+        for lo in range(0, V, step):
+            hi = min(V, lo + step)
+            w = self.source.weight_rows(name, lo, hi)
+            assert w is not None
+            tag = f"{name}[{lo}:{hi}]"
+            self.tracker.add(tag, w.numel() * w.element_size())
+            try:
+                yield w
+            finally:
+                del w
+                self.tracker.drop(tag)
+
 
 class LazyStateDict(Mapping):
     """``state_dict()`` of a streamer: names in graph order; a layer's tensors are read when asked for.
@@ -503,7 +598,10 @@ class LazyStateDict(Mapping):
             yield from self._layer_keys(i)
         yield "final_norm.weight"
         if not self.model.cfg.tied_embeddings:
-            yield from (f"lm_head.{k}" for k in self.model.lm_head.state_dict())
+            if self.model.source.weight_rows("lm_head.weight", 0, 1) is not None:
+                yield "lm_head.weight"  # a dense head: listed without reading it
+            else:
+                yield from (f"lm_head.{k}" for k in self.model.lm_head.state_dict())
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -552,6 +650,26 @@ class LazyModules(Mapping):
         for part in rest.split("."):
             m = m[int(part)] if part.isdigit() else getattr(m, part)  # type: ignore[index]
         return m
+
+
+def row_blocks(model: Any, name: str, max_bytes: int) -> Iterator[torch.Tensor] | None:
+    """``embed.weight`` / ``lm_head.weight`` of a resident ``Decoder`` or a ``StreamedDecoder`` as FP32 row blocks.
+
+    Whole-vocabulary weights are the largest tensors of a model (4·V·d bytes: 3.9 GiB at
+    vocabulary 128256 and width 8192); consumers that only reduce over them (the weight
+    audit) take them a block of at most ``max_bytes`` at a time, so neither side's copy is
+    ever whole in FP32 beyond what the model itself holds. None when the tensor is not
+    row-sliceable (a quantized head): the caller takes the module's dequantized weight.
+    """
+    if isinstance(model, StreamedDecoder):
+        return model.row_blocks(name, max_bytes)
+    owner = model.embed if name == "embed.weight" else model.lm_head
+    w = getattr(owner, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    d = w.shape[-1]
+    step = max(1, min(w.shape[0], max_bytes // (4 * max(d, 1))))
+    return (w[lo : lo + step].float() for lo in range(0, w.shape[0], step))
 
 
 # --- building a streamed runner ---------------------------------------------------------------

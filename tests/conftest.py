@@ -84,7 +84,7 @@ def tiny_quantized(tmp_path_factory):
             hf_dirs[arch] = (hf, converted_gguf(hf, outtype="f32"))
         if (arch, scheme) not in made:
             hf, gguf = hf_dirs[arch]
-            made[(arch, scheme)] = (gguf, quantize_checkpoint(hf, scheme, root / f"{arch}-{scheme}"))
+            made[(arch, scheme)] = (gguf, quantize_checkpoint(hf, scheme))  # cached by content
         return made[(arch, scheme)]
 
     return get

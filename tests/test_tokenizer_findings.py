@@ -11,7 +11,7 @@ from tokenizers.models import WordLevel
 
 from layerbisect.comparison.findings import detect_tokenizer_mismatch
 from layerbisect.comparison.gate import GateConfig
-from layerbisect.pipeline import CompareOptions, _tokenizer_findings
+from layerbisect.pipeline import CompareOptions, tokenizer_findings
 from layerbisect.tokenizer import Tokenizer, segmentation
 
 WORDS = ["<bos>", "<unk>", "The", "capital", "of", "France", "is"]
@@ -47,7 +47,7 @@ def test_segmentation_first_difference_and_pieces() -> None:
 
 def test_tokens_given_difference_is_a_warning_showing_both_segmentations() -> None:
     ids = REF.encode(PROMPT)
-    (f,) = _tokenizer_findings(_run(REF), _run(CHARWISE), CompareOptions(prompt=None, tokens=ids), ids)
+    (f,) = tokenizer_findings(_run(REF), _run(CHARWISE), CompareOptions(prompt=None, tokens=ids), ids)
     assert f.kind == "tokenizer_mismatch" and f.severity == "warning"
     assert "6 vs 21 tokens, first at position 1 (id 2 'The' vs id" in f.title
     assert "<bos>|The|capital|of|France|is" in f.detail and "<bos>|T|h|e|c|a|p" in f.detail
@@ -58,16 +58,16 @@ def test_tokens_given_difference_is_a_warning_showing_both_segmentations() -> No
 
 def test_prompt_encoded_differently_is_an_error_not_critical() -> None:
     ids = REF.encode(PROMPT)
-    (f,) = _tokenizer_findings(_run(REF), _run(CHARWISE), CompareOptions(prompt=PROMPT), ids)
+    (f,) = tokenizer_findings(_run(REF), _run(CHARWISE), CompareOptions(prompt=PROMPT), ids)
     assert f.severity == "error" and f.token_index == 1
 
 
 def test_same_segmentation_other_vocabulary_is_a_warning() -> None:
     ids = REF.encode(PROMPT)
-    (f,) = _tokenizer_findings(_run(REF), _run(RENAMED), CompareOptions(prompt=PROMPT), ids)
+    (f,) = tokenizer_findings(_run(REF), _run(RENAMED), CompareOptions(prompt=PROMPT), ids)
     assert f.severity == "warning" and "both segment the prompt the same way" in f.title
     assert f.evidence["ref_fingerprint"] != f.evidence["cand_fingerprint"]
-    assert _tokenizer_findings(_run(REF), _run(REF), CompareOptions(prompt=PROMPT), ids) == []
+    assert tokenizer_findings(_run(REF), _run(REF), CompareOptions(prompt=PROMPT), ids) == []
 
 
 def test_compared_ids_that_differ_are_critical_with_both_strings() -> None:

@@ -48,22 +48,27 @@ def headroom_rows(ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict
     """
     from ..graph.probe import linear_inputs
 
-    order = {name: j for j, name in enumerate(cand_runner.quant_linears())}  # execution order
-    static = {name: lim for name, lin in cand_runner.quant_linears().items()
-              if name.startswith("layers.") and (lim := static_limit(lin)) is not None}
+    lins = cand_runner.quant_linears()
+    order = {name: j for j, name in enumerate(lins)}  # execution order (names only: nothing is built)
+    by_layer: dict[int, list[str]] = {}
+    for name in lins:
+        if name.startswith("layers."):
+            by_layer.setdefault(int(name.split(".")[1]), []).append(name)
     rows = []
-    for li in sorted({int(n.split(".")[1]) for n in static}):
+    # one walk over the layers: the candidate's layer i (its static scales) beside the reference's layer i
+    # (its linears' inputs), so a streamed model reads each layer once and keeps one per side alive
+    for li, names in sorted(by_layer.items()):
+        static = {name: lim for name in names if (lim := static_limit(lins[name])) is not None}
         x_in = ref_caps.tensors.get("embed" if li == 0 else f"layers.{li - 1}.out")
-        if x_in is None:
+        if not static or x_in is None:
             continue
         inputs = linear_inputs(ref_runner.model, li, x_in, caps=ref_caps)
-        for name in [n for n in static if int(n.split(".")[1]) == li]:
+        for name, (kind, limit) in static.items():
             x = inputs.get(name)
             if x is None:
                 continue
             x = x.float()
             amax = float(x.abs().max())
-            kind, limit = static[name]
             if kind.startswith("nvfp4"):
                 blocks = x.reshape(-1, x.shape[-1] // 16, 16).abs().amax(-1)
                 over = float((blocks > limit).float().mean())

@@ -115,6 +115,10 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
+    def close(self) -> None:
+        """Drop the open files (and their mappings, once no tensor views them); the next read reopens."""
+        self._handles.clear()
+
     def _handle(self, p: Path) -> Any:
         h = self._handles.get(p)
         if h is None:

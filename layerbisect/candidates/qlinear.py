@@ -44,6 +44,7 @@ from layerbisect.errors import InputError
 from layerbisect.kernels import fp8 as kfp8
 from layerbisect.kernels import mxfp4 as kmx
 from layerbisect.kernels import nvfp4 as knv
+from layerbisect.kernels import on_device
 
 ActMode = Literal["none", "fp8_static_tensor", "fp8_dynamic_token", "fp8_dynamic_group", "nvfp4", "mxfp4"]
 
@@ -135,7 +136,8 @@ class QuantLinear(torch.nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32)  # (T, in)
         self._observe(x2)
-        y = self._matmul(x2)  # (T, out) float32
+        with on_device(x2.device):  # called from another device's thread (localization, two GPUs)
+            y = self._matmul(x2)  # (T, out) float32
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -145,6 +147,22 @@ class QuantLinear(torch.nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _weight_fp32(self) -> torch.Tensor:
+        """The dequantized weight for the emulated GEMM, kept after the first call on the CPU.
+
+        On the CPU the dequantization (an FP8 or FP4 decode and a scale, element by element) costs
+        more than the matmul it feeds, and a run calls each linear once per decode step and once
+        per pass: the FP32 copy is made once (what a resident FP32 side holds anyway; a streamed
+        layer drops it with the layer). On a GPU it is recomputed per call (memory-bound, cheap).
+        The operands are the same bits either way, so the result is too.
+        """
+        w = self._w_dq
+        if w is not None and w.device == next(self.buffers()).device:  # a module moved since drops it
+            return w
+        w = self.dequantized_weight()
+        self._w_dq = w if w.device.type == "cpu" else None
+        return w
 
     def permute_out_rows(self, perm: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -267,15 +285,15 @@ class FP8Linear(QuantLinear):
                 if self._w_dq is None or self._w_dq.device != x2.device:
                     self._w_dq = self.dequantized_weight().to(x2.device)
                 return x2 @ self._w_dq.T
-            return x2 @ self.dequantized_weight().T
+            return x2 @ self._weight_fp32().T
         a_block = self._act_block()
         if self.act_mode == "fp8_static_tensor":
             self._stats["saturated"] += int((x2.abs() / self.input_scale > kfp8.FP8_MAX).sum())
             a_q, a_s = kfp8.quantize_fp8(x2, a_block, self.input_scale)
         else:
             a_q, a_s = kfp8.quantize_fp8(x2, a_block)
-        if not native:
-            return kfp8.fp8_gemm(a_q, a_s, a_block, self.weight_q, self.weight_scale, self.w_block, impl="emulate")
+        if not native:  # kfp8.fp8_gemm_emulated, with the weight's dequantization kept (``_weight_fp32``)
+            return kfp8.dequantize_fp8(a_q, a_s, a_block) @ self._weight_fp32().T
         kind = kfp8.classify_blocks(tuple(a_q.shape), a_block, tuple(self.weight_q.shape), self.w_block)
         if kind is not None and (kfp8.scaled_mm_supports(kind, torch.float32)
                                  or kfp8.scaled_mm_supports(kind, torch.bfloat16)):
@@ -386,15 +404,16 @@ class NVFP4Linear(QuantLinear):
                 if self._w_dq is None or self._w_dq.device != x2.device:
                     self._w_dq = self.dequantized_weight().to(x2.device)
                 return x2 @ self._w_dq.T
-            return x2 @ self.dequantized_weight().T
+            return x2 @ self._weight_fp32().T
         gs = self._act_global_scale(x2).to(x2.device)
         codes, s8, overflow = knv.quantize_nvfp4(x2, gs)
         self._stats["blocks"] += int(overflow.numel())
         self._stats["block_scale_overflow"] += int(overflow.sum())
         self._stats["last_global_scale"] = float(gs)
-        impl = "triton" if native else "emulate"
+        if not native:  # knv.nvfp4_gemm emulated, with the weight's dequantization kept (``_weight_fp32``)
+            return knv.dequantize_nvfp4(codes, s8, knv.GlobalScale(gs, "divide")) @ self._weight_fp32().T
         return knv.nvfp4_gemm(codes, s8, knv.GlobalScale(gs, "divide"), self.weight_packed, self.weight_scale,
-                              self.w_global, impl=impl)
+                              self.w_global, impl="triton")
 
     def dequantized_weight(self) -> torch.Tensor:
         return knv.dequantize_nvfp4_packed(self.weight_packed, self.weight_scale, self.w_global)

@@ -84,6 +84,8 @@ class CandidateRunner(ModelRunner):
             install(self.model, self.options.compute_dtype)
         assert self.checkpoint is not None
         self.tokenizer = self.checkpoint.tokenizer()
+        _own_file_tensors(model)
+        self.checkpoint.close()  # reopened on demand (the scale audit reads a few small tensors)
 
     def plan(self) -> CandidatePlan:
         """Map every checkpoint key to the graph and check completeness; reads only small tensors (KV scales)."""
@@ -323,6 +325,28 @@ def check_primary_shape(module: str, tensors: dict[str, torch.Tensor], shape: tu
     elif "weight" in tensors and tuple(tensors["weight"].shape) != shape:
         got = tuple(tensors["weight"].shape)
         raise InputError(module, f"weight has shape {got}, expected {shape} from config.json")
+
+
+def _own_file_tensors(model: nn.Module) -> None:
+    """Copy the CPU tensors that still view a checkpoint file's mapping into memory of their own.
+
+    safetensors hands out tensors over a private mapping of the file (storages that cannot be
+    resized); while one of them lives, the pages of the file read so far stay in this process's
+    RSS (the BF16 embedding read once to convert it: with the open handles, 0.32 GB for Gemma 3
+    270M, measured). Copying the views left (the quantized weights) and closing the files lets the
+    mapping go. Same bits.
+    """
+    copies: dict[int, torch.Tensor] = {}  # a tensor shared by two modules stays shared
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for k, t in table.items():
+                if t is None or t.device.type != "cpu" or t.untyped_storage().resizable():
+                    continue  # on a device, or already memory of its own
+                if id(t) not in copies:
+                    c = t.detach().clone()
+                    is_param = isinstance(t, nn.Parameter)
+                    copies[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if is_param else c
+                table[k] = copies[id(t)]
 
 
 class TiedHead(nn.Module):

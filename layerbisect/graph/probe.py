@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..capture import Captures
+from ..kernels import on_device
 from .attention import KVCache
 from .context import layer_cache
 
@@ -45,7 +46,8 @@ def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.T
     saved = model.rec.captures
     model.rec.captures = None
     try:
-        layer(x_in.to(dev), pos.to(dev), cache)
+        with on_device(dev):
+            layer(x_in.to(dev), pos.to(dev), cache)
     finally:
         model.rec.captures = saved
         for h in handles:

@@ -32,6 +32,8 @@ import os
 import torch
 from gguf import GGMLQuantizationType as QT
 
+from layerbisect.kernels import on_device
+
 try:  # pragma: no cover - depends on the environment
     import triton
     import triton.language as tl
@@ -217,5 +219,6 @@ def dequantize_blocks(blocks: torch.Tensor, qtype: QT, out: torch.Tensor | None 
         return out
     grid = (triton.cdiv(n, bpp),)
     extra = {} if _interpret() else {"enable_fp_fusion": False, "num_warps": NUM_WARPS}
-    _dequant_kernel[grid](blocks, out, n, KIND=kind, BS=bs, TS=ts, BPP=bpp, **extra)
+    with on_device(blocks.device):
+        _dequant_kernel[grid](blocks, out, n, KIND=kind, BS=bs, TS=ts, BPP=bpp, **extra)
     return out

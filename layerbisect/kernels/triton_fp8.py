@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from layerbisect.kernels import on_device
 from layerbisect.kernels.blocks import resolve_block, scale_shape
 
 try:  # triton is optional: the CPU install has none
@@ -122,10 +123,11 @@ def fp8_block_gemm(
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    _fp8_block_gemm_kernel[grid](
-        a_q, b_q, c, sa, sb, m, n, k,
-        a_q.stride(0), a_q.stride(1), b_q.stride(0), b_q.stride(1), c.stride(0), c.stride(1),
-        sa.stride(0), sa.stride(1), sb.stride(0), sb.stride(1),
-        BLOCK_K=K_TILE,
-    )
+    with on_device(c.device):
+        _fp8_block_gemm_kernel[grid](
+            a_q, b_q, c, sa, sb, m, n, k,
+            a_q.stride(0), a_q.stride(1), b_q.stride(0), b_q.stride(1), c.stride(0), c.stride(1),
+            sa.stride(0), sa.stride(1), sb.stride(0), sb.stride(1),
+            BLOCK_K=K_TILE,
+        )
     return c

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from layerbisect.kernels import on_device
+
 try:  # triton is optional: the CPU install has none
     import triton
     import triton.language as tl
@@ -127,9 +129,10 @@ def nvfp4_gemm(
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    _nvfp4_gemm_kernel[grid](
-        a_packed, sa, b_packed, sb, c, float(alpha), m, n, k,
-        a_packed.stride(0), sa.stride(0), b_packed.stride(0), sb.stride(0), c.stride(0), c.stride(1),
-    )
+    with on_device(c.device):
+        _nvfp4_gemm_kernel[grid](
+            a_packed, sa, b_packed, sb, c, float(alpha), m, n, k,
+            a_packed.stride(0), sa.stride(0), b_packed.stride(0), sb.stride(0), c.stride(0), c.stride(1),
+        )
     return c
 

@@ -30,6 +30,7 @@ class ReferenceRunner(ModelRunner):
 
         self.model, self.gguf = load_reference_model(self.path, device=self.device, progress=self.progress)
         self._tokenizer_reader = self.gguf.reader
+        _drop_file_pages(self.gguf.reader)
 
     @property  # type: ignore[override]
     def tokenizer(self):  # built on first use: 262k-token vocabularies take a moment
@@ -50,6 +51,19 @@ class ReferenceRunner(ModelRunner):
         assert self.gguf is not None, "runner not activated"
         tmap = map_tensors(self.gguf, self.config)  # header only: no weight is read
         return {name: self.gguf.tensors[src.tensor].tensor_type.name for name, src in tmap.sources.items()}
+
+
+def _drop_file_pages(reader: object) -> None:
+    """Every tensor has been dequantized into memory of its own: the file's pages leave this process's RSS.
+
+    The GGUF is mapped shared and read-only, so ``MADV_DONTNEED`` only unmaps the pages read so
+    far (0.23 GB for Gemma 3 270M); metadata read later faults its pages in again from the page cache.
+    """
+    import mmap
+
+    mm = getattr(getattr(reader, "data", None), "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def run_gguf(

@@ -9,7 +9,7 @@ import torch
 
 from layerbisect.audit.activations import findings_from_rows
 from layerbisect.audit.causes import Evidence, choose
-from layerbisect.audit.weights import best_alpha, classify_scale, cos_sim, swap_nibbles
+from layerbisect.audit.weights import PairSums, best_alpha, classify_scale, cos_sim, rel_err, swap_nibbles
 from layerbisect.kernels.nvfp4 import pack_fp4, unpack_fp4
 
 
@@ -99,3 +99,36 @@ def test_decisive_evidence_is_the_first_in_execution_order() -> None:
     assert op_point(0, "mlp.down_proj", order) == "layers.0.mlp.down"
     assert op_point(None, "lm_head", order) == "logits"
     assert op_point(1, "attn_norm", order) == "layers.1.attn.q"  # an op without a point: its layer's first
+PAIR_SUMS_ATOL = 1e-6  # float32 partial sums of 1024 elements added in float64 vs whole float64 sums
+
+
+@pytest.mark.parametrize("shape,blocks", [((300, 1000), 3), ((7,), 1), ((2048, 640), 1), ((1 << 22) + 5, 2)],
+                         ids=["rows-in-3-blocks", "norm", "linear", "over-one-chunk"])
+def test_pair_sums_match_float64_metrics(shape: tuple[int, ...], blocks: int) -> None:
+    """The audit's block-wise sums (whole-vocabulary tensors are fed a block of rows at a time) give the float64
+    cosine, relative error and α of the whole tensors; the candidate's non-finite values count and enter as 0."""
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(shape, generator=g)
+    c = 1.02 * r + 0.05 * torch.randn(shape, generator=g)
+    c.view(-1)[3], c.view(-1)[-1] = float("nan"), float("inf")
+    ps = PairSums()
+    for rb, cb in zip(r.chunk(blocks), c.chunk(blocks)):
+        ps.add(rb, cb)
+    bad, cos, rel, alpha, _ = ps.result()
+    cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+    want = cos_sim(r, cz), rel_err(r, cz), best_alpha(r, cz)
+    assert bad == 2
+    for name, got, exp in zip(("cosine", "rel_err", "alpha"), (cos, rel, alpha), want):
+        assert abs(got - exp) <= PAIR_SUMS_ATOL, f"{name}: {got!r} vs float64 {exp!r} (|diff| {abs(got - exp):.3g})"
+
+
+def test_pair_sums_shape_mismatch_and_nonfinite_reference() -> None:
+    ps = PairSums()
+    ps.add(torch.ones(4, 3), torch.ones(3, 4))
+    assert not ps.shape_ok
+    ps = PairSums()
+    r = torch.ones(8)
+    r[2] = float("nan")
+    ps.add(r, torch.ones(8))
+    _, cos, _, _, _ = ps.result()
+    assert math.isnan(cos)  # as cos_sim: a non-finite reference gives NaN, not a number

