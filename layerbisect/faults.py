@@ -1119,10 +1119,12 @@ def write_docs(path: Path, root: Path, model: str = GEMMA, names: list[str] | No
         if model != "tiny" and tok is not None:
             tf = [f for f in tok["report"].findings if f.kind == "tokenizer_mismatch"]
             ids = ",".join(str(i) for i in tok["ids"])
+            lead = ("With ids given on the command line the compared ids are the same on both sides, so a "
+                    "difference between the tokenizers is a warning and the gate passes:" if tf else
+                    "The clean checkpoints' tokenizer.json segments the prompt exactly like the GGUF's vocabulary: "
+                    "no tokenizer finding.")
             tok_text = (
-                "## The tokenizer case\n\nThe checkpoints carry a tokenizer.json written by transformers' GGUF "
-                "export. With ids given on the command line the compared ids are the same on both sides, so the "
-                "difference is a warning and the gate passes:\n\n```\n$ bisect $(python -c 'from "
+                f"## The tokenizer case\n\n{lead}\n\n```\n$ bisect $(python -c 'from "
                 "layerbisect.producers.cache import bundled_gguf; print(bundled_gguf())')"
                 f" {tok['clean']} --tokens {ids}\n"
                 + "\n".join(f"[{f.severity}] {f.kind}: {f.title}\n    {f.detail}" for f in tf)
