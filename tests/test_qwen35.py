@@ -119,7 +119,7 @@ def test_gguf_reference_and_hf_candidate_agree_everywhere(qwen35):
     kind, _, _, _, ref, cand = qwen35
     rc = ref.run(PROMPT)
     cc = cand.run(PROMPT)
-    assert cand.load_notes == {"missing": [], "unused": []}
+    assert (cand.load_notes["missing"], cand.load_notes["unused"]) == ([], [])
     assert rc.names() == cc.names()
     worst = min((float(_cos(rc[n], cc[n]).min()), n) for n in rc.names() if not n.endswith(".route"))
     assert worst[0] >= MIN_COSINE, f"{kind}: {worst[1]} cosine {worst[0]:.6f}"
@@ -178,7 +178,7 @@ def test_llmcompressor_candidates_compare_cleanly(qwen35_bf16, scheme):
 
     kind, hf, ref = qwen35_bf16
     cand = CandidateRunner(quantize_checkpoint(hf, scheme)).activate()
-    assert cand.load_notes == {"missing": [], "unused": []}
+    assert (cand.load_notes["missing"], cand.load_notes["unused"]) == ([], [])
     quantized = [n for n, lin in cand.quant_linears().items() if lin.scheme.weight != "dense"]
     assert "layers.0.attn.in_proj_qkv" in quantized and "layers.0.attn.in_proj_b" in quantized
     assert all(n.endswith("lm_head") or ".mlp.router" in n for n in set(cand.quant_linears()) - set(quantized))

@@ -39,7 +39,9 @@ def read_gguf(meta: GGUFMeta, *, ff_required: bool = True) -> Dims:
     kv = meta.per_layer("attention.head_count_kv", n, heads[0], lo=0)
     hd_default = d // heads[0]
     hd = meta.int("attention.key_length", hd_default)
-    ff = meta.per_layer("feed_forward_length", n, None if ff_required else 0, required=ff_required, lo=0)
+    # a dense family needs a dense FFN in every layer (0 only where MoE families have none)
+    ff = meta.per_layer("feed_forward_length", n, None if ff_required else 0, required=ff_required,
+                        lo=1 if ff_required else 0)
     return Dims(
         vocab_size=meta.n_vocab,
         d_model=d,
