@@ -259,7 +259,7 @@ def compare(
             ids=tuple(ids),
             strings=tuple(tok.token_strings(ids)) if tok is not None else tuple(str(i) for i in ids),
             n_prompt=len(prompt_ids),
-            prompt=o.prompt if not o.tokens else None,
+            prompt=o.prompt if not o.tokens and candidate_dump is None else None,  # a dump brings its own ids
         ),
         continuations=Continuations(
             Continuation(text(ref_new), tuple(ref_new)), Continuation(text(cand_new), tuple(cand_new))

@@ -120,7 +120,13 @@ def compare(
 
     # Every argument is checked before any model is loaded (preflight.py): a bad --out must not cost a run.
     if cand is None and candidate_dump is None:
-        raise InputError("bisect", "missing the candidate: give CAND_DIR or --candidate-dump DIR")
+        raise InputError("CAND_DIR", "missing the candidate: give CAND_DIR or --candidate-dump DIR")
+    if dump_map is not None:  # a map only reads a dump; a missing or unknown one is an error, not ignored
+        if candidate_dump is None:
+            raise InputError("--dump-map", "names the map of an engine dump: give --candidate-dump DIR too")
+        from ..engines.namemap import resolve_name_map
+
+        resolve_name_map(dump_map)
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
     check_formats(fmt)
     check_out_dir(out, overwrite=overwrite)

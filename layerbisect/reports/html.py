@@ -192,7 +192,7 @@ def _gate(gate: GateResult) -> str:
 def _section(s: Section) -> str:
     out = [f'<h2 class="section" id="section-{escape(s.key)}">{escape(s.title)}</h2>']
     if s.text:
-        out.append(f"<p>{escape(s.text)}</p>")
+        out.append(f"<pre>{escape(s.text)}</pre>" if "\n" in s.text else f"<p>{escape(s.text)}</p>")
     if s.rows:
         cols = s.columns
         rows = [[fmt_cell(v, c) for v, c in zip(r, cols)] for r in s.rows]

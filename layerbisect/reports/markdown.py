@@ -80,8 +80,8 @@ def gate_md(gate: GateResult) -> str:
 
 def section_md(s: Section) -> list[str]:
     out = [f"## {s.title}", ""]
-    if s.text:
-        out += [s.text, ""]
+    if s.text:  # several lines are preformatted (llama.cpp's KLD block): a code block keeps them
+        out += (["```", s.text, "```", ""] if "\n" in s.text else [s.text, ""])
     cols, rows = s.brief()
     if rows:
         out += [table([c.title for c in cols], [[fmt_cell(v, c) for v, c in zip(r, cols)] for r in rows]), ""]
