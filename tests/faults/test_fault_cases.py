@@ -24,6 +24,7 @@ def _kinds(report) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # every case of the suite, ~30 s each on 2 cores: `make test-long` (CI runs the rest)
 @pytest.mark.parametrize("name", list(faults.CASES))
 def test_fault_case_is_diagnosed(name: str, fault_root) -> None:
     case = faults.CASES[name]
