@@ -78,7 +78,10 @@ def build_lane(ref_runner: Any, cand_runner: Any, ref_caps: Captures) -> Lane:
 
     t0 = time.perf_counter()
     cand = cand_runner.quant_linears()
-    quantized = {n: m for n, m in cand.items() if getattr(getattr(m, "scheme", None), "weight", "dense") != "dense"}
+    # compressed-tensors' own quantize functions make the lane: ModelOpt checkpoints (another producer, another
+    # layout) keep the fixed gate, like GGUF candidates
+    quantized = {n: m for n, m in cand.items() if getattr(getattr(m, "scheme", None), "weight", "dense") != "dense"
+                 and getattr(m.scheme, "source", "compressed-tensors") == "compressed-tensors"}
     schemes = {n: m.scheme for n, m in quantized.items()}
     spec = ref_runner.config
     fam = family_of(spec)

@@ -63,12 +63,12 @@ def test_no_quantization_config_is_dense(tmp_path):
     "cfg,match",
     [
         (_ct(fmt="marlin-24", weights=FP8_BLOCK_W), "'marlin-24'"),
-        (_ct(weights={"num_bits": 4, "type": "float", "strategy": "group", "group_size": 32}), "num_bits=4"),
+        (_ct(weights={"num_bits": 4, "type": "float", "strategy": "group", "group_size": 64}), "num_bits=4"),
         (_ct(weights=FP8_BLOCK_W, acts={"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True}),
          "input_activations type='int'"),
         ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "'gptq'"),
     ],
-    ids=["format", "mxfp4-weights", "int8-acts", "quant-method"],
+    ids=["format", "fp4-group-64-weights", "int8-acts", "quant-method"],
 )
 def test_unknown_values_raise_input_error_naming_file_and_value(tmp_path, cfg, match):
     with pytest.raises(InputError, match=match) as ei:

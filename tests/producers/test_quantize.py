@@ -32,6 +32,10 @@ SPEC_CONFIG = {
               dict(type="float", num_bits=4, strategy="tensor_group", group_size=16, dynamic="local")),
     "NVFP4A16": ("nvfp4-pack-quantized", dict(type="float", num_bits=4, strategy="tensor_group", group_size=16),
                  None),
+    # OCP MX: FP4 E2M1 in groups of 32 with an E8M0 exponent per group (stored as uint8), no global scale
+    "MXFP4": ("mxfp4-pack-quantized", dict(type="float", num_bits=4, strategy="group", group_size=32),
+              dict(type="float", num_bits=4, strategy="group", group_size=32, dynamic=True)),
+    "MXFP4A16": ("mxfp4-pack-quantized", dict(type="float", num_bits=4, strategy="group", group_size=32), None),
 }
 
 
@@ -43,6 +47,8 @@ def spec_tensors(scheme: str, out: int, inp: int) -> dict[str, tuple[torch.dtype
         return {"weight": (F8, (out, inp)), "weight_scale": (BF16, (out, 1))}
     if scheme == "FP8_BLOCK":
         return {"weight": (F8, (out, inp)), "weight_scale": (BF16, (math.ceil(out / 128), math.ceil(inp / 128)))}
+    if scheme.startswith("MXFP4"):
+        return {"weight_packed": (U8, (out, inp // 2)), "weight_scale": (U8, (out, inp // 32))}
     nv = {"weight_packed": (U8, (out, inp // 2)), "weight_scale": (F8, (out, inp // 16)),
           "weight_global_scale": (F32, (1,))}
     if scheme == "NVFP4":
