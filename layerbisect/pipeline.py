@@ -145,7 +145,7 @@ def compare(
 
     dump_caps: Captures | None = None
     if candidate_dump is not None:
-        from .engines.dump import load_dump
+        from .engines.dump import check_dump_model, load_dump
 
         dump_caps = load_dump(
             candidate_dump,
@@ -153,6 +153,7 @@ def compare(
             name_map=o.dump_map,
             config=ref_runner.config,
         )
+        check_dump_model(dump_caps, ref_runner.config)
     else:
         if cand_runner is None:
             say("loading candidate")

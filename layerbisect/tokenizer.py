@@ -161,11 +161,18 @@ class Tokenizer:
         stores the same tokenizer as scores, a tokenizer.json as merges (and
         transformers' GGUF export turns Gemma's into a Unigram model), so they cannot be
         compared byte for byte; which tokens count as "special" varies between exporters for
-        the same reason. Compare ``encode`` outputs to check segmentation.
+        the same reason. Compare ``encode`` outputs to check segmentation. Trailing padding ids (holes,
+        or llama.cpp's ``[PAD{i}]`` filler) are left out.
         """
+        vocab = list(self._vocab)
+        # Padding rows are not vocabulary: llama.cpp's converter fills ids the tokenizer lacks up to the
+        # embedding's row count with "[PAD{i}]" (convert_hf_to_gguf.py, TextModel.get_vocab_base), a
+        # tokenizer.json leaves them out; both sides then hash the same table.
+        while vocab and (vocab[-1] is None or vocab[-1] == f"[PAD{len(vocab) - 1}]"):
+            vocab.pop()
         h = hashlib.sha256()
-        h.update(struct.pack("<qqq", len(self._vocab), _or_minus1(self.bos_id), _or_minus1(self.eos_id)))
-        for s in self._vocab:
+        h.update(struct.pack("<qqq", len(vocab), _or_minus1(self.bos_id), _or_minus1(self.eos_id)))
+        for s in vocab:
             b = b"\xff" if s is None else s.encode("utf-8")  # 0xff never occurs in UTF-8: a hole in the ids
             h.update(struct.pack("<I", len(b)) + b)
         return h.hexdigest()[:16]

@@ -46,3 +46,15 @@ def test_dump_with_dropped_norm_names_layer(tiny_models, tmp_path):
     assert first and first[0].layer == 1 and first[0].op == "mlp_norm", [
         (f.kind, f.layer, f.op) for f in report.findings
     ]
+
+
+def test_dump_of_another_model_is_refused(tiny_models, tmp_path):
+    """A dump captured from another architecture is bad input (exit 2, one line naming the dump), not a
+    comparison that fails the gate; the same dump against its own model still compares."""
+    dump = _dump(tiny_models["qwen3"]["hf"], tmp_path / "dump")
+    res = _bisect(str(tiny_models["llama"]["gguf"]), "--candidate-dump", str(dump), "--tokens",
+                  ",".join(map(str, IDS)), "--out", str(tmp_path / "rep"), "-n", "0")
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and str(dump) in err[0] and "qwen3" in err[0] and "llama" in err[0], err
+    assert "Traceback" not in res.stderr and not (tmp_path / "rep").exists()

@@ -13,6 +13,7 @@ test_transformers_gguf_gemma_is_not_llama_cpp only pins where it agrees and wher
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -426,6 +427,19 @@ def test_tokenizer_from_hf_and_fingerprint(tmp_path):
         eos=vocab["<|endoftext|>"],
     )
     assert tokenizer_from_gguf(gguf.GGUFReader(str(other))).fingerprint() != gg.fingerprint()
+
+
+def test_converter_padding_is_not_a_vocabulary_difference(tiny_models):
+    """llama.cpp's converter pads a Qwen vocabulary (151646 strings in tokenizer.json) to the embedding's
+    151936 rows with "[PAD{i}]": same fingerprint; a real string changed past the tokenizer's end is not."""
+    m = tiny_models["qwen3"]
+    gg = tokenizer_from_gguf(gguf.GGUFReader(str(m["gguf"])), str(m["gguf"]))
+    hf = tokenizer_from_hf(m["hf"])
+    n = gg.vocab_size
+    assert n > hf.vocab_size and gg.token_strings([n - 1]) == [f"[PAD{n - 1}]"], "no padding: test moot"
+    assert gg.fingerprint() == hf.fingerprint()
+    changed = dataclasses.replace(gg, _vocab=[*gg._vocab[: n - 1], "[PAD0]"])  # not the filler of id n-1
+    assert changed.fingerprint() != hf.fingerprint()
 
 
 def test_tokenizer_from_hf_reads_config_json_and_post_processor(tmp_path):

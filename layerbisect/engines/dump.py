@@ -429,3 +429,41 @@ def align_to_dump(ref: Captures, dump: Captures) -> Captures:
         summary_only=ref.summary_only,
     )
     return out
+
+
+def check_dump_model(dump: Captures, spec: Any) -> None:
+    """Refuse a dump captured from another model than the reference (``spec``: its ``ModelSpec``).
+
+    Checked where the dump says or shows it: the source's ``model_type`` (a GGUF architecture from
+    llama.cpp, a HF ``model_type`` from ``capture_activations``) resolved to a family, the source's
+    ``num_hidden_layers``/``hidden_size``, layer indices beyond the reference's, and the width of the
+    residual stream (``layers.N.out``: d_model in any engine, whatever it got wrong inside a layer).
+    Raises ``InputError`` naming the dump; a dump that says nothing is not refused.
+    """
+    from layerbisect.families import by_gguf_arch, by_hf_model_type
+
+    where = str(dump.meta.get("dump", "dump"))
+    src = dump.meta.get("source") or {}
+    model_type = src.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        fam = None
+        for resolve in (by_gguf_arch, by_hf_model_type):
+            try:
+                fam = resolve(model_type).name
+                break
+            except InputError:
+                continue
+        if fam is not None and fam != spec.family:
+            raise InputError(where, f"was captured from a {model_type} model; the reference is {spec.arch}")
+    for key, want in (("num_hidden_layers", spec.n_layers), ("hidden_size", spec.d_model)):
+        got = src.get(key)
+        if isinstance(got, int) and got != want:
+            raise InputError(where, f"was captured from a model with {key} {got}; the reference has {want}")
+    layers = [int(n.split(".")[1]) for n in dump.tensors if n.startswith("layers.") and n.split(".")[1].isdigit()]
+    if layers and max(layers) >= spec.n_layers:
+        raise InputError(where, f"has layer {max(layers)}; the reference has {spec.n_layers} layers")
+    for n, x in dump.tensors.items():
+        parts = n.split(".")
+        if len(parts) == 3 and parts[0] == "layers" and parts[2] == "out" and x.shape[-1] != spec.d_model:
+            raise InputError(where, f"{n} has {x.shape[-1]} features; the reference's residual stream has "
+                                    f"{spec.d_model}: captured from another model")
