@@ -59,14 +59,14 @@ def check_token_ids(ids: Sequence[int] | None, cfg: Any) -> None:
         raise InputError("--tokens", f"token ids {bad[:5]} are outside the vocabulary (size {cfg.vocab_size})")
 
 
-def check_length(n_prompt: int, generate: int, cfg: Any, where: str = "--generate") -> None:
-    """prompt + generated tokens must fit the model's context window."""
+def check_length(n_prompt: int | None, generate: int, cfg: Any, where: str = "--generate") -> None:
+    """prompt + generated tokens must fit the model's context window (``n_prompt`` None: not tokenized yet,
+    only ``generate`` is checked). Raises ``InputError`` naming ``where``."""
     ctx = int(cfg.context_length)
-    if generate > ctx or n_prompt + generate > ctx:
-        raise InputError(
-            where,
-            f"{n_prompt} prompt + {generate} generated tokens exceed the model's context of {ctx} tokens",
-        )
+    if generate > ctx or (n_prompt is not None and n_prompt + generate > ctx):
+        said = f"{generate} generated tokens" if n_prompt is None else \
+            f"{n_prompt} prompt + {generate} generated tokens"
+        raise InputError(where, f"{said} exceed the model's context of {ctx} tokens")
 
 
 def _patterns(select: str | Sequence[str]) -> list[str]:

@@ -162,7 +162,7 @@ def compare(
     )
     ref_cfg = api.peek_config(ref)  # the GGUF header only
     check_token_ids(ids, ref_cfg)
-    check_length(len(ids or []), generate, ref_cfg)
+    check_length(len(ids) if ids else None, generate, ref_cfg)
     check_select(select, ref_cfg)
     baseline_data = check_baseline(baseline, ref_cfg, select) if baseline is not None else None
     from .progress import progress_display, terminal

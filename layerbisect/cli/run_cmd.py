@@ -36,7 +36,7 @@ def run(
     check_device(device)
     cfg = api.peek_config(model)  # headers only, before the model loads
     check_token_ids(ids, cfg)
-    check_length(len(ids or []), generate, cfg)
+    check_length(len(ids) if ids else None, generate, cfg)
     with progress_display(console, "loading") as shown:
         progress = shown.progress
         res = api.run_model(

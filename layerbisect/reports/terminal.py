@@ -9,7 +9,7 @@ or module names never cut (``no_wrap`` with their full width); free text wraps i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group
@@ -80,24 +80,61 @@ def _name_width(values: Sequence[str]) -> int:
 
 
 def section_renderable(s: Section) -> Group:
-    """The title on its own line (it wraps at the terminal's width), then the brief table."""
+    """The title on its own line (it wraps at the terminal's width), then the brief table: numbers are
+    never cut; a table wider than the terminal continues below with the name columns repeated."""
     head = Text(s.title, style="bold")
     cols, rows = s.brief()
     if not rows:
         return Group(Text(""), head, Text(s.text)) if s.text else Group(Text(""), head)
     cells = [[fmt_cell(v, c) for v, c in zip(r, cols)] for r in rows]
     more = f"{len(rows)} of {len(s.rows)} rows; all in report.html" if len(s.rows) > len(rows) else None
-    t = _table(None, " · ".join(x for x in (s.text, more) if x) or None)
-    for k, c in enumerate(cols):
-        if c.kind == "name":
-            t.add_column(c.title, no_wrap=True, min_width=_name_width([r[k] for r in cells]))
-        elif c.kind == "text":
-            t.add_column(c.title, overflow="fold", ratio=1)
-        else:
-            t.add_column(c.title, justify="right", no_wrap=True)
-    for r in cells:
-        t.add_row(*r)
-    return Group(Text(""), head, t)
+    caption = " · ".join(x for x in (s.text, more) if x) or None
+    return Group(Text(""), head, _FittedTable(cols, cells, caption))
+
+
+class _FittedTable:
+    """A section's table fitted to the console's width at render time (rich's ``__rich_console__``).
+
+    Name and text columns lead every part; numeric columns keep their full values (no ellipsis) and
+    their headers wrap at spaces; when they do not all fit, the next part holds the rest.
+    """
+
+    def __init__(self, cols: Sequence[Any], cells: list[list[str]], caption: str | None) -> None:
+        self.cols, self.cells, self.caption = cols, cells, caption
+
+    def _width(self, k: int) -> int:
+        values = [len(r[k]) for r in self.cells]
+        words = [len(w) for w in self.cols[k].title.split()] or [1]
+        return max([*values, *words])
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        lead = [k for k, c in enumerate(self.cols) if c.kind in ("name", "text")]
+        rest = [k for k in range(len(self.cols)) if k not in lead]
+        # each column costs its width plus the 2-character gap of _table's padding
+        budget = options.max_width - sum(self._width(k) + 2 for k in lead if self.cols[k].kind == "name")
+        budget -= 12 * sum(1 for k in lead if self.cols[k].kind == "text")
+        parts: list[list[int]] = [[]]
+        used = 0
+        for k in rest:
+            w = self._width(k) + 2
+            if parts[-1] and used + w > budget:
+                parts.append([])
+                used = 0
+            parts[-1].append(k)
+            used += w
+        for i, part in enumerate(parts):
+            t = _table(None, self.caption if i == len(parts) - 1 else None)
+            for k in lead + part:
+                c = self.cols[k]
+                if c.kind == "name":
+                    t.add_column(c.title, no_wrap=True, min_width=_name_width([r[k] for r in self.cells]))
+                elif c.kind == "text":
+                    t.add_column(c.title, overflow="fold", ratio=1)
+                else:
+                    t.add_column(c.title, justify="right", min_width=self._width(k), overflow="fold")
+            for r in self.cells:
+                t.add_row(*(r[k] for k in lead + part))
+            yield t
 
 
 def render(report: Report, console: Console | None = None, gate: GateResult | None = None) -> None:

@@ -25,6 +25,7 @@ from layerbisect.comparison.sections import Column, Section
 from layerbisect.comparison.synthetic import plant_growing_scale, plant_nan, synthetic_pair
 from layerbisect.errors import InputError
 from layerbisect.reports import html, junit, markdown, terminal
+from layerbisect.reports.common import fmt_cell
 
 TOKENS = ("<bos>", "The", " capital", " of", " France", " is", " Paris", ".")
 
@@ -194,6 +195,24 @@ def test_terminal_fits_80_columns_and_never_cuts_names():
     assert not re.search(r"layers\.…|\w…\s", txt), "a name or header was cut with an ellipsis"
     for header in ("cos min", "norm ratio", "rel err", "worst op", "NaN/Inf"):
         assert header in txt
+
+
+def test_terminal_wide_section_continues_below_without_cutting_numbers():
+    """A section with more numeric columns than 80 columns hold (per-expert weight error, routing per layer)
+    continues in a second part with the name column repeated; every value is printed whole."""
+    cols = (Column("tensor", "tensor", "name"), *(Column(f"k{i}", f"mean top-k overlap {i}") for i in range(8)))
+    rows = tuple((f"layers.{j}.mlp.experts.5.down_proj.weight", *(0.123456789 * (i + 1) + j for i in range(8)))
+                 for j in range(3))
+    rep = make_report("blowup")
+    rep.add_section(Section(key="wide", title="Wide", columns=cols, rows=rows))
+    txt = terminal.render_text(rep, width=80)
+    assert not [line for line in txt.splitlines() if len(line) > 80]
+    part = txt[txt.index("Wide"):]
+    assert "…" not in part
+    assert part.count("layers.0.mlp.experts.5.down_proj.weight") == 2  # two parts, the name in each
+    for j in range(3):
+        for i in range(8):
+            assert fmt_cell(0.123456789 * (i + 1) + j, cols[1 + i]) in part, (i, j)
 
 
 def test_html_is_self_contained_and_has_plots():
