@@ -308,7 +308,9 @@ def bisect_report(report: Any, ref: Any, cand: Any, opts: Any = None, gate_cfg: 
         msg = {
             "not_in_linears": "the gate fails even with every quantized linear at reference precision: the fault is "
                               "outside the linears (norms, KV cache, loader)",
-            "all_pass": "with this gate every module quantized passes: nothing to bisect",
+            "all_pass": "with every module quantized the metrics pass the gate (what is wrong stays within it or "
+                        "is absorbed downstream): nothing to bisect; the audits and the culprit finding judge "
+                        "weights and scales directly",
         }[res.verdict]
         report.add_finding(Finding(
             severity="warning" if res.verdict == "not_in_linears" else "info",
