@@ -28,6 +28,16 @@ def gemma_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_gguf_reader(gemma_gguf):
+    """A ``gguf.GGUFReader`` of the bundled GGUF: ours (``FastGGUFReader``, the same data model without
+    gguf-py's 10-30 s parse of 262k token strings; equal to gguf-py's on this file: tests/references/
+    test_fast_reader.py), opened once."""
+    from layerbisect.references.fast_reader import FastGGUFReader
+
+    return FastGGUFReader(gemma_gguf, "r")
+
+
+@pytest.fixture(scope="session")
 def gemma_reference(gemma_gguf):
     from layerbisect.references.runner import ReferenceRunner
 

