@@ -125,68 +125,6 @@ def corrupt_q4k_scales(
 # -- llama.cpp quantization with tensor-type overrides, cached ------------------------------------------------
 
 
-def llama_quantize_overrides(
-    in_gguf: str | Path,
-    out_gguf: str | Path,
-    ftype: str,
-    tensor_types: Mapping[str, str] | None = None,
-    *,
-    allow_requantize: bool = False,
-    nthread: int = 0,
-) -> Path:
-    """``llama-quantize [--allow-requantize] [--tensor-type PATTERN=TYPE ...] IN OUT FTYPE`` through the binding.
-
-    ``tensor_types``: regex → GGML type name (``{"blk\\\\.3\\\\.ffn_down": "Q4_K"}``); the log goes
-    to ``<out>.quantize.log``. Raises ``InputError`` on an unknown type or a failed run.
-    """
-    import ctypes
-
-    from .llamacpp import FTYPES, NEEDS_IMATRIX, llama_cpp_available, native_output_to
-
-    src, dst = Path(in_gguf), Path(out_gguf)
-    name = ftype.upper()
-    if name not in FTYPES:
-        raise InputError(f"ftype={ftype!r}", f"not a llama.cpp file type; choose one of {', '.join(FTYPES)}")
-    if name in NEEDS_IMATRIX:
-        raise InputError(f"ftype={name}", "needs an importance matrix (llama-imatrix); not supported here")
-    why = llama_cpp_available()
-    if why:
-        raise InputError("llama_cpp", why)
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[name]
-    params.nthread = nthread
-    params.allow_requantize = allow_requantize
-    overrides = list((tensor_types or {}).items())
-    keep = None
-    if overrides:
-        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        patterns = [p.encode() for p, _ in overrides]
-        for k, (pat, (_, t)) in enumerate(zip(patterns, overrides, strict=True)):
-            try:
-                qt = gguf.GGMLQuantizationType[t.upper()]
-            except KeyError:
-                raise InputError(f"--tensor-type {pat.decode()}={t}", "not a GGML type name") from None
-            arr[k].pattern = pat
-            arr[k].type = int(qt)
-        arr[len(overrides)].pattern = None  # the list ends at a null pattern
-        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-        keep = (arr, patterns)  # alive until the call returns
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    log = dst.with_name(dst.name + ".quantize.log")
-    with native_output_to(log):
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    del keep
-    if rc != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) if log.is_file() else ""
-        raise InputError(src, f"llama_model_quantize to {name} failed (return code {rc}): {tail}")
-    os.replace(tmp, dst)
-    return dst
-
-
 def quantized_gguf(
     src: str | Path,
     ftype: str,
@@ -194,7 +132,8 @@ def quantized_gguf(
     tensor_types: Mapping[str, str] | None = None,
     allow_requantize: bool = False,
 ) -> Path:
-    """``llama_quantize_overrides`` through the fixture cache: ``$LAYERBISECT_CACHE/llamacpp/quantized/<key>/``.
+    """``llamacpp.llama_quantize`` (``tensor_types`` overrides too) through the fixture cache:
+    ``$LAYERBISECT_CACHE/llamacpp/quantized/<key>/``.
 
     Keyed by the source's sha256, the file type, the overrides and the requantize flag; the
     quantize log is kept beside ``model.gguf``.
@@ -208,8 +147,10 @@ def quantized_gguf(
 
     def build(tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        out = llama_quantize_overrides(src, tmp / "model.gguf", ftype, tensor_types,
-                                       allow_requantize=allow_requantize, nthread=2)
+        from .llamacpp import llama_quantize
+
+        out = llama_quantize(src, tmp / "model.gguf", ftype, tensor_types=tensor_types,
+                             allow_requantize=allow_requantize, nthread=2, overwrite=True)
         log = out.with_name(out.name + ".quantize.log")
         if log.is_file():
             shutil.move(log, tmp / "quantize.log")
@@ -257,7 +198,6 @@ __all__ = [
     "TINY_TYPES",
     "corrupt_q4k_scales",
     "fallbacks",
-    "llama_quantize_overrides",
     "quantized_gguf",
     "rewrite_gguf",
     "tiny_llamacpp_set",

@@ -35,7 +35,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,20 +232,27 @@ def llama_quantize(
     out_gguf: str | Path,
     ftype: str,
     *,
+    tensor_types: Mapping[str, str] | None = None,
     allow_requantize: bool = False,
     nthread: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Quantize a GGUF with llama.cpp's ``llama_model_quantize`` (what ``llama-quantize`` runs).
+    """Quantize a GGUF with llama.cpp's ``llama_model_quantize``: what
+    ``llama-quantize [--allow-requantize] [--tensor-type PATTERN=TYPE ...] IN OUT FTYPE`` runs.
 
     ``ftype``: a key of :data:`FTYPES` (Q8_0, Q4_K_M, Q5_K_S, Q3_K_M, Q2_K, IQ4_XS, …); types
-    in :data:`NEEDS_IMATRIX` are refused (no imatrix is passed). ``allow_requantize``: accept
-    an input that is already quantized (its tensors are dequantized first, as llama-quantize
-    ``--allow-requantize`` does). Tensors whose rows do not divide into the type's block
-    (256 for K- and IQ-quants) get llama.cpp's fallback type. Writes to a temporary name and
-    renames; returns ``out_gguf``. Raises ``InputError`` when llama_cpp is missing or the
-    quantization fails.
+    in :data:`NEEDS_IMATRIX` are refused (no imatrix is passed). ``tensor_types``: regex → GGML
+    type name (``{"blk\\.3\\.ffn_down": "Q4_K"}``), llama.cpp's ``tt_overrides``.
+    ``allow_requantize``: accept an input that is already quantized (its tensors are dequantized
+    first, as llama-quantize ``--allow-requantize`` does). Tensors whose rows do not divide into
+    the type's block (256 for K- and IQ-quants) get llama.cpp's fallback type. Writes to a
+    temporary name and renames; the log goes to ``<out>.quantize.log``; returns ``out_gguf``.
+    Raises ``InputError`` when llama_cpp is missing, a type is unknown or the quantization fails.
     """
+    import ctypes
+
+    import gguf
+
     src, dst = Path(in_gguf), Path(out_gguf)
     name = ftype.upper()
     if name not in FTYPES:
@@ -265,11 +272,27 @@ def llama_quantize(
     params.ftype = FTYPES[name]
     params.nthread = nthread
     params.allow_requantize = allow_requantize
+    overrides = list((tensor_types or {}).items())
+    keep = None
+    if overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        patterns = [p.encode() for p, _ in overrides]
+        for k, (pat, (_, t)) in enumerate(zip(patterns, overrides, strict=True)):
+            try:
+                qt = gguf.GGMLQuantizationType[t.upper()]
+            except KeyError:
+                raise InputError(f"--tensor-type {pat.decode()}={t}", "not a GGML type name") from None
+            arr[k].pattern = pat
+            arr[k].type = int(qt)
+        arr[len(overrides)].pattern = None  # the list ends at a null pattern
+        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep = (arr, patterns)  # alive until the call returns
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     log = dst.with_name(dst.name + ".quantize.log")
     with native_output_to(log):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    del keep
     if rc != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         hint = " (the input is quantized: pass allow_requantize=True)" if not allow_requantize else ""
