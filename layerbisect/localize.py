@@ -9,13 +9,16 @@ and because of everything before it. Patching separates the two:
   linear and is compared with the reference linear on the same input: the module's own
   quantization error, free of everything around it.
 
-``localize`` returns a ``Localization`` (per-layer and per-module rows) for the run record and
-adds a ``culprit`` finding to the report; the pipeline runs the audits next.
+``patch`` runs both patchings and touches nothing but the runners (the pipeline runs it beside the
+expected lane and the comparison); ``localize`` turns its rows into a ``Localization`` (per-layer
+and per-module rows) for the run record and adds a ``culprit`` finding to the report; the
+pipeline runs the audits next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -111,6 +114,25 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
     return rows
 
 
+@dataclass(frozen=True)
+class Patched:
+    """The rows of both patchings: per layer (``patch_layers``) and per linear (``patch_linears``)."""
+
+    layers: list[dict]
+    modules: list[dict]
+
+
+@torch.no_grad()
+def patch(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: ModelRunner, n_tokens: int) -> Patched | None:
+    """Both patchings; None when the captures lack a layer's input or output (a narrowed ``--select``)."""
+    spec = ref_runner.config
+    need = ["embed"] + [f"layers.{i}.out" for i in range(spec.n_layers)]
+    need += [p for i in range(spec.n_layers) for p in context_points(spec, i)]  # shared K/V, per-layer inputs
+    if any(n not in ref_caps.tensors for n in need):
+        return None  # a narrowed --select: patching needs every layer's input and output
+    return Patched(patch_layers(ref_caps, cand_runner, n_tokens), patch_linears(ref_caps, ref_runner, cand_runner))
+
+
 def localize(
     report: Report,
     ref_runner: ModelRunner,
@@ -120,6 +142,7 @@ def localize(
     *,
     status: Callable[[str], None] | None = None,
     expected: tuple[list[dict], list[dict]] | None = None,
+    patched: Patched | None = None,
 ) -> Localization | None:
     """Local vs accumulated error per layer and per module (returned), and a culprit finding (added to ``report``).
 
@@ -129,17 +152,14 @@ def localize(
     in every layer starts at the first); without it, the layer with the largest local
     error and the op where its error first jumps. Either way the layer with the largest local error is
     also reported on its own (``largest_local_error``). None when the captures lack a layer's input or
-    output (a narrowed ``--select``).
+    output (a narrowed ``--select``). ``patched``: ``patch``'s rows when they were taken already.
     """
     from .comparison import noise
 
-    spec = ref_runner.config
-    need = ["embed"] + [f"layers.{i}.out" for i in range(spec.n_layers)]
-    need += [p for i in range(spec.n_layers) for p in context_points(spec, i)]  # shared K/V, per-layer inputs
-    if any(n not in ref_caps.tensors for n in need):
-        return None  # a narrowed --select: patching needs every layer's input and output
-    layers = patch_layers(ref_caps, cand_runner, len(ids))
-    modules = patch_linears(ref_caps, ref_runner, cand_runner)
+    patched = patched or patch(ref_caps, ref_runner, cand_runner, len(ids))
+    if patched is None:
+        return None
+    layers, modules = patched.layers, patched.modules
     acc = {row["layer"]: row for row in _accumulated(report)}
     table = []
     prev_acc = 0.0
@@ -297,4 +317,4 @@ def _accumulated(report: Report) -> list[dict]:
     return out
 
 
-__all__ = ["localize", "patch_layers", "patch_linears"]
+__all__ = ["Patched", "localize", "patch", "patch_layers", "patch_linears"]
