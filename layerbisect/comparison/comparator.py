@@ -214,11 +214,8 @@ def compare_captures(
             if ref.tensors[name].shape[1:] != cand.tensors[name].shape[1:]:
                 shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
                 continue
-            # cast up once: every metric below would cast again (float64 copies cost more than the metrics)
-            r, c = ref.tensors[name][idx].double(), cand.tensors[name][idx].double()
-            cos, rel, mx, sq = M.cosine(r, c), M.rel_l2(r, c), M.max_abs(r, c), M.sqnr_db(r, c)
-            rn, cn = M.row_norm(r), M.row_norm(c)
-            rnf, cnf = M.nonfinite_count(r), M.nonfinite_count(c)
+            m = M.point_metrics(ref.tensors[name][idx], cand.tensors[name][idx])
+            cos, rel, mx, sq, rn, cn, rnf, cnf = (m[k] for k in M.POINT_METRICS)
         else:
             # Summary-only on at least one side: norms are over finite values there.
             rs, cs = ref.summary(name), cand.summary(name)
