@@ -241,7 +241,8 @@ def compare(
     try:
         t0 = time.perf_counter()
         say("comparing")
-        comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds)
+        dev = next((d for d in (ref_dev, cand_dev) if torch.device(d).type == "cuda"), None)  # float64 on a GPU
+        comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds, device=dev)
         if dump_caps is not None:
             _dump_logits_at_sampled_positions(comparison, ref_caps, dump_caps, candidate_dump, o, ref_runner,
                                               thresholds)
@@ -312,7 +313,7 @@ def compare(
         if o.localize and cand_runner is not None:
             from .localize import localize
 
-            patched, measured = jobs.result("localize")
+            patched = jobs.result("localize")
             if patched is not None:
                 with torch.no_grad():  # the parameters may require grad: no autograd graph may keep temporaries
                     loc = jobs.timed("localize", lambda: localize(
@@ -330,6 +331,7 @@ def compare(
             from .audit import after_localize
 
             with torch.no_grad():
+                measured = jobs.result("audit")
                 report.put(audits=jobs.timed("audit", lambda: after_localize(
                     report, ref_runner, cand_runner, ref_caps, loc, measured=measured)))
         from .streaming import streaming_meta
@@ -355,8 +357,8 @@ def compare(
 def _submit_jobs(jobs: Jobs, o: CompareOptions, ref_runner: ModelRunner, cand_runner: ModelRunner | None,
                  ids: list[int], ref_caps: Captures, info: ModelInfo, thresholds: Thresholds,
                  say: Callable[[str], None]) -> Jobs:
-    """The expected lane (the reference's device), and the activation patching followed by the audits'
-    measurements (the candidate's device), as jobs (``jobs.py``); none for an engine dump (nothing to patch)."""
+    """The expected lane (the reference's device), the activation patching (the candidate's device) and the audits'
+    measurements (the weight pairs on both), as jobs (``jobs.py``); none for an engine dump (nothing to patch)."""
     if cand_runner is None:
         return jobs
     if jobs.concurrent:
@@ -374,20 +376,26 @@ def _submit_jobs(jobs: Jobs, o: CompareOptions, ref_runner: ModelRunner, cand_ru
         jobs.submit("expected_lane", lane)
     if o.localize:
         from .audit import measure
-        from .localize import patch
+        from .localize import can_patch, patch
 
-        def patch_then_measure() -> Any:
+        def patched() -> Any:
             if not jobs.concurrent:
                 say("localizing (activation patching)")
-            patched = jobs.timed("localize", lambda: patch(ref_caps, ref_runner, cand_runner, len(ids)))
-            if patched is None or not patched.layers:
-                return patched, None
+            return jobs.timed("localize", lambda: patch(ref_caps, ref_runner, cand_runner, len(ids)))
+
+        streamed = ref_runner.streaming or cand_runner.streaming
+
+        def measured() -> Any:
             if not jobs.concurrent:
                 say("auditing weights and scales")
+            elif streamed:  # a streamed side reads its layers one at a time: one walk over them after the other
+                jobs.result("localize")
             devices = [ref_runner.device, cand_runner.device] if jobs.concurrent else None  # the pairs: on both
-            return patched, jobs.timed("audit", lambda: measure(ref_caps, ref_runner, cand_runner, devices))
+            return jobs.timed("audit", lambda: measure(ref_caps, ref_runner, cand_runner, devices))
 
-        jobs.submit("localize", patch_then_measure)
+        jobs.submit("localize", patched)
+        if can_patch(ref_caps, ref_runner.config) and ref_runner.config.n_layers:  # the audits follow a localization
+            jobs.submit("audit", measured)
     return jobs
 
 
