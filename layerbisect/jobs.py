@@ -13,24 +13,50 @@ Design notes
   first asked for: exactly the sequential order, status messages included.
 - ``timed`` adds a part's seconds to ``timings`` under a name: a job's own time, wherever it ran.
 - ``map_devices`` splits one job over devices (the weight audit's tensor pairs: half on each GPU).
+- Every thread works on CUDA streams of its own (``own_streams``): on the shared default stream, each
+  wait for a result (a number brought to the host, a copy from pageable memory) would wait for every
+  other thread's queued kernels on that device too, and the threads would run one after another.
+  A new stream first waits for what its device's current stream holds (the loads, the passes).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+@contextmanager
+def own_streams(devices: Sequence[Any]) -> Iterator[None]:
+    """The calling thread's current stream on each CUDA device of ``devices`` is a new one until the exit, which
+    waits for it; nothing on the CPU."""
+    import torch
+
+    cuda = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
+    idx = sorted({d.index if d.index is not None else torch.cuda.current_device() for d in cuda})
+    prev = [torch.cuda.current_stream(i) for i in idx]
+    mine = [torch.cuda.Stream(device=i) for i in idx]
+    for s, p in zip(mine, prev):
+        s.wait_stream(p)  # what was queued before comes first
+        torch.cuda.set_stream(s)
+    try:
+        yield
+    finally:
+        for s, p in zip(mine, prev):
+            s.synchronize()
+            torch.cuda.set_stream(p)
+
+
 class Jobs:
-    def __init__(self, concurrent: bool, timings: dict[str, float]):
+    def __init__(self, concurrent: bool, timings: dict[str, float], devices: Sequence[Any] = ()):
         self.timings = timings
+        self.devices = list(devices)  # the CUDA devices the jobs use: each job on streams of its own there
         self._fns: dict[str, Callable[[], Any]] = {}
         self._done: dict[str, Any] = {}
         self._futures: dict[str, Future] = {}
@@ -52,7 +78,11 @@ class Jobs:
         """Job ``name`` is fn(): started now when concurrent, else run by the first ``result(name)``."""
         self._fns[name] = fn
         if self._pool is not None:
-            self._futures[name] = self._pool.submit(self._fns[name])
+            self._futures[name] = self._pool.submit(self._on_own_streams, fn)
+
+    def _on_own_streams(self, fn: Callable[[], Any]) -> Any:
+        with own_streams(self.devices):
+            return fn()
 
     def __contains__(self, name: str) -> bool:
         return name in self._fns
@@ -86,7 +116,8 @@ def map_devices(fn: Callable[[T, Any], R], items: Sequence[T], devices: Sequence
     def worker(dev: Any) -> None:
         import torch
 
-        with torch.no_grad(), (torch.cuda.device(dev) if getattr(dev, "type", "") == "cuda" else nullcontext()):
+        cuda = getattr(dev, "type", "") == "cuda"
+        with torch.no_grad(), own_streams(devices), (torch.cuda.device(dev) if cuda else nullcontext()):
             while True:
                 with lock:
                     i = next(todo, None)
@@ -100,4 +131,4 @@ def map_devices(fn: Callable[[T, Any], R], items: Sequence[T], devices: Sequence
     return out
 
 
-__all__ = ["Jobs", "map_devices"]
+__all__ = ["Jobs", "map_devices", "own_streams"]

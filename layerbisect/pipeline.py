@@ -236,8 +236,8 @@ def compare(
 
         thresholds = GateConfig.builtin().default
     # what reads only the runners and the captures: at once when concurrent, else where it always ran (jobs.py)
-    jobs = _submit_jobs(Jobs(concurrent and cand_runner is not None, timings), o, ref_runner, cand_runner, ids,
-                        ref_caps, info, thresholds, say)
+    jobs = _submit_jobs(Jobs(concurrent and cand_runner is not None, timings, [ref_dev, cand_dev]), o, ref_runner,
+                        cand_runner, ids, ref_caps, info, thresholds, say)
     try:
         t0 = time.perf_counter()
         say("comparing")

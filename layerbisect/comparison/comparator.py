@@ -315,6 +315,7 @@ def _full_metrics(ref: Captures, cand: Captures, common: list[str], idx: torch.T
     """name → ``M.POINT_METRICS`` tensors (on the CPU) of every point both sides hold in full; records shape
     mismatches instead. On a device, nothing waits for it until the one copy back at the end."""
     dev = torch.device(device) if device is not None else None
+    idx_dev = idx.to(dev) if dev is not None else idx
     out: dict[str, list[torch.Tensor]] = {}
     for name in common:
         if name not in ref.tensors or name not in cand.tensors:
@@ -322,9 +323,10 @@ def _full_metrics(ref: Captures, cand: Captures, common: list[str], idx: torch.T
         if ref.tensors[name].shape[1:] != cand.tensors[name].shape[1:]:
             shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
             continue
-        r, c = ref.tensors[name][idx], cand.tensors[name][idx]
-        if dev is not None:
-            r, c = r.to(dev), c.to(dev)
+        if dev is None:
+            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
+        else:  # rows picked on the device: no gather on the host (another thread may be busy there)
+            r, c = ref.tensors[name].to(dev)[idx_dev], cand.tensors[name].to(dev)[idx_dev]
         m = M.point_metrics(r, c)
         out[name] = [m[k] for k in M.POINT_METRICS]
     if dev is None or not out:
