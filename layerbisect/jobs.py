@@ -17,22 +17,16 @@ Design notes
   wait for a result (a number brought to the host, a copy from pageable memory) would wait for every
   other thread's queued kernels on that device too, and the threads would run one after another.
   A new stream first waits for what its device's current stream holds (the loads, the passes).
-- While jobs run at once the interpreter hands the GIL over every ``SWITCH_S`` instead of 5 ms: a thread
-  back from a kernel or a wait on its device then waits less for one that runs pure Python (building a
-  table, copying a module tree). Restored by ``close``.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
-
-SWITCH_S = 0.0005
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,9 +61,6 @@ class Jobs:
         self._done: dict[str, Any] = {}
         self._futures: dict[str, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bisect-job") if concurrent else None
-        self._switch = sys.getswitchinterval()
-        if concurrent:
-            sys.setswitchinterval(min(self._switch, SWITCH_S))
 
     @property
     def concurrent(self) -> bool:
@@ -107,7 +98,6 @@ class Jobs:
         """Wait for every job (an error is left to ``result``, which nobody asked for) and let the threads go."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-            sys.setswitchinterval(self._switch)
 
 
 def map_devices(fn: Callable[[T, Any], R], items: Sequence[T], devices: Sequence[Any]) -> list[R]:

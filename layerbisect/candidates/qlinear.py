@@ -110,23 +110,18 @@ class QuantLinear(torch.nn.Module):
 
     # -- statistics ------------------------------------------------------------------------------------------------
     def _observe(self, x2: torch.Tensor) -> None:
-        # the counters stay tensors where x2 is until ``activation_stats`` reads them: a call never waits for the
-        # device (on a GPU each wait cost more than the linear itself, and in a thread it yields the GIL)
         st = self._stats
         st["calls"] += 1
         st["tokens"] += int(x2.shape[0])
         finite = torch.isfinite(x2)
-        st["input_nonfinite"] = st["input_nonfinite"] + (~finite).sum()
+        st["input_nonfinite"] += int((~finite).sum())
         if x2.numel():
-            amax = torch.where(finite, x2.abs(), torch.zeros_like(x2)).max()
-            prev = st["input_amax"]
-            st["input_amax"] = amax.clamp_min(prev) if not isinstance(prev, torch.Tensor) else torch.maximum(
-                prev.to(amax.device), amax)
+            amax = float(torch.where(finite, x2.abs(), torch.zeros_like(x2)).max())
+            st["input_amax"] = max(st["input_amax"], amax)
 
     def activation_stats(self) -> dict:
-        """Observed input statistics so far plus what the activation quantizer did with them (host numbers)."""
-        host = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self._stats.items()}
-        return dict(host, module=self.module_name, scheme=self.scheme, act_mode=self.act_mode)
+        """Observed input statistics so far plus what the activation quantizer did with them."""
+        return dict(self._stats, module=self.module_name, scheme=self.scheme, act_mode=self.act_mode)
 
     def reset_stats(self) -> None:
         keep = {"calls": 0, "tokens": 0, "input_amax": 0.0, "input_nonfinite": 0}
@@ -293,7 +288,7 @@ class FP8Linear(QuantLinear):
             return x2 @ self._weight_fp32().T
         a_block = self._act_block()
         if self.act_mode == "fp8_static_tensor":
-            self._stats["saturated"] = self._stats["saturated"] + (x2.abs() / self.input_scale > kfp8.FP8_MAX).sum()
+            self._stats["saturated"] += int((x2.abs() / self.input_scale > kfp8.FP8_MAX).sum())
             a_q, a_s = kfp8.quantize_fp8(x2, a_block, self.input_scale)
         else:
             a_q, a_s = kfp8.quantize_fp8(x2, a_block)
@@ -413,8 +408,8 @@ class NVFP4Linear(QuantLinear):
         gs = self._act_global_scale(x2).to(x2.device)
         codes, s8, overflow = knv.quantize_nvfp4(x2, gs)
         self._stats["blocks"] += int(overflow.numel())
-        self._stats["block_scale_overflow"] = self._stats["block_scale_overflow"] + overflow.sum()
-        self._stats["last_global_scale"] = gs.detach().reshape(())
+        self._stats["block_scale_overflow"] += int(overflow.sum())
+        self._stats["last_global_scale"] = float(gs)
         if not native:  # knv.nvfp4_gemm emulated, with the weight's dequantization kept (``_weight_fp32``)
             return knv.dequantize_nvfp4(codes, s8, knv.GlobalScale(gs, "divide")) @ self._weight_fp32().T
         return knv.nvfp4_gemm(codes, s8, knv.GlobalScale(gs, "divide"), self.weight_packed, self.weight_scale,
