@@ -797,8 +797,8 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
         f"shape {shape}; 32 prompt tokens + 4 generated; localization and audits on; runs alternate "
         f"({', '.join(order)}); files written in {t_write:.0f} s",
         "two devices: both sides load, generate and run their capture passes at once (two threads); then the "
-        "expected lane (reference's device), the patching followed by the audits (candidate's device; the weight "
-        "pairs split over both) and the comparison run at once (layerbisect/jobs.py): their columns overlap",
+        "expected lane (reference's device), the patching (candidate's device), the audits (weight pairs split "
+        "over both) and the comparison run at once (layerbisect/jobs.py): their columns overlap",
     ])
 
 
