@@ -435,14 +435,15 @@ def _breakdown_rows(label: str, r: dict, device: str) -> list[Any]:
     return [label, device, f"{r['total_s']:.1f}", f"{r.get('load_reference', 0):.1f}",
             f"{r.get('load_candidate', 0):.1f}",
             f"{r.get('generate', 0):.1f}", f"{r.get('run_reference', 0):.1f}", f"{r.get('run_candidate', 0):.1f}",
-            f"{r.get('compare', 0):.2f}", f"{r.get('localize', 0):.1f}", f"{r['report_s']:.2f}",
+            f"{r.get('compare', 0):.2f}", f"{r.get('expected_lane', 0):.1f}", f"{r.get('localize', 0):.1f}",
+            f"{r.get('audit', 0):.1f}", f"{r['report_s']:.2f}",
             _fmt_gib(cuda_peak), _fmt_gib(r.get("host_rss_sampled") or pk.get("host_rss")),
             "/".join(m.get("mode", "?") for m in r["memory"])]
 
 
 BREAKDOWN = ["run", "device", "total s", "load ref (read+dequant) s", "load cand s", "generate s", "ref pass s",
-             "cand pass s", "compare s", "localize+audit s", "report s", "peak GPU GiB", "peak host RSS GiB",
-             "mode ref/cand"]
+             "cand pass s", "compare s", "expected lane s", "localize s", "audit s", "report s", "peak GPU GiB",
+             "peak host RSS GiB", "mode ref/cand"]
 
 
 # --- (b) Gemma 3 270M ------------------------------------------------------------------------
@@ -795,14 +796,17 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
     return emit(out, "two_gpus.md", f"(g) One GPU vs two, synthetic {shape_name}", table(BREAKDOWN, rows), [
         f"shape {shape}; 32 prompt tokens + 4 generated; localization and audits on; runs alternate "
         f"({', '.join(order)}); files written in {t_write:.0f} s",
-        "two devices: both sides load, generate and run their capture passes at once (two threads)",
+        "two devices: both sides load, generate and run their capture passes at once (two threads); then the "
+        "expected lane (reference's device), the patching (candidate's device), the audits (weight pairs split "
+        "over both) and the comparison run at once (layerbisect/jobs.py): their columns overlap",
     ])
 
 
 def _timing_of(stage: str) -> str:
     return {"loading reference": "load_reference", "loading candidate": "load_candidate", "greedy": "generate",
             "reference": "run_reference", "candidate": "run_candidate", "capture passes": "run_both_wall",
-            "comparing": "compare", "localizing": "localize", "auditing weights and scales": "localize"}.get(
+            "comparing": "compare", "localizing": "localize", "auditing weights and scales": "audit",
+            "expected lane": "expected_lane"}.get(
         stage, stage)
 
 

@@ -2,8 +2,9 @@
 
 The names are the contract between runners, comparator and reports (docs/CAPTURE_NAMES.md);
 which points a model has is derived from its graph (``graph.capture_points(spec)``).
-Tensors are kept FP32 on the CPU with shape (T, F), one row per token position. Insertion
-order is execution order, so "the first point that diverged" is well defined.
+Tensors are kept FP32 on the CPU with shape (T, F), one row per token position (``keep_device``:
+where they were made, for a store that is reduced on the device at once: activation patching).
+Insertion order is execution order, so "the first point that diverged" is well defined.
 
 With ``summary_only`` a store keeps only per-token summaries (L2 norm, abs max, NaN and Inf
 counts): memory then stays bounded by the number of points, not the model size.
@@ -94,6 +95,7 @@ class Captures:
     selector: Selector = field(default_factory=Selector)
     summary_only: bool = False
     enabled: bool = True
+    keep_device: bool = False  # FP32 where recorded instead of on the CPU (no host copy, no wait per point)
 
     def wants(self, name: str) -> bool:
         return self.enabled and self.selector(name)
@@ -108,7 +110,7 @@ class Captures:
             s = PointSummary.of(x2)
             self.summaries[name] = self.summaries[name].cat(s) if name in self.summaries else s
             return
-        x2 = x2.to(device="cpu", dtype=torch.float32)
+        x2 = x2.to(dtype=torch.float32) if self.keep_device else x2.to(device="cpu", dtype=torch.float32)
         prev = self.tensors.get(name)
         self.tensors[name] = x2.clone() if prev is None else torch.cat([prev, x2])
 

@@ -9,13 +9,17 @@ and because of everything before it. Patching separates the two:
   linear and is compared with the reference linear on the same input: the module's own
   quantization error, free of everything around it.
 
-``localize`` returns a ``Localization`` (per-layer and per-module rows) for the run record and
-adds a ``culprit`` finding to the report; the pipeline runs the audits next.
+``patch`` runs both patchings and touches nothing but the runners (the pipeline runs it beside the
+expected lane and the comparison); ``localize`` turns its rows into a ``Localization`` (per-layer
+and per-module rows) for the run record and adds a ``culprit`` finding to the report; the
+pipeline runs the audits next.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -29,28 +33,38 @@ from .graph.context import context_points, layer_cache
 from .graph.probe import linear_inputs
 from .kernels import on_device
 from .runner import ModelRunner
+from .spec import ModelSpec
 
 
-def _agg(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float]:
-    """(min cosine over tokens, max relative L2 over tokens), NaN-aware."""
+def _agg_t(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """(min cosine over tokens, max relative L2 over tokens), NaN-aware: a float64 (2,) tensor where the inputs are
+    (nothing waits for the device)."""
     c = cosine(ref, cand)
     r = rel_l2(ref, cand)
-    cmin = float(torch.nan_to_num(c, nan=-1.0).min())
-    rmax = float(torch.nan_to_num(r, nan=float("inf")).max())
-    return cmin, rmax
+    return torch.stack([torch.nan_to_num(c, nan=-1.0).min(), torch.nan_to_num(r, nan=float("inf")).max()])
+
+
+def _op_stats(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """(min cosine, max rel L2, α) of one patched op, computed on ``cand``'s device (the reference's row uploaded)."""
+    ref = ref.to(cand.device)
+    return torch.cat([_agg_t(ref, cand), _alpha_t(ref, cand).reshape(1)])
 
 
 @torch.no_grad()
 def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) -> list[dict]:
-    """Run each candidate layer on the reference's input; return per-layer local errors and per-op detail."""
+    """Run each candidate layer on the reference's input; return per-layer local errors and per-op detail.
+
+    The patched layer's points stay on its device and are reduced there (float64); the numbers of every
+    layer come to the host at once at the end, so the device is never waited for point by point.
+    """
     model = cand_runner.model
     assert model is not None
     dev = model.device
     pos = torch.arange(n_tokens, device=dev)
-    rows = []
+    pending = []
     for i, layer in enumerate(model.layers):
         x_in = ref_caps["embed"] if i == 0 else ref_caps[f"layers.{i - 1}.out"]
-        caps = Captures(token_ids=list(ref_caps.token_ids))
+        caps = Captures(token_ids=list(ref_caps.token_ids), keep_device=True)
         cache = layer_cache(model.cfg, ref_caps, i, dev)  # shared K/V, per-layer inputs: the reference's
         model.rec.captures = caps
         try:
@@ -58,15 +72,16 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
                 layer(x_in.to(dev), pos, cache)
         finally:
             model.rec.captures = None
-        ops = []
-        for name in caps.names():
-            if name in ref_caps.tensors and not is_route_point(name):  # expert ids are compared as sets, not here
-                cmin, rmax = _agg(ref_caps[name], caps[name])
-                ops.append({"op": op_of(name), "cosine": cmin, "rel_l2": rmax,
-                            "alpha": _alpha(ref_caps[name], caps[name])})
+        # expert ids are compared as sets, not here
+        names = [n for n in caps.names() if n in ref_caps.tensors and not is_route_point(n)]
         out_name = f"layers.{i}.out"
-        cmin, rmax = _agg(ref_caps[out_name], caps[out_name])
-        rows.append({"layer": i, "local_cosine": cmin, "local_rel_l2": rmax, "ops": ops})
+        stats = torch.stack([_op_stats(ref_caps[n], caps[n]) for n in names + [out_name]])  # (ops + 1, 3)
+        pending.append((i, names, stats))
+    rows = []
+    for i, names, stats in pending:
+        vals = stats.tolist()
+        ops = [{"op": op_of(n), "cosine": v[0], "rel_l2": v[1], "alpha": v[2]} for n, v in zip(names, vals)]
+        rows.append({"layer": i, "local_cosine": vals[-1][0], "local_rel_l2": vals[-1][1], "ops": ops})
     return rows
 
 
@@ -75,40 +90,66 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
     """Each candidate linear on the reference's input of that linear, against the reference linear.
 
     The inputs come from running each reference layer on its captured input with hooks on its
-    linears (``graph.probe.linear_inputs``): MoE experts get the tokens routed to them.
+    linears (``graph.probe.linear_inputs``): MoE experts get the tokens routed to them. Both outputs
+    are compared on the candidate's device; the numbers come to the host at once at the end.
     """
     rm, cm = ref_runner.model, cand_runner.model
     assert rm is not None and cm is not None
-    rows = []
+    pending = []
     for i in range(cm.cfg.n_layers):
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
         if x_in is None:
             continue
         for name, x in linear_inputs(rm, i, x_in, caps=ref_caps).items():
             r_lin, c_lin = get_module(rm, name), get_module(cm, name)
-            # both sides are queued before either result is waited for: on two devices they overlap
+            # both sides are queued before either result is needed: on two devices they overlap
             y_ref_dev = r_lin(x.to(rm.device))
-            y_cand_dev = c_lin(x.to(cm.device))
-            y_ref, y_cand = y_ref_dev.float().cpu(), y_cand_dev.float().cpu()
-            cmin, rmax = _agg(y_ref, y_cand)
-            nonfinite = int((~torch.isfinite(y_cand)).sum())
+            y_cand = c_lin(x.to(cm.device)).float()
+            y_ref = y_ref_dev.float().to(y_cand.device)
+            nonfinite = (~torch.isfinite(y_cand)).sum().double().reshape(1)
             # best-fit scale α (cand ≈ α·ref): a scale bug shows as α far from 1 at high cosine
-            yr, yc = y_ref.double().flatten(), torch.nan_to_num(y_cand.double().flatten())
-            alpha = float((yr @ yc) / (yr @ yr)) if float(yr @ yr) > 0 else float("nan")
-            rows.append(
-                {
-                    "module": name,
-                    "layer": i,
-                    "op": name.split(".", 2)[2],
-                    "cosine": cmin,
-                    "rel_l2": rmax,
-                    "alpha": alpha,
-                    "nonfinite": nonfinite,
-                    "rows": int(x.shape[0]),
-                    "scheme": getattr(getattr(c_lin, "scheme", None), "weight", "dense"),
-                }
-            )
+            stats = torch.cat([_agg_t(y_ref, y_cand), _alpha_t(y_ref, y_cand).reshape(1), nonfinite])
+            pending.append((name, i, int(x.shape[0]), c_lin, stats))
+    rows = []
+    for name, i, n_rows, c_lin, stats in pending:
+        cmin, rmax, alpha, nonfinite = stats.tolist()
+        rows.append(
+            {
+                "module": name,
+                "layer": i,
+                "op": name.split(".", 2)[2],
+                "cosine": cmin,
+                "rel_l2": rmax,
+                "alpha": alpha,
+                "nonfinite": int(nonfinite),
+                "rows": n_rows,
+                "scheme": getattr(getattr(c_lin, "scheme", None), "weight", "dense"),
+            }
+        )
     return rows
+
+
+@dataclass(frozen=True)
+class Patched:
+    """The rows of both patchings: per layer (``patch_layers``) and per linear (``patch_linears``)."""
+
+    layers: list[dict]
+    modules: list[dict]
+
+
+def can_patch(ref_caps: Captures, spec: ModelSpec) -> bool:
+    """Whether the captures hold every layer's input and output (not so with a narrowed ``--select``)."""
+    need = ["embed"] + [f"layers.{i}.out" for i in range(spec.n_layers)]
+    need += [p for i in range(spec.n_layers) for p in context_points(spec, i)]  # shared K/V, per-layer inputs
+    return all(n in ref_caps.tensors for n in need)
+
+
+@torch.no_grad()
+def patch(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: ModelRunner, n_tokens: int) -> Patched | None:
+    """Both patchings; None when the captures lack a layer's input or output (``can_patch``)."""
+    if not can_patch(ref_caps, ref_runner.config):
+        return None
+    return Patched(patch_layers(ref_caps, cand_runner, n_tokens), patch_linears(ref_caps, ref_runner, cand_runner))
 
 
 def localize(
@@ -120,6 +161,7 @@ def localize(
     *,
     status: Callable[[str], None] | None = None,
     expected: tuple[list[dict], list[dict]] | None = None,
+    patched: Patched | None = None,
 ) -> Localization | None:
     """Local vs accumulated error per layer and per module (returned), and a culprit finding (added to ``report``).
 
@@ -129,17 +171,14 @@ def localize(
     in every layer starts at the first); without it, the layer with the largest local
     error and the op where its error first jumps. Either way the layer with the largest local error is
     also reported on its own (``largest_local_error``). None when the captures lack a layer's input or
-    output (a narrowed ``--select``).
+    output (a narrowed ``--select``). ``patched``: ``patch``'s rows when they were taken already.
     """
     from .comparison import noise
 
-    spec = ref_runner.config
-    need = ["embed"] + [f"layers.{i}.out" for i in range(spec.n_layers)]
-    need += [p for i in range(spec.n_layers) for p in context_points(spec, i)]  # shared K/V, per-layer inputs
-    if any(n not in ref_caps.tensors for n in need):
-        return None  # a narrowed --select: patching needs every layer's input and output
-    layers = patch_layers(ref_caps, cand_runner, len(ids))
-    modules = patch_linears(ref_caps, ref_runner, cand_runner)
+    patched = patched or patch(ref_caps, ref_runner, cand_runner, len(ids))
+    if patched is None:
+        return None
+    layers, modules = patched.layers, patched.modules
     acc = {row["layer"]: row for row in _accumulated(report)}
     table = []
     prev_acc = 0.0
@@ -252,11 +291,12 @@ def localize(
     return result  # why, not only where: the pipeline runs the audits next (audit.after_localize)
 
 
-def _alpha(ref: torch.Tensor, cand: torch.Tensor) -> float:
-    """Best-fit scale cand ≈ α·ref over the whole tensor (NaN-safe): a scale bug is α far from 1 at high cosine."""
+def _alpha_t(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Best-fit scale cand ≈ α·ref over the whole tensor (NaN-safe): a scale bug is α far from 1 at high cosine.
+    A float64 scalar tensor where the inputs are."""
     r, c = ref.double().flatten(), torch.nan_to_num(cand.double().flatten())
-    rr = float(r @ r)
-    return float(r @ c) / rr if rr > 0 else float("nan")
+    rr = r @ r
+    return torch.where(rr > 0, (r @ c) / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.full_like(rr, math.nan))
 
 
 def _badness(x: float) -> float:
@@ -297,4 +337,4 @@ def _accumulated(report: Report) -> list[dict]:
     return out
 
 
-__all__ = ["localize", "patch_layers", "patch_linears"]
+__all__ = ["Patched", "can_patch", "localize", "patch", "patch_layers", "patch_linears"]

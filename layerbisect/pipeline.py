@@ -33,6 +33,7 @@ from .comparison.record import (
     Tokens,
 )
 from .errors import InputError
+from .jobs import Jobs
 from .runner import ModelRunner
 
 ProgressFn = Callable[[str, int, int], None]
@@ -229,130 +230,174 @@ def compare(
 
     if not ref_caps.names():
         raise InputError("--select", f"{o.select!r} selected no capture point of this model")
-    t0 = time.perf_counter()
-    say("comparing")
     info = model_info(ref_runner)
     thresholds = o.thresholds
     if thresholds is None:
         from .comparison.gate import GateConfig
 
         thresholds = GateConfig.builtin().default
-    comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds)
-    if dump_caps is not None:
-        _dump_logits_at_sampled_positions(comparison, ref_caps, dump_caps, candidate_dump, o, ref_runner, thresholds)
-    timings["compare"] = time.perf_counter() - t0
-
-    tok = ref_runner.tokenizer
-
-    def text(xs: list[int]) -> str:
-        return tok.decode(xs) if tok is not None and xs else ""
-
-    record = RunRecord(
-        title=o.title,
-        labels=tuple(sorted((str(k), str(v)) for k, v in o.labels.items())),
-        paths=Paths(
-            str(ref),
-            str(cand if cand is not None else candidate_dump),
-            "checkpoint" if cand is not None else "engine dump",
-        ),
-        model=ModelSummary.from_spec(ref_runner.config),
-        tokens=Tokens(
-            ids=tuple(ids),
-            strings=tuple(tok.token_strings(ids)) if tok is not None else tuple(str(i) for i in ids),
-            n_prompt=len(prompt_ids),
-            prompt=o.prompt if not o.tokens and candidate_dump is None else None,  # a dump brings its own ids
-        ),
-        continuations=Continuations(
-            Continuation(text(ref_new), tuple(ref_new)), Continuation(text(cand_new), tuple(cand_new))
-        ),
-    )
-    if cand_runner is not None:
-        findings += _load_findings(cand_runner)
-        record = replace(record, quantization=_quant_summary(cand_runner))
-    report = Report(comparison, record=record)
-    for f in findings:
-        report.add_finding(f)
-    if dump_caps is not None:  # nothing to patch: name a cause from the comparison's shape alone
-        from .audit.causes import annotate_dump
-        from .comparison.record import Audits
-
-        cause = annotate_dump(report, ref_runner.config)
-        if cause:
-            report.put(audits=Audits(cause=cause))
-
-    from .comparison.recurrent import add_state_section
-
-    add_state_section(report, ref_caps, cand_caps, len(prompt_ids))
-    calib = getattr(cand_runner, "kv_calibration", None)
-    if calib is not None:
-        from .audit.kv_calibration import audit_kv_calibration
-
-        audit_kv_calibration(report, calib, ref_caps)
-
-    if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
-        from .comparison import kld
-
-        stats = kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids)
-        if stats is not None:
-            report.put(kld=stats)
-    if cand_runner is not None:
-        from .audit.overflow import annotate_nonfinite
-        from .comparison.softcap import detect_softcap_missing
-
-        for f in detect_softcap_missing(ref_caps, cand_caps, ref_runner.config, cand_runner.config):
-            report.add_finding(f)
-        annotate_nonfinite(report, ref_caps, cand_runner)
-    exp_run = None
-    if o.expected and cand_runner is not None:
-        from .expected import run_expected
-
+    # what reads only the runners and the captures: at once when concurrent, else where it always ran (jobs.py)
+    jobs = _submit_jobs(Jobs(concurrent and cand_runner is not None, timings, [ref_dev, cand_dev]), o, ref_runner,
+                        cand_runner, ids, ref_caps, info, thresholds, say)
+    try:
         t0 = time.perf_counter()
-        say("expected lane: the reference's weights in the candidate's format")
-        with torch.no_grad():  # as localization: no autograd graph may keep the lane's temporaries
-            exp_run = run_expected(ref_runner, cand_runner, ids, ref_caps, info, thresholds, o.select)
-        timings["expected_lane"] = time.perf_counter() - t0
-    loc = None
-    if o.localize and cand_runner is not None:
-        from .localize import localize
+        say("comparing")
+        dev = next((d for d in (ref_dev, cand_dev) if torch.device(d).type == "cuda"), None)  # float64 on a GPU
+        comparison = compare_captures(ref_caps, cand_caps, info, thresholds=thresholds, device=dev)
+        if dump_caps is not None:
+            _dump_logits_at_sampled_positions(comparison, ref_caps, dump_caps, candidate_dump, o, ref_runner,
+                                              thresholds)
+        timings["compare"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        say("localizing (activation patching)")
-        with torch.no_grad():  # the models' parameters may require grad: no autograd graph may keep temporaries
-            loc = localize(report, ref_runner, cand_runner, ids, ref_caps, status=say,
-                           expected=(exp_run.layers, exp_run.modules) if exp_run is not None else None)
-        if loc is not None:
-            report.put(localization=loc)
-        timings["localize"] = time.perf_counter() - t0
-    if exp_run is not None:
-        from .expected import reconcile, summarize
+        tok = ref_runner.tokenizer
 
-        summary = summarize(report, exp_run, loc)
-        report.put(noise=summary)
-        reconcile(report, summary)
-    if loc is not None and loc.layers and cand_runner is not None:
-        from .audit import after_localize
+        def text(xs: list[int]) -> str:
+            return tok.decode(xs) if tok is not None and xs else ""
 
-        t0 = time.perf_counter()
-        say("auditing weights and scales")
-        with torch.no_grad():
-            report.put(audits=after_localize(report, ref_runner, cand_runner, ref_caps, loc))
-        timings["audit"] = time.perf_counter() - t0
-    from .streaming import streaming_meta
-
-    memory = tuple(
-        MemoryMode.from_meta(side, streaming_meta(runner))
-        for side, runner in (("reference", ref_runner), ("candidate", cand_runner))
-        if runner is not None
-    )
-    report.put(
-        runtime=Runtime(
-            timings_s={k: round(v, 3) for k, v in timings.items()},
-            peak_memory_bytes=_peak_memory(),
-            memory=memory,
-            concurrent=concurrent,
+        record = RunRecord(
+            title=o.title,
+            labels=tuple(sorted((str(k), str(v)) for k, v in o.labels.items())),
+            paths=Paths(
+                str(ref),
+                str(cand if cand is not None else candidate_dump),
+                "checkpoint" if cand is not None else "engine dump",
+            ),
+            model=ModelSummary.from_spec(ref_runner.config),
+            tokens=Tokens(
+                ids=tuple(ids),
+                strings=tuple(tok.token_strings(ids)) if tok is not None else tuple(str(i) for i in ids),
+                n_prompt=len(prompt_ids),
+                prompt=o.prompt if not o.tokens and candidate_dump is None else None,  # a dump brings its own ids
+            ),
+            continuations=Continuations(
+                Continuation(text(ref_new), tuple(ref_new)), Continuation(text(cand_new), tuple(cand_new))
+            ),
         )
-    )
-    return report
+        if cand_runner is not None:
+            findings += _load_findings(cand_runner)
+            record = replace(record, quantization=_quant_summary(cand_runner))
+        report = Report(comparison, record=record)
+        for f in findings:
+            report.add_finding(f)
+        if dump_caps is not None:  # nothing to patch: name a cause from the comparison's shape alone
+            from .audit.causes import annotate_dump
+            from .comparison.record import Audits
+
+            cause = annotate_dump(report, ref_runner.config)
+            if cause:
+                report.put(audits=Audits(cause=cause))
+
+        from .comparison.recurrent import add_state_section
+
+        add_state_section(report, ref_caps, cand_caps, len(prompt_ids))
+        calib = getattr(cand_runner, "kv_calibration", None)
+        if calib is not None:
+            from .audit.kv_calibration import audit_kv_calibration
+
+            audit_kv_calibration(report, calib, ref_caps)
+
+        if cand_runner is not None and "logits" in ref_caps.tensors and "logits" in cand_caps.tensors:
+            from .comparison import kld
+
+            stats = kld.kld_stats(ref_caps.tensors["logits"], cand_caps.tensors["logits"], ids)
+            if stats is not None:
+                report.put(kld=stats)
+        if cand_runner is not None:
+            from .audit.overflow import annotate_nonfinite
+            from .comparison.softcap import detect_softcap_missing
+
+            for f in detect_softcap_missing(ref_caps, cand_caps, ref_runner.config, cand_runner.config):
+                report.add_finding(f)
+            annotate_nonfinite(report, ref_caps, cand_runner)
+        exp_run = jobs.result("expected_lane") if "expected_lane" in jobs else None
+        loc = None
+        if o.localize and cand_runner is not None:
+            from .localize import localize
+
+            patched = jobs.result("localize")
+            if patched is not None:
+                with torch.no_grad():  # the parameters may require grad: no autograd graph may keep temporaries
+                    loc = jobs.timed("localize", lambda: localize(
+                        report, ref_runner, cand_runner, ids, ref_caps, status=say, patched=patched,
+                        expected=(exp_run.layers, exp_run.modules) if exp_run is not None else None))
+            if loc is not None:
+                report.put(localization=loc)
+        if exp_run is not None:
+            from .expected import reconcile, summarize
+
+            summary = summarize(report, exp_run, loc)
+            report.put(noise=summary)
+            reconcile(report, summary)
+        if loc is not None and loc.layers and cand_runner is not None:
+            from .audit import after_localize
+
+            with torch.no_grad():
+                measured = jobs.result("audit")
+                report.put(audits=jobs.timed("audit", lambda: after_localize(
+                    report, ref_runner, cand_runner, ref_caps, loc, measured=measured)))
+        from .streaming import streaming_meta
+
+        memory = tuple(
+            MemoryMode.from_meta(side, streaming_meta(runner))
+            for side, runner in (("reference", ref_runner), ("candidate", cand_runner))
+            if runner is not None
+        )
+        report.put(
+            runtime=Runtime(
+                timings_s={k: round(v, 3) for k, v in timings.items()},
+                peak_memory_bytes=_peak_memory(),
+                memory=memory,
+                concurrent=concurrent,
+            )
+        )
+        return report
+    finally:
+        jobs.close()
+
+
+def _submit_jobs(jobs: Jobs, o: CompareOptions, ref_runner: ModelRunner, cand_runner: ModelRunner | None,
+                 ids: list[int], ref_caps: Captures, info: ModelInfo, thresholds: Thresholds,
+                 say: Callable[[str], None]) -> Jobs:
+    """The expected lane (the reference's device), the activation patching (the candidate's device) and the audits'
+    measurements (the weight pairs on both), as jobs (``jobs.py``); none for an engine dump (nothing to patch)."""
+    if cand_runner is None:
+        return jobs
+    if jobs.concurrent:
+        say("expected lane, localization and audits (both devices at once, beside the comparison)")
+    if o.expected:
+        def lane() -> Any:
+            from .expected import run_expected
+
+            if not jobs.concurrent:
+                say("expected lane: the reference's weights in the candidate's format")
+            with torch.no_grad():  # as localization: no autograd graph may keep the lane's temporaries
+                return jobs.timed("expected_lane", lambda: run_expected(
+                    ref_runner, cand_runner, ids, ref_caps, info, thresholds, o.select))
+
+        jobs.submit("expected_lane", lane)
+    if o.localize:
+        from .audit import measure
+        from .localize import can_patch, patch
+
+        def patched() -> Any:
+            if not jobs.concurrent:
+                say("localizing (activation patching)")
+            return jobs.timed("localize", lambda: patch(ref_caps, ref_runner, cand_runner, len(ids)))
+
+        streamed = ref_runner.streaming or cand_runner.streaming
+
+        def measured() -> Any:
+            if not jobs.concurrent:
+                say("auditing weights and scales")
+            elif streamed:  # a streamed side reads its layers one at a time: one walk over them after the other
+                jobs.result("localize")
+            devices = [ref_runner.device, cand_runner.device] if jobs.concurrent else None  # the pairs: on both
+            return jobs.timed("audit", lambda: measure(ref_caps, ref_runner, cand_runner, devices))
+
+        jobs.submit("localize", patched)
+        if can_patch(ref_caps, ref_runner.config) and ref_runner.config.n_layers:  # the audits follow a localization
+            jobs.submit("audit", measured)
+    return jobs
 
 
 def _dump_logits_at_sampled_positions(

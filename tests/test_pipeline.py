@@ -120,3 +120,14 @@ def test_wrong_model_is_input_error(tiny_quantized):
     _, other = tiny_quantized("qwen3", "FP8_DYNAMIC")
     with pytest.raises(layerbisect.errors.InputError, match="not the same model"):
         layerbisect.compare(gguf, other, options=CompareOptions(tokens=IDS, generate=0))
+
+
+def test_concurrent_jobs_give_the_sequential_report(tiny_quantized):
+    """The expected lane, the patching and the audits' measurements in threads beside the comparison (what two
+    devices do, ``jobs.py``; forced here on one CPU): the report the sequential pipeline writes, byte for byte."""
+    gguf, cand = tiny_quantized("gemma3", "FP8")  # static input scales: the lane calibrates, the audits probe
+    seq = layerbisect.compare(gguf, cand, options=CompareOptions(tokens=IDS, generate=2, concurrent=False))
+    con = layerbisect.compare(gguf, cand, options=CompareOptions(tokens=IDS, generate=2, concurrent=True))
+    assert con.record.runtime.concurrent and not seq.record.runtime.concurrent
+    assert con.record.noise is not None and con.record.localization is not None and con.record.audits is not None
+    assert con.to_json() == seq.to_json()

@@ -138,10 +138,14 @@ def findings_from_rows(rows: list[dict[str, Any]], kind: str) -> list[Finding]:
     ]
 
 
-def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict[str, Any]]:
-    """Add static-activation-scale and KV-scale headroom findings to ``report``; return the headroom rows."""
-    rows = headroom_rows(ref_caps, cand_runner, ref_runner)
-    kv = kv_rows(ref_caps, cand_runner)
+def audit_activation_scales(report: Any, ref_caps: Any, cand_runner: Any, ref_runner: Any,
+                            rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+                            ) -> list[dict[str, Any]]:
+    """Add static-activation-scale and KV-scale headroom findings to ``report``; return the headroom rows.
+
+    ``rows``: (``headroom_rows``, ``kv_rows``) when they were measured already (``audit.measure``).
+    """
+    rows, kv = rows or (headroom_rows(ref_caps, cand_runner, ref_runner), kv_rows(ref_caps, cand_runner))
     for f in findings_from_rows(rows, "act_scale_overflow") + findings_from_rows(kv, "kv_cache_scale"):
         report.add_finding(f)
     return rows + kv

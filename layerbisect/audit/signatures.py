@@ -237,7 +237,7 @@ def pow2_scales(ref: torch.Tensor, cand: torch.Tensor, lin: Any) -> Signature | 
         return None
     blk = resolve_block(tuple(ref.shape), lin.w_block)
     derived = kfp8.dynamic_fp8_scale(ref.float(), blk).reshape(lin.weight_scale.shape)
-    ratio = lin.weight_scale.double() / derived.double()
+    ratio = lin.weight_scale.to(derived.device).double() / derived.double()  # the sides may sit on two devices
     if _is_pow2(derived) or float((ratio - 1).abs().max()) < FIT_TOL:
         return None  # the producer's own scales were powers of two: nothing was rounded
     if float(ratio.min()) <= 0.5 or float(ratio.max()) >= 2.0:

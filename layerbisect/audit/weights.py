@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -335,16 +336,20 @@ def _blocks_pair(rm: Any, cm: Any, name: str) -> tuple[Any, Any] | None:
 
 
 @torch.no_grad()
-def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> WeightAudit:
+def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True,
+                  devices: Sequence[str | torch.device] | None = None) -> WeightAudit:
     """Audit two activated runners (reference: GGUF → FP32; candidate: quantized HF checkpoint).
 
     ``scales``: also check every stored scale tensor (non-finite, zero, negative: ``audit/scales.py``).
-    The sides may sit on two devices: each candidate tensor is compared on the reference's. Dense
-    whole-vocabulary tensors (embedding, head) are reduced a block of rows at a time (``PairSums``),
-    so neither side's FP32 copy of them is ever whole beyond what its model holds (streamed: never).
+    The sides may sit on two devices: each pair is compared on one of ``devices`` (default: the
+    reference's); with several (resident runners only), one thread per device takes the next tensor
+    (``jobs.map_devices``): the same rows, in the same order. Dense whole-vocabulary tensors (embedding,
+    head) are reduced a block of rows at a time on the reference's device (``PairSums``), so neither
+    side's FP32 copy of them is ever whole beyond what its model holds (streamed: never).
     """
     from ..candidates.qlinear import FP8Linear, NVFP4Linear
     from ..graph.inventory import meta_model, params
+    from ..jobs import map_devices
     from . import gguf_types as gt
 
     rm, cm = ref_runner.model, cand_runner.model
@@ -363,11 +368,11 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
     cand_types = _types(cand_runner)
     is_gguf = getattr(cand_runner, "fmt", None) == "gguf"  # judged per GGML type (audit/gguf_types.py)
     sources = getattr(getattr(cand_runner, "tmap", None), "sources", {}) or {}
-    rows: list[TensorAudit] = []
-    for name in ref_sd:
-        if name == "lm_head.weight" and cfg.tied_embeddings:
-            continue
-        r = c = cz = None  # the previous pair is freed before this one is read
+    names = [n for n in ref_sd if not (n == "lm_head.weight" and cfg.tied_embeddings)]
+
+    def audit_one(name: str, dev: torch.device) -> TensorAudit:
+        """One tensor's row, its pair compared on ``dev`` (a whole-vocabulary one on the reference's device)."""
+        r = c = cz = None
         kind, layer, op = _kind_op(name, lins)
         module = name.rsplit(".", 1)[0]
         blocks = _blocks_pair(rm, cm, name) if name in ROW_BLOCKED and not is_gguf and name not in missing else None
@@ -375,7 +380,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
         if blocks is not None:
             shape, scheme = shapes.get(name, ()), cand_types.get(name, "dense")
         else:
-            r = ref_sd[name]
+            r = ref_sd[name].to(dev)
             shape = tuple(r.shape)
             if lin is not None:
                 c = getattr(lin, "bias", None) if name.endswith(".bias") else lin.dequantized_weight()
@@ -386,7 +391,6 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
         row = TensorAudit(name, kind, layer, op, scheme, shape, ref_scheme=ref_types.get(name, ""))
         if name in sources:
             row.evidence["gguf_tensor"] = sources[name].tensor
-        rows.append(row)
         if name in missing or (blocks is None and c is None):
             mk = missing_kinds.get(name, kind)
             row.status = "missing"
@@ -394,22 +398,22 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
             if mk == "scale":  # a parameter, not a module: the op is the parameter (layer_scalar, mlp.router_scale)
                 row.kind, row.op = "scale", name.split(".", 2)[2] if layer is not None else name
             row.note = "absent from the candidate checkpoint; the loader ran it as the identity"
-            continue
+            return row
         if blocks is not None:
             sums = PairSums()
             for rb, cb in zip(*blocks):
                 sums.add(rb, cb)
             if not sums.shape_ok:
                 row.status, row.cause, row.note = "fault", "shape_mismatch", "candidate rows differ in shape"
-                continue
+                return row
             row.nonfinite, row.cosine, row.rel_err, row.alpha, row.sqnr_db = sums.result()
         else:
-            c = c.float().to(r.device)  # the sides may sit on two devices: compared on the reference's
+            c = c.float().to(dev)  # the sides may sit on two devices: compared on ``dev``
             if tuple(c.shape) != tuple(r.shape):
                 sig = _transposed_permutation(r, c, kind, op, cfg, layer)
                 row.status, row.cause = "fault", sig.cause if sig else "shape_mismatch"
                 row.note = sig.note if sig else f"candidate shape {tuple(c.shape)}"
-                continue
+                return row
             row.nonfinite = int((~torch.isfinite(c)).sum())
             cz = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
             row.cosine, row.rel_err, row.alpha, row.sqnr_db = pair_stats(r, cz)
@@ -420,19 +424,19 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
                 note = shard_fault(fits)
                 if note:
                     row.status, row.cause, row.note = "fault", "shard_scale", note
-                    continue
+                    return row
         if row.nonfinite:
             row.status, row.cause = "fault", "nonfinite"
             row.note = f"{row.nonfinite} non-finite values after dequantization"
-            continue
+            return row
         if is_gguf:
             _gguf_blocks(row, r, cz)
-            continue
+            return row
         sig = _signature(kind, r, c, lin, cfg, row)
         if sig is not None:
             row.status, row.cause, row.note = "fault", sig.cause, sig.note
             row.evidence.update(sig.evidence)
-            continue
+            return row
         if row.cosine < COS_OK:
             row.status = "fault"
             if r is not None and c is not None:
@@ -440,7 +444,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
             else:  # a whole-vocabulary tensor is never square: no layout hypothesis applies
                 row.cause, row.note, restored = "garbage", "low cosine and no layout hypothesis restores it", -2.0
             row.evidence["restored_cosine"] = restored
-            continue
+            return row
         scale, conv = _stored_scale(lin, FP8Linear, NVFP4Linear)
         cause, k = classify_scale(row.alpha, scale, conv)
         if cause == "scale_mismatch" and lin is not None:
@@ -448,11 +452,16 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True) -> 
             if sib is not None:
                 row.status, row.cause, row.note = "fault", sib.cause, sib.note
                 row.evidence.update(sib.evidence)
-                continue
+                return row
         if cause:
             row.status, row.cause = "fault", cause
             row.evidence.update({"stored_scale": scale, "convention": conv, "k": k})
             row.note = _scale_note(cause, row.alpha, scale, conv, k)
+        return row
+
+    streamed = getattr(ref_runner, "streaming", False) or getattr(cand_runner, "streaming", False)
+    devs = [torch.device(d) for d in (devices or [ref_runner.device])]
+    rows = map_devices(audit_one, names, devs[:1] if streamed else devs)  # a streamed side reads one layer at a time
     if is_gguf:
         for row in gt.judge_tensors(rows):
             _gguf_outlier(row, ref_sd[row.name], _cand_tensor(row.name, lins, cand_sd), lins, cfg)
@@ -502,7 +511,8 @@ def _gguf_outlier(row: TensorAudit, r: torch.Tensor, c: torch.Tensor, lins: Any,
 
     med = row.evidence.get("group_median_sqnr_db")
     ref_med = f"{med:.1f} dB for {row.evidence.get('group')} here" if med is not None else "no group to compare"
-    cause, note, restored = _layout(row.name, r, c.float(), lins.get(row.name.rsplit('.', 1)[0]), cfg, NVFP4Linear)
+    cause, note, restored = _layout(row.name, r, c.float().to(r.device), lins.get(row.name.rsplit('.', 1)[0]), cfg,
+                                    NVFP4Linear)
     row.status = "fault"
     if cause != "garbage":
         row.cause, row.note = cause, note

@@ -69,7 +69,7 @@ class CandidateRunner(ModelRunner):
     def _build(self) -> None:
         plan = self.plan()
         model = meta_model(plan.spec)
-        state, linears = self.materialize(plan, "")
+        state, linears = self.materialize(plan, "", device=self.device)
         for name, lin in linears.items():
             set_module(model, name, lin)
         model.load_state_dict(state, strict=False, assign=True)
@@ -166,10 +166,13 @@ class CandidateRunner(ModelRunner):
         self.linear_names = {n: plan.hf_module[n] for n in plan.linears}
         return plan
 
-    def materialize(self, plan: CandidatePlan, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
+    def materialize(self, plan: CandidatePlan, prefix: str, device: torch.device | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
         """FP32 dense tensors and built QuantLinears of the graph names under ``prefix`` ("" = all), on CPU.
 
-        Names are relative to ``prefix``, so a streamed layer loads them into a ``Layer`` as is.
+        Names are relative to ``prefix``, so a streamed layer loads them into a ``Layer`` as is. ``device``: the
+        dense tensors go there in their stored dtype and become FP32 there (half the bytes of a BF16 embedding
+        cross to a GPU, and the widening, exact anywhere, runs on it).
         """
         ck, spec, n = self.checkpoint, plan.spec, len(prefix)
         assert ck is not None
@@ -178,7 +181,7 @@ class CandidateRunner(ModelRunner):
         state: dict[str, torch.Tensor] = {}
         for name, (key, offset) in plan.dense.items():
             if name.startswith(prefix):
-                w = ck.get(key).float()
+                w = ck.get(key).to(device).float()
                 state[name[n:]] = w if offset is None else w + offset
         for name in self.load_notes["missing"]:
             if name.startswith(prefix):

@@ -190,8 +190,14 @@ def compare_captures(
     *,
     thresholds: Thresholds | None = None,
     positions: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> Comparison:
-    """Compare two capture stores point by point and token by token (see module notes)."""
+    """Compare two capture stores point by point and token by token (see module notes).
+
+    ``device``: where the per-row metrics of the full points are computed (float64; default the CPU, where the
+    captures are). On a GPU every point's rows are uploaded and reduced there and all numbers come back at
+    once: the same formulas, summed in another order (float64: the last digits may differ from the CPU's).
+    """
     thresholds = thresholds or Thresholds()
     ref_names, cand_names = ref.names(), cand.names()
     cand_set, ref_set = set(cand_names), set(ref_names)
@@ -208,16 +214,13 @@ def compare_captures(
     cols: dict[str, list[Any]] = {c: [] for c in POINT_COLUMNS}
     points: dict[str, PointResult] = {}
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    full_metrics = _full_metrics(ref, cand, common, idx, shape_mismatch, device)
     for order, name in enumerate(common):
         full = name in ref.tensors and name in cand.tensors
         if full:
-            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
-            if r.shape[1:] != c.shape[1:]:
-                shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
+            if name in shape_mismatch:
                 continue
-            cos, rel, mx, sq = M.cosine(r, c), M.rel_l2(r, c), M.max_abs(r, c), M.sqnr_db(r, c)
-            rn, cn = M.row_norm(r), M.row_norm(c)
-            rnf, cnf = M.nonfinite_count(r), M.nonfinite_count(c)
+            cos, rel, mx, sq, rn, cn, rnf, cnf = full_metrics[name]
         else:
             # Summary-only on at least one side: norms are over finite values there.
             rs, cs = ref.summary(name), cand.summary(name)
@@ -305,6 +308,33 @@ def compare_captures(
         ref_meta=dict(ref.meta),
         cand_meta=dict(cand.meta),
     )
+
+
+def _full_metrics(ref: Captures, cand: Captures, common: list[str], idx: torch.Tensor,
+                  shape_mismatch: dict[str, Any], device: str | torch.device | None) -> dict[str, list[torch.Tensor]]:
+    """name → ``M.POINT_METRICS`` tensors (on the CPU) of every point both sides hold in full; records shape
+    mismatches instead. On a device, nothing waits for it until the one copy back at the end."""
+    dev = torch.device(device) if device is not None else None
+    idx_dev = idx.to(dev) if dev is not None else idx
+    out: dict[str, list[torch.Tensor]] = {}
+    for name in common:
+        if name not in ref.tensors or name not in cand.tensors:
+            continue
+        if ref.tensors[name].shape[1:] != cand.tensors[name].shape[1:]:
+            shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
+            continue
+        if dev is None:
+            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
+        else:  # rows picked on the device: no gather on the host (another thread may be busy there)
+            r, c = ref.tensors[name].to(dev)[idx_dev], cand.tensors[name].to(dev)[idx_dev]
+        m = M.point_metrics(r, c)
+        out[name] = [m[k] for k in M.POINT_METRICS]
+    if dev is None or not out:
+        return out
+    counts = M.POINT_METRICS.index("ref_nonfinite")  # the last two are int64 counts: exact in float64
+    host = torch.stack([torch.stack([t.to(torch.float64) for t in ts]) for ts in out.values()]).cpu()
+    return {name: [h if k < counts else h.to(torch.int64) for k, h in enumerate(host[j])]
+            for j, name in enumerate(out)}
 
 
 LOGIT_COLUMNS = ("token_index", "token_id", "kl", "top1_agree", "top5_overlap", "ref_argmax", "cand_argmax")

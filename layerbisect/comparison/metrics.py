@@ -30,7 +30,7 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
     x = x.detach()
     if x.dim() == 1:
         x = x.unsqueeze(0)
-    return x.to(device="cpu", dtype=torch.float64)
+    return x.to(dtype=torch.float64)  # where x is: a GPU computes the same formulas (localization, on its device)
 
 
 def _pair(ref: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +41,7 @@ def _pair(ref: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _row_finite(*xs: torch.Tensor) -> torch.Tensor:
-    ok = torch.ones(xs[0].shape[0], dtype=torch.bool)
+    ok = torch.ones(xs[0].shape[0], dtype=torch.bool, device=xs[0].device)
     for x in xs:
         ok &= torch.isfinite(x).all(dim=-1)
     return ok
@@ -118,7 +118,7 @@ def max_abs(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """max |c − r| per row. Non-finite → NaN; an empty row → 0."""
     r, c = _pair(ref, cand)
     if r.shape[-1] == 0:
-        return torch.zeros(r.shape[0], dtype=torch.float64)
+        return torch.zeros(r.shape[0], dtype=torch.float64, device=r.device)
     return _nan_where((c - r).abs().amax(dim=-1), _row_finite(r, c))
 
 
@@ -127,12 +127,41 @@ def sqnr_db(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     r, c = _pair(ref, cand)
     sig = (r * r).sum(dim=-1)
     noise = ((c - r) ** 2).sum(dim=-1)
-    out = torch.empty_like(sig)
-    pos = (sig > 0) & (noise > 0)
-    out[pos] = 10.0 * torch.log10(sig[pos] / noise[pos])
-    out[noise == 0] = math.inf
-    out[(sig == 0) & (noise > 0)] = -math.inf
-    return _nan_where(out, _row_finite(r, c))
+    return _nan_where(_sqnr(sig, noise), _row_finite(r, c))
+
+
+def _sqnr(sig: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    # no boolean indexing: on a GPU it would wait for the device at every point
+    db = 10.0 * torch.log10(sig / torch.where(noise > 0, noise, torch.ones_like(noise)))
+    return torch.where(noise == 0, math.inf, torch.where(sig == 0, -math.inf, db))
+
+
+POINT_METRICS = ("cosine", "rel_l2", "max_abs", "sqnr_db", "ref_norm", "cand_norm", "ref_nonfinite", "cand_nonfinite")
+
+
+def point_metrics(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every per-row metric of one capture point (``POINT_METRICS``), each exactly what its own function above
+    gives (the same ops on the same values), with the float64 copies, the difference and the finite checks
+    made once instead of once per metric: the comparison's cost at the 8B shape was mostly those."""
+    r, c = _pair(ref, cand)
+    rnf, cnf = (~torch.isfinite(r)).sum(dim=-1), (~torch.isfinite(c)).sum(dim=-1)
+    ok = (rnf == 0) & (cnf == 0)  # _row_finite(r, c)
+    nr, nc = r.norm(dim=-1), c.norm(dim=-1)
+    d = c - r
+    denom = nr * nc  # cosine
+    dot = (r * c).sum(dim=-1)
+    cos = torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dot))
+    cos = torch.where((nr == 0) & (nc == 0), torch.ones_like(cos), cos).clamp(-1.0, 1.0)
+    err = d.norm(dim=-1)  # rel_l2
+    safe = torch.where(nr > 0, nr, torch.ones_like(nr))
+    rel = torch.where(nr > 0, err / safe, torch.where(err > 0, math.inf, 0.0))
+    if r.shape[-1] == 0:  # max_abs
+        mx = torch.zeros(r.shape[0], dtype=torch.float64, device=r.device)
+    else:
+        mx = _nan_where(d.abs().amax(dim=-1), ok)
+    sq = _sqnr((r * r).sum(dim=-1), (d**2).sum(dim=-1))  # sqnr_db
+    return {"cosine": _nan_where(cos, ok), "rel_l2": _nan_where(rel, ok), "max_abs": mx, "sqnr_db": _nan_where(sq, ok),
+            "ref_norm": nr, "cand_norm": nc, "ref_nonfinite": rnf, "cand_nonfinite": cnf}
 
 
 # --------------------------------------------------------------------------- logits

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..capture import Captures
 from ..comparison import noise
 from ..comparison.findings import Finding
@@ -45,7 +47,8 @@ def run_expected(ref_runner: Any, cand_runner: Any, ids: Sequence[int], ref_caps
     if not lane.modules:
         return None
     caps, layers, modules = run_lane(ref_runner, cand_runner, lane, ids, ref_caps, select)
-    cmp = compare_captures(ref_caps, caps, info, thresholds=thresholds)
+    dev = ref_runner.device if torch.device(ref_runner.device).type == "cuda" else None  # reduced where the lane ran
+    cmp = compare_captures(ref_caps, caps, info, thresholds=thresholds, device=dev)
     return ExpectedRun(cmp, layers, modules, lane.scheme, lane.backend, time.perf_counter() - t0)
 
 

@@ -8,12 +8,15 @@ Design notes
   candidate's options, and permuted back exactly as the candidate runner does. Static
   activation scales are calibrated on the reference's own input of each linear; NVFP4
   siblings share a weight global scale when the candidate's do (what llmcompressor writes).
-- Run: the expected linears are swapped into the *reference's* graph (norms, embeddings and
-  everything else stay the reference's), with the candidate's KV-cache quantization
-  (calibrated scales) and compute dtype, for three passes: the normal teacher-forced pass
-  (accumulated error per point), the per-layer activation patching and the per-linear
-  patching (local errors), exactly the passes the candidate gets. The modules are swapped
-  back afterwards, whatever happens.
+- Run: the expected linears are swapped into a copy of the *reference's* graph over the same
+  tensors (``graph.shared_copy``: norms, embeddings and everything else stay the reference's),
+  with the candidate's KV-cache quantization (calibrated scales) and compute dtype, for three
+  passes: the normal teacher-forced pass (accumulated error per point), the per-layer
+  activation patching and the per-linear patching (local errors), exactly the passes the
+  candidate gets. The reference's own model is never changed, so the localization may run on
+  it meanwhile (two devices: ``pipeline``).
+- Everything stays on the reference's device: its weights are quantized where they are (the
+  same elementwise ops and amax on any device, so the same bits) and never copied to the host.
 - Cost: quantizing the weights (seconds: ~100 M weights for Gemma 3 270M) plus one forward
   and one patching pass of the candidate's graph; runtime.json (``timings_s.expected_lane``) records it and
   docs/FAULTS.md lists the measured numbers.
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 
 from ..capture import Captures
-from ..graph import get_module, set_module
+from ..graph import get_module, set_module, shared_copy
 from ..graph.probe import linear_inputs
 from .quantize import BACKEND, fused_groups, model_dtype, quantize_linears
 
@@ -46,13 +49,6 @@ class Lane:
     scheme: str
     backend: str
     quantize_seconds: float
-
-
-class _ModelOnly:
-    """What ``localize.patch_layers``/``patch_linears`` need of a runner: its model."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
 
 
 def _static_inputs(ref_runner: Any, names: Sequence[str], ref_caps: Captures) -> dict[str, torch.Tensor]:
@@ -88,9 +84,9 @@ def build_lane(ref_runner: Any, cand_runner: Any, ref_caps: Captures) -> Lane:
     perms = {n: fam.hf_row_permutation(n, spec) for n in quantized}
     weights = {}
     for n in quantized:
-        w = get_module(ref_runner.model, n).weight.detach().float().cpu()
+        w = get_module(ref_runner.model, n).weight.detach().float()  # on the reference's device
         p = perms[n]
-        weights[n] = w if p is None else w[torch.argsort(torch.as_tensor(p))]  # back to the checkpoint's row order
+        weights[n] = w if p is None else w[torch.argsort(torch.as_tensor(p)).to(w.device)]  # checkpoint's row order
     need = [n for n, s in schemes.items() if s.act in ("fp8_static_tensor", "nvfp4")]
     inputs = _static_inputs(ref_runner, need, ref_caps) if need else {}
     fused = [g for g in fused_groups(list(quantized)) if _shares_global(quantized, g)]
@@ -101,8 +97,8 @@ def build_lane(ref_runner: Any, cand_runner: Any, ref_caps: Captures) -> Lane:
     for n, t in tensors.items():
         bias = getattr(get_module(ref_runner.model, n), "bias", None)
         if bias is not None:
-            b = bias.detach().float().cpu()
-            t["bias"] = b if perms[n] is None else b[torch.argsort(torch.as_tensor(perms[n]))]
+            b = bias.detach().float()
+            t["bias"] = b if perms[n] is None else b[torch.argsort(torch.as_tensor(perms[n])).to(b.device)]
         lin = build_linear(n, t, schemes[n], cand_runner.options)
         if perms[n] is not None:
             lin.permute_out_rows(perms[n])
@@ -121,27 +117,26 @@ def _shares_global(mods: Mapping[str, nn.Module], group: list[str]) -> bool:
 
 
 @contextlib.contextmanager
-def swapped(ref_runner: Any, cand_runner: Any, lane: Lane) -> Iterator[_ModelOnly]:
-    """The reference's graph with the expected linears, the candidate's KV-cache quantization and compute dtype."""
+def swapped(ref_runner: Any, cand_runner: Any, lane: Lane) -> Iterator[Any]:
+    """A runner over a copy of the reference's graph (``shared_copy``: the same tensors) with the expected linears,
+    the candidate's KV-cache quantization and compute dtype; the reference's own model stays as it is."""
     from ..compute_dtype import install
     from ..kv_cache import FP8KVQuant
+    from ..runner import ModelRunner
 
-    model = ref_runner.model
-    saved = {n: get_module(model, n) for n in lane.modules}
+    model = shared_copy(ref_runner.model)
     for n, m in lane.modules.items():
         set_module(model, n, m)
-    kv = getattr(cand_runner, "kv_quant", None)
-    if kv is not None:
+    if getattr(cand_runner, "kv_quant", None) is not None:
         model.set_kv_quant(FP8KVQuant(source="calibrate"))
     hooks = install(model, getattr(cand_runner.options, "compute_dtype", "fp32"))
+    runner = ModelRunner(ref_runner.path, device=ref_runner.device)
+    runner.model, runner.tokenizer = model, ref_runner.tokenizer
+    runner.kind = ref_runner.kind  # the lane's captures carry the reference's metadata, as before
     try:
-        yield _ModelOnly(model)
+        yield runner
     finally:
         hooks.remove()
-        if kv is not None:
-            model.set_kv_quant(None)
-        for n, m in saved.items():
-            set_module(model, n, m)
 
 
 def run_lane(ref_runner: Any, cand_runner: Any, lane: Lane, ids: Sequence[int], ref_caps: Captures,
@@ -149,9 +144,9 @@ def run_lane(ref_runner: Any, cand_runner: Any, lane: Lane, ids: Sequence[int], 
     """(captures of the normal pass, per-layer patching rows, per-linear patching rows) of the expected lane."""
     from ..localize import patch_layers
 
-    with swapped(ref_runner, cand_runner, lane) as m:
-        caps = ref_runner.run(ids, select=select)
-        layers = patch_layers(ref_caps, m, len(ids))  # type: ignore[arg-type]
+    with swapped(ref_runner, cand_runner, lane) as runner:
+        caps = runner.run(ids, select=select)
+        layers = patch_layers(ref_caps, runner, len(ids))
     modules = patch_expected_linears(ref_caps, ref_runner, lane)
     return caps, layers, modules
 
@@ -162,7 +157,7 @@ def patch_expected_linears(ref_caps: Captures, ref_runner: Any, lane: Lane) -> l
     from ..comparison.metrics import rel_l2
 
     rm = ref_runner.model
-    rows = []
+    pending = []
     for i in sorted({int(n.split(".")[1]) for n in lane.modules if n.startswith("layers.")}):
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
         if x_in is None:
@@ -170,11 +165,12 @@ def patch_expected_linears(ref_caps: Captures, ref_runner: Any, lane: Lane) -> l
         for name, x in linear_inputs(rm, i, x_in, caps=ref_caps).items():
             if name not in lane.modules:
                 continue
-            y_ref = get_module(rm, name)(x.to(rm.device)).float().cpu()
-            y_exp = lane.modules[name](x.to(rm.device)).float().cpu()
-            r = rel_l2(y_ref, y_exp)
-            rows.append({"module": name, "layer": i, "rel_l2": float(torch.nan_to_num(r, nan=float("inf")).max())})
-    return rows
+            y_ref = get_module(rm, name)(x.to(rm.device)).float()
+            y_exp = lane.modules[name](x.to(rm.device)).float()
+            r = rel_l2(y_ref, y_exp)  # on the device; every number comes to the host at once below
+            pending.append((name, i, torch.nan_to_num(r, nan=float("inf")).max()))
+    worst = torch.stack([m for _, _, m in pending]).tolist() if pending else []
+    return [{"module": name, "layer": i, "rel_l2": w} for (name, i, _), w in zip(pending, worst)]
 
 
 __all__ = ["Lane", "build_lane", "patch_expected_linears", "run_lane", "swapped"]

@@ -13,7 +13,7 @@ from .deltanet import GatedDeltaNet, GatedRMSNorm, RecurrentState
 from .ffn import MLP, MoE, route
 from .inventory import capture_points, estimate_fp32_bytes, layer_fp32_bytes, meta_model, quantizable_linears
 from .layer import Layer
-from .modules import get_module, set_module
+from .modules import get_module, set_module, shared_copy
 from .ops import Recorder, RMSNorm, apply_rope, rope_inv_freq, softcap
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "rope_inv_freq",
     "route",
     "set_module",
+    "shared_copy",
     "softcap",
 ]

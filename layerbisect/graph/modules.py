@@ -1,7 +1,11 @@
-"""Getting and replacing a submodule by its canonical dotted name (``layers.3.mlp.experts.5.up_proj``)."""
+"""Getting and replacing a submodule by its canonical dotted name (``layers.3.mlp.experts.5.up_proj``), and a
+second module tree over the same tensors (``shared_copy``)."""
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 
@@ -21,4 +25,27 @@ def set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
         setattr(p, leaf, new)
 
 
-__all__ = ["get_module", "set_module"]
+def shared_copy(root: nn.Module) -> nn.Module:
+    """A new module tree over ``root``'s own tensors (nothing is copied but the modules and their plain state).
+
+    Swapping modules, hooks or attributes (a KV quantizer, a capture recorder) into the copy leaves ``root``
+    as it is, so another thread may run ``root`` meanwhile (the expected lane beside the localization). The
+    copy starts with no hooks: those on ``root`` belong to whoever put them there (a probe in another thread),
+    and their tables are never read here while that thread may change them.
+    """
+    memo: dict[int, object] = {}
+    for m in root.modules():
+        for k, v in vars(m).items():  # parameters, buffers and any tensor kept as a plain attribute
+            if isinstance(v, torch.Tensor):
+                memo[id(v)] = v
+            elif "hooks" in k and isinstance(v, dict):
+                memo[id(v)] = type(v)()
+        for d in (m._parameters, m._buffers):
+            memo.update({id(t): t for t in d.values() if t is not None})
+    spec = getattr(root, "spec", None)
+    if spec is not None:
+        memo[id(spec)] = spec  # frozen: shared
+    return copy.deepcopy(root, memo)
+
+
+__all__ = ["get_module", "set_module", "shared_copy"]

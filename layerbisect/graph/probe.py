@@ -5,10 +5,13 @@ reference's input of that linear. Instead of a table of "which capture point fee
 linear" (a layer's structure written down again), the layer is run once on its captured input
 with a forward pre-hook on each ``nn.Linear``: whatever the layer kind (attention, MoE
 experts fed only the tokens routed to them, recurrent projections), the hook sees exactly the
-rows the module computed on.
+rows the module computed on. The hooks record the calling thread's forward only: another thread
+may run the same model meanwhile (the pipeline's localization beside the expected lane).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import nn
@@ -37,10 +40,12 @@ def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.T
     seen: dict[str, list[torch.Tensor]] = {}
     handles = []
     prefix = f"layers.{index}."
+    me = threading.get_ident()
     for name, mod in layer.named_modules():
         if isinstance(mod, nn.Linear):
             def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
-                seen.setdefault(prefix + name, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
+                if threading.get_ident() == me:
+                    seen.setdefault(prefix + name, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
 
             handles.append(mod.register_forward_pre_hook(hook))
     saved = model.rec.captures

@@ -185,3 +185,26 @@ def test_sub_op_error_absorbed_by_residual_is_a_warning():
         cand2.record(name, ref[name] + 2.0 * torch.randn(4, 32, generator=g) if name != "embed" else ref[name])
     f2 = detect_first_divergence(compare_captures(ref, cand2, ModelInfo(arch="llama", n_layers=1)))[0]
     assert f2.severity == "error"
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_comparison_on_a_device_gives_the_host_numbers(device: str) -> None:
+    """``compare_captures(device=...)``: every point's rows reduced on the device, the numbers brought back at once.
+    On the CPU that round trip changes no bit; on a GPU float64 sums run in another order (last digits only)."""
+    ref, cand, info = synthetic_pair()
+    plant_nan(cand, "layers.2.mlp.down", 3)  # NaN rows, counts and the summary path alike
+    host, dev = compare_captures(ref, cand, info), compare_captures(ref, cand, info, device=device)
+    assert list(dev.points) == list(host.points)
+    for col in POINT_COLUMNS:
+        a, b = host.df[col], dev.df[col]
+        if a.dtype.kind == "f":
+            tol = 0.0 if device == "cpu" else 1e-12
+            close = (a - b).abs() <= tol * (1 + a.abs())
+            assert (close | (a.isna() & b.isna()) | (a == b)).all(), col
+        else:
+            assert a.equals(b), col
+    for name, p in host.points.items():
+        assert p.n_tokens == dev.points[name].n_tokens and p.ref_nonfinite == dev.points[name].ref_nonfinite

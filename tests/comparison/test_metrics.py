@@ -58,6 +58,30 @@ def test_nonfinite_handling():
     assert nr[0] == inf and math.isnan(nr[1])  # a blow-up that reached Inf stays visible
 
 
+@pytest.mark.parametrize("width", [0, 1, 7, 4096])
+def test_point_metrics_are_the_single_metrics_bit_for_bit(width: int) -> None:
+    """The comparison's fused pass (one float64 copy, one difference, one finite check per point) gives exactly
+    what each metric function gives alone: zero rows, equal rows, NaN and ±Inf rows, FP32 values near 3e38."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(9, width, generator=g)
+    c = r + 1e-3 * torch.randn(9, width, generator=g)
+    if width:
+        r[1], c[1] = 0.0, 0.0  # both zero
+        r[2] = 0.0  # zero reference, non-zero candidate
+        c[3] = r[3]  # identical
+        c[4, 0] = math.nan
+        r[5, -1] = math.inf
+        c[6, 0] = -math.inf
+        r[7], c[7] = r[7] * 3e37, c[7] * 3e37  # squares overflow FP32, not float64
+    got = M.point_metrics(r, c)
+    want = {"cosine": M.cosine(r, c), "rel_l2": M.rel_l2(r, c), "max_abs": M.max_abs(r, c), "sqnr_db": M.sqnr_db(r, c),
+            "ref_norm": M.row_norm(r), "cand_norm": M.row_norm(c), "ref_nonfinite": M.nonfinite_count(r),
+            "cand_nonfinite": M.nonfinite_count(c)}
+    assert tuple(got) == M.POINT_METRICS
+    for k in M.POINT_METRICS:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def test_kl_top1_top5():
     r = t([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, nan, 0.0]])
     c = t([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
