@@ -183,6 +183,37 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.mean()) if x.numel() else math.nan
 
 
+def _full_point_metrics(
+    ref: Captures,
+    cand: Captures,
+    names: list[str],
+    idx: torch.Tensor,
+    shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``metrics.point_metrics`` of every point both sides hold whole, the rows of all points of one width
+    stacked into one call (hundreds of points, a handful of widths: no per-point pass of Python and float64
+    copies); the points whose shapes differ go to ``shape_mismatch``."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name in names:
+        if name not in ref.tensors or name not in cand.tensors:
+            continue
+        r, c = ref.tensors[name], cand.tensors[name]
+        if r.shape[1:] != c.shape[1:]:
+            shape_mismatch[name] = (tuple(r.shape), tuple(c.shape))
+            continue
+        groups.setdefault(tuple(r.shape[1:]), []).append(name)
+    n = int(idx.numel())
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for group in groups.values():
+        rs = torch.cat([ref.tensors[g][idx] for g in group]) if len(group) > 1 else ref.tensors[group[0]][idx]
+        cs = torch.cat([cand.tensors[g][idx] for g in group]) if len(group) > 1 else cand.tensors[group[0]][idx]
+        got = M.point_metrics(rs, cs)
+        del rs, cs
+        for j, g in enumerate(group):
+            out[g] = {k: v[j * n : (j + 1) * n] for k, v in got.items()}
+    return out
+
+
 def compare_captures(
     ref: Captures,
     cand: Captures,
@@ -208,16 +239,15 @@ def compare_captures(
     cols: dict[str, list[Any]] = {c: [] for c in POINT_COLUMNS}
     points: dict[str, PointResult] = {}
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    full_metrics = _full_point_metrics(ref, cand, common, idx, shape_mismatch)
     for order, name in enumerate(common):
-        full = name in ref.tensors and name in cand.tensors
+        if name in shape_mismatch:
+            continue
+        full = name in full_metrics
         if full:
-            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
-            if r.shape[1:] != c.shape[1:]:
-                shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
-                continue
-            cos, rel, mx, sq = M.cosine(r, c), M.rel_l2(r, c), M.max_abs(r, c), M.sqnr_db(r, c)
-            rn, cn = M.row_norm(r), M.row_norm(c)
-            rnf, cnf = M.nonfinite_count(r), M.nonfinite_count(c)
+            m = full_metrics.pop(name)
+            cos, rel, mx, sq = m["cosine"], m["rel_l2"], m["max_abs"], m["sqnr_db"]
+            rn, cn, rnf, cnf = m["ref_norm"], m["cand_norm"], m["ref_nonfinite"], m["cand_nonfinite"]
         else:
             # Summary-only on at least one side: norms are over finite values there.
             rs, cs = ref.summary(name), cand.summary(name)
@@ -323,11 +353,8 @@ def _compare_logits(
         return None, empty
     idx = torch.tensor(pos, dtype=torch.long)
     r, c = ref.tensors["logits"][idx], cand.tensors["logits"][idx]
-    kl = M.kl_divergence(r, c)
-    top1 = M.top1_agreement(r, c)
-    top5 = M.topk_overlap(r, c, 5)
-    ra = torch.nan_to_num(r.double(), nan=-math.inf).argmax(dim=-1)
-    ca = torch.nan_to_num(c.double(), nan=-math.inf).argmax(dim=-1)
+    lm = M.logit_metrics(r, c, 5)
+    kl, top1, top5, ra, ca = lm["kl"], lm["top1"], lm["topk"], lm["ref_argmax"], lm["cand_argmax"]
     df = pd.DataFrame(
         {
             "token_index": pos,

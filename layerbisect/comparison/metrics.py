@@ -135,6 +135,84 @@ def sqnr_db(ref: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     return _nan_where(out, _row_finite(r, c))
 
 
+# --------------------------------------------------------------------------- all at once
+
+POINT_METRICS = ("cosine", "rel_l2", "max_abs", "sqnr_db", "ref_norm", "cand_norm", "ref_nonfinite", "cand_nonfinite")
+F64_CHUNK = 1 << 21  # float64 elements per operand of one step of ``point_metrics``: 16 MB, whatever the width
+
+
+def point_metrics(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every per-row metric of the comparison at once: ``POINT_METRICS`` → (N,) tensor.
+
+    The same values as ``cosine``, ``rel_l2``, ``max_abs``, ``sqnr_db``, ``row_norm`` and
+    ``nonfinite_count`` called one by one (the same float64 operations on each row; tested
+    bit for bit), from one float64 copy of each side instead of one per function, a block of
+    rows at a time (``F64_CHUNK``): a (14, 262144) logits row block never exists in float64 whole.
+    Rows are independent, so a caller may stack the rows of many points of one width.
+    """
+    r_all, c_all = ref.detach(), cand.detach()
+    if r_all.dim() == 1:
+        r_all, c_all = r_all.unsqueeze(0), c_all.unsqueeze(0)
+    if r_all.shape != c_all.shape:
+        raise ValueError(f"shape mismatch: reference {tuple(r_all.shape)} vs candidate {tuple(c_all.shape)}")
+    n, width = r_all.shape[0], r_all.shape[-1]
+    step = max(1, F64_CHUNK // max(width, 1))
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in POINT_METRICS}
+    for a in range(0, n, step):
+        for k, v in _point_metrics_rows(r_all[a : a + step], c_all[a : a + step]).items():
+            parts[k].append(v)
+    if not n:
+        return {k: torch.zeros(0, dtype=torch.int64 if k.endswith("nonfinite") else torch.float64)
+                for k in POINT_METRICS}
+    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}
+
+
+def _point_metrics_rows(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, torch.Tensor]:
+    r, c = _pair(ref, cand)
+    rnf, cnf = (~torch.isfinite(r)).sum(dim=-1), (~torch.isfinite(c)).sum(dim=-1)
+    ok = (rnf == 0) & (cnf == 0)  # _row_finite(r, c)
+    nr, nc = r.norm(dim=-1), c.norm(dim=-1)
+    # cosine
+    denom = nr * nc
+    dot = (r * c).sum(dim=-1)
+    cos = torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dot))
+    cos = torch.where((nr == 0) & (nc == 0), torch.ones_like(cos), cos).clamp(-1.0, 1.0)
+    # rel_l2, max_abs, sqnr_db: one difference
+    d = c - r
+    err = d.norm(dim=-1)
+    safe = torch.where(nr > 0, nr, torch.ones_like(nr))
+    rel = torch.where(nr > 0, err / safe, torch.where(err > 0, math.inf, 0.0))
+    mx = d.abs().amax(dim=-1) if r.shape[-1] else torch.zeros(r.shape[0], dtype=torch.float64)
+    sig = (r * r).sum(dim=-1)
+    noise = (d**2).sum(dim=-1)
+    del d
+    sq = torch.full_like(sig, math.nan)
+    pos = (sig > 0) & (noise > 0)
+    sq[pos] = 10.0 * torch.log10(sig[pos] / noise[pos])
+    sq[noise == 0] = math.inf
+    sq[(sig == 0) & (noise > 0)] = -math.inf
+    return {"cosine": _nan_where(cos, ok), "rel_l2": _nan_where(rel, ok), "max_abs": _nan_where(mx, ok),
+            "sqnr_db": _nan_where(sq, ok), "ref_norm": nr, "cand_norm": nc, "ref_nonfinite": rnf,
+            "cand_nonfinite": cnf}
+
+
+def logit_metrics(ref_logits: torch.Tensor, cand_logits: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:
+    """``kl`` (``kl_divergence``), ``top1`` (``top1_agreement``), ``topk`` (``topk_overlap``) and the NaN-safe
+    argmax of each side (``ref_argmax``/``cand_argmax``: NaN counts as -inf), from one float64 copy per
+    ``LOGIT_ROWS`` rows instead of one per function: the same values (tested bit for bit)."""
+
+    def rows(r32: torch.Tensor, c32: torch.Tensor) -> torch.Tensor:
+        r, c = _pair(r32, c32)
+        out = [_kl_rows(r, c), _top1_rows(r, c).to(torch.float64), _topk_rows(r, c, k),
+               torch.nan_to_num(r, nan=-math.inf).argmax(dim=-1).to(torch.float64),
+               torch.nan_to_num(c, nan=-math.inf).argmax(dim=-1).to(torch.float64)]
+        return torch.stack(out, dim=-1)  # (rows, 5): argmax ids < 2**53 are exact in float64
+
+    got = _by_rows(rows, ref_logits, cand_logits)
+    return {"kl": got[:, 0].contiguous(), "top1": got[:, 1] > 0, "topk": got[:, 2].contiguous(),
+            "ref_argmax": got[:, 3].to(torch.int64), "cand_argmax": got[:, 4].to(torch.int64)}
+
+
 # --------------------------------------------------------------------------- logits
 
 
