@@ -164,6 +164,14 @@ class QuantLinear(torch.nn.Module):
         self._w_dq = w if w.device.type == "cpu" else None
         return w
 
+    def kept_weight(self) -> torch.Tensor:
+        """``dequantized_weight()``, or the copy the emulated GEMM keeps (``_weight_fp32``) when there is one on
+        the module's device: the same bits without decoding again. Read it, never modify it."""
+        w = getattr(self, "_w_dq", None)
+        if w is not None and w.device == next(self.buffers()).device:
+            return w
+        return self.dequantized_weight()
+
     def permute_out_rows(self, perm: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

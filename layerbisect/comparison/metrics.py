@@ -216,7 +216,7 @@ def logit_metrics(ref_logits: torch.Tensor, cand_logits: torch.Tensor, k: int = 
 # --------------------------------------------------------------------------- logits
 
 
-LOGIT_ROWS = 16  # logits are compared this many positions at a time: (T, 262144) in float64 is GBs at once
+LOGIT_ROWS = 4  # logits are compared this many positions at a time: ~10 float64 (rows, 262144) temporaries each
 
 
 def _by_rows(fn, ref: torch.Tensor, cand: torch.Tensor, *args) -> torch.Tensor:  # noqa: ANN001
