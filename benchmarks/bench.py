@@ -435,14 +435,15 @@ def _breakdown_rows(label: str, r: dict, device: str) -> list[Any]:
     return [label, device, f"{r['total_s']:.1f}", f"{r.get('load_reference', 0):.1f}",
             f"{r.get('load_candidate', 0):.1f}",
             f"{r.get('generate', 0):.1f}", f"{r.get('run_reference', 0):.1f}", f"{r.get('run_candidate', 0):.1f}",
-            f"{r.get('compare', 0):.2f}", f"{r.get('localize', 0):.1f}", f"{r['report_s']:.2f}",
+            f"{r.get('compare', 0):.2f}", f"{r.get('expected_lane', 0):.1f}",
+            f"{r.get('localize', 0) + r.get('audit', 0):.1f}", f"{r['report_s']:.2f}",
             _fmt_gib(cuda_peak), _fmt_gib(r.get("host_rss_sampled") or pk.get("host_rss")),
             "/".join(m.get("mode", "?") for m in r["memory"])]
 
 
 BREAKDOWN = ["run", "device", "total s", "load ref (read+dequant) s", "load cand s", "generate s", "ref pass s",
-             "cand pass s", "compare s", "localize+audit s", "report s", "peak GPU GiB", "peak host RSS GiB",
-             "mode ref/cand"]
+             "cand pass s", "compare s", "expected lane s", "localize+audit s", "report s", "peak GPU GiB",
+             "peak host RSS GiB", "mode ref/cand"]
 
 
 # --- (b) Gemma 3 270M ------------------------------------------------------------------------
