@@ -383,7 +383,7 @@ def audit_runners(ref_runner: Any, cand_runner: Any, *, scales: bool = True,
             r = ref_sd[name].to(dev)
             shape = tuple(r.shape)
             if lin is not None:
-                c = getattr(lin, "bias", None) if name.endswith(".bias") else lin.dequantized_weight()
+                c = getattr(lin, "bias", None) if name.endswith(".bias") else _dequantized(lin)
                 scheme = cand_types.get(name, lin.scheme.weight)
             else:
                 c = cand_sd.get(name) if name not in missing else None
@@ -486,8 +486,14 @@ def _cand_tensor(name: str, lins: Any, cand_sd: dict[str, torch.Tensor]) -> torc
     module, _, leaf = name.rpartition(".")
     if module in lins:
         lin = lins[module]
-        return lin.dequantized_weight() if leaf == "weight" else lin.bias
+        return _dequantized(lin) if leaf == "weight" else lin.bias
     return cand_sd[name]
+
+
+def _dequantized(lin: Any) -> torch.Tensor:
+    """A candidate linear's FP32 weight: the copy its GEMM keeps when it has one (same bits, no second decode)."""
+    kept = getattr(lin, "kept_weight", None)
+    return kept() if callable(kept) else lin.dequantized_weight()
 
 
 def _gguf_blocks(row: TensorAudit, r: torch.Tensor, c: torch.Tensor) -> None:

@@ -155,14 +155,30 @@ class QuantLinear(torch.nn.Module):
         more than the matmul it feeds, and a run calls each linear once per decode step and once
         per pass: the FP32 copy is made once (what a resident FP32 side holds anyway; a streamed
         layer drops it with the layer). On a GPU it is recomputed per call (memory-bound, cheap).
-        The operands are the same bits either way, so the result is too.
+        The operands are the same bits either way, so the result is too. ``keep_weight = False`` (the
+        expected lane's modules: three passes, then dropped) decodes on every call instead, so no FP32 copy
+        outlives the call.
         """
         w = self._w_dq
         if w is not None and w.device == next(self.buffers()).device:  # a module moved since drops it
             return w
         w = self.dequantized_weight()
-        self._w_dq = w if w.device.type == "cpu" else None
+        self._w_dq = w if w.device.type == "cpu" and self.keep_weight else None
         return w
+
+    keep_weight = True
+
+    def release_kept_weight(self) -> None:
+        """Drop the kept FP32 copy (``_weight_fp32``); the next call decodes again: same bits, less memory."""
+        self._w_dq = None
+
+    def kept_weight(self) -> torch.Tensor:
+        """``dequantized_weight()``, or the copy the emulated GEMM keeps (``_weight_fp32``) when there is one on
+        the module's device: the same bits without decoding again. Read it, never modify it."""
+        w = getattr(self, "_w_dq", None)
+        if w is not None and w.device == next(self.buffers()).device:
+            return w
+        return self.dequantized_weight()
 
     def permute_out_rows(self, perm: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -183,6 +183,46 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.mean()) if x.numel() else math.nan
 
 
+def _full_point_metrics(
+    ref: Captures,
+    cand: Captures,
+    names: list[str],
+    idx: torch.Tensor,
+    shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``metrics.point_metrics`` (on the CPU) of every point both sides hold whole, the rows of all points of one
+    width stacked into one call (hundreds of points, a handful of widths: no per-point pass of Python and float64
+    copies); the points whose shapes differ go to ``shape_mismatch``. On ``device`` the rows are gathered and
+    reduced there and nothing waits for it until the one copy back at the end."""
+    dev = torch.device(device) if device is not None else None
+    idx_dev = idx.to(dev) if dev is not None else idx
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name in names:
+        if name not in ref.tensors or name not in cand.tensors:
+            continue
+        r, c = ref.tensors[name], cand.tensors[name]
+        if r.shape[1:] != c.shape[1:]:
+            shape_mismatch[name] = (tuple(r.shape), tuple(c.shape))
+            continue
+        groups.setdefault(tuple(r.shape[1:]), []).append(name)
+
+    def rows(side: Captures, group: list[str]) -> torch.Tensor:
+        # on a device the rows are picked there: no gather on the host (another thread may be busy there)
+        parts = [side.tensors[g][idx] if dev is None else side.tensors[g].to(dev)[idx_dev] for g in group]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    n = int(idx.numel())
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for group in groups.values():
+        got = M.point_metrics(rows(ref, group), rows(cand, group))
+        if dev is not None:  # one copy back per metric and width
+            got = {k: v.cpu() for k, v in got.items()}
+        for j, g in enumerate(group):
+            out[g] = {k: v[j * n : (j + 1) * n] for k, v in got.items()}
+    return out
+
+
 def compare_captures(
     ref: Captures,
     cand: Captures,
@@ -214,13 +254,15 @@ def compare_captures(
     cols: dict[str, list[Any]] = {c: [] for c in POINT_COLUMNS}
     points: dict[str, PointResult] = {}
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    full_metrics = _full_metrics(ref, cand, common, idx, shape_mismatch, device)
+    full_metrics = _full_point_metrics(ref, cand, common, idx, shape_mismatch, device)
     for order, name in enumerate(common):
-        full = name in ref.tensors and name in cand.tensors
+        if name in shape_mismatch:
+            continue
+        full = name in full_metrics
         if full:
-            if name in shape_mismatch:
-                continue
-            cos, rel, mx, sq, rn, cn, rnf, cnf = full_metrics[name]
+            m = full_metrics.pop(name)
+            cos, rel, mx, sq = m["cosine"], m["rel_l2"], m["max_abs"], m["sqnr_db"]
+            rn, cn, rnf, cnf = m["ref_norm"], m["cand_norm"], m["ref_nonfinite"], m["cand_nonfinite"]
         else:
             # Summary-only on at least one side: norms are over finite values there.
             rs, cs = ref.summary(name), cand.summary(name)
@@ -310,33 +352,6 @@ def compare_captures(
     )
 
 
-def _full_metrics(ref: Captures, cand: Captures, common: list[str], idx: torch.Tensor,
-                  shape_mismatch: dict[str, Any], device: str | torch.device | None) -> dict[str, list[torch.Tensor]]:
-    """name → ``M.POINT_METRICS`` tensors (on the CPU) of every point both sides hold in full; records shape
-    mismatches instead. On a device, nothing waits for it until the one copy back at the end."""
-    dev = torch.device(device) if device is not None else None
-    idx_dev = idx.to(dev) if dev is not None else idx
-    out: dict[str, list[torch.Tensor]] = {}
-    for name in common:
-        if name not in ref.tensors or name not in cand.tensors:
-            continue
-        if ref.tensors[name].shape[1:] != cand.tensors[name].shape[1:]:
-            shape_mismatch[name] = (tuple(ref.tensors[name].shape), tuple(cand.tensors[name].shape))
-            continue
-        if dev is None:
-            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
-        else:  # rows picked on the device: no gather on the host (another thread may be busy there)
-            r, c = ref.tensors[name].to(dev)[idx_dev], cand.tensors[name].to(dev)[idx_dev]
-        m = M.point_metrics(r, c)
-        out[name] = [m[k] for k in M.POINT_METRICS]
-    if dev is None or not out:
-        return out
-    counts = M.POINT_METRICS.index("ref_nonfinite")  # the last two are int64 counts: exact in float64
-    host = torch.stack([torch.stack([t.to(torch.float64) for t in ts]) for ts in out.values()]).cpu()
-    return {name: [h if k < counts else h.to(torch.int64) for k, h in enumerate(host[j])]
-            for j, name in enumerate(out)}
-
-
 LOGIT_COLUMNS = ("token_index", "token_id", "kl", "top1_agree", "top5_overlap", "ref_argmax", "cand_argmax")
 
 
@@ -353,11 +368,8 @@ def _compare_logits(
         return None, empty
     idx = torch.tensor(pos, dtype=torch.long)
     r, c = ref.tensors["logits"][idx], cand.tensors["logits"][idx]
-    kl = M.kl_divergence(r, c)
-    top1 = M.top1_agreement(r, c)
-    top5 = M.topk_overlap(r, c, 5)
-    ra = torch.nan_to_num(r.double(), nan=-math.inf).argmax(dim=-1)
-    ca = torch.nan_to_num(c.double(), nan=-math.inf).argmax(dim=-1)
+    lm = M.logit_metrics(r, c, 5)
+    kl, top1, top5, ra, ca = lm["kl"], lm["top1"], lm["topk"], lm["ref_argmax"], lm["cand_argmax"]
     df = pd.DataFrame(
         {
             "token_index": pos,

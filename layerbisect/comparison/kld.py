@@ -157,7 +157,7 @@ class KLDStats:
 
 
 def per_position(
-    ref_logits: torch.Tensor, cand_logits: torch.Tensor, next_ids: Sequence[int], *, rows: int = 16
+    ref_logits: torch.Tensor, cand_logits: torch.Tensor, next_ids: Sequence[int], *, rows: int = 4
 ) -> dict[str, torch.Tensor]:
     """Per scored position (rows of the (T, V) logits, ``next_ids[i]`` the token that follows row i):
     ``kld``, ``dp`` (q(t) − p_base(t)), ``nll`` (−log q(t)), ``nll_base``, ``same_top`` (bool), float64.

@@ -136,38 +136,83 @@ def _sqnr(sig: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return torch.where(noise == 0, math.inf, torch.where(sig == 0, -math.inf, db))
 
 
+# --------------------------------------------------------------------------- all at once
+
 POINT_METRICS = ("cosine", "rel_l2", "max_abs", "sqnr_db", "ref_norm", "cand_norm", "ref_nonfinite", "cand_nonfinite")
+F64_CHUNK = 1 << 21  # float64 elements per operand of one step of ``point_metrics``: 16 MB, whatever the width
 
 
 def point_metrics(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every per-row metric of one capture point (``POINT_METRICS``), each exactly what its own function above
-    gives (the same ops on the same values), with the float64 copies, the difference and the finite checks
-    made once instead of once per metric: the comparison's cost at the 8B shape was mostly those."""
+    """Every per-row metric of the comparison at once: ``POINT_METRICS`` → (N,) tensor.
+
+    The same values as ``cosine``, ``rel_l2``, ``max_abs``, ``sqnr_db``, ``row_norm`` and
+    ``nonfinite_count`` called one by one (the same float64 operations on each row; tested
+    bit for bit), from one float64 copy of each side instead of one per function, a block of
+    rows at a time (``F64_CHUNK``): a (14, 262144) logits row block never exists in float64 whole.
+    Rows are independent, so a caller may stack the rows of many points of one width.
+    """
+    r_all, c_all = ref.detach(), cand.detach()
+    if r_all.dim() == 1:
+        r_all, c_all = r_all.unsqueeze(0), c_all.unsqueeze(0)
+    if r_all.shape != c_all.shape:
+        raise ValueError(f"shape mismatch: reference {tuple(r_all.shape)} vs candidate {tuple(c_all.shape)}")
+    n, width = r_all.shape[0], r_all.shape[-1]
+    step = max(1, F64_CHUNK // max(width, 1))
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in POINT_METRICS}
+    for a in range(0, n, step):
+        for k, v in _point_metrics_rows(r_all[a : a + step], c_all[a : a + step]).items():
+            parts[k].append(v)
+    if not n:
+        return {k: torch.zeros(0, dtype=torch.int64 if k.endswith("nonfinite") else torch.float64,
+                               device=r_all.device) for k in POINT_METRICS}
+    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}
+
+
+def _point_metrics_rows(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, torch.Tensor]:
+    # no boolean indexing: on a GPU it would wait for the device at every block
     r, c = _pair(ref, cand)
     rnf, cnf = (~torch.isfinite(r)).sum(dim=-1), (~torch.isfinite(c)).sum(dim=-1)
     ok = (rnf == 0) & (cnf == 0)  # _row_finite(r, c)
     nr, nc = r.norm(dim=-1), c.norm(dim=-1)
-    d = c - r
     denom = nr * nc  # cosine
     dot = (r * c).sum(dim=-1)
     cos = torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(dot))
     cos = torch.where((nr == 0) & (nc == 0), torch.ones_like(cos), cos).clamp(-1.0, 1.0)
-    err = d.norm(dim=-1)  # rel_l2
+    d = c - r  # rel_l2, max_abs, sqnr_db: one difference
+    err = d.norm(dim=-1)
     safe = torch.where(nr > 0, nr, torch.ones_like(nr))
     rel = torch.where(nr > 0, err / safe, torch.where(err > 0, math.inf, 0.0))
-    if r.shape[-1] == 0:  # max_abs
+    if r.shape[-1] == 0:  # max_abs of an empty row: 0, as max_abs gives
         mx = torch.zeros(r.shape[0], dtype=torch.float64, device=r.device)
     else:
         mx = _nan_where(d.abs().amax(dim=-1), ok)
-    sq = _sqnr((r * r).sum(dim=-1), (d**2).sum(dim=-1))  # sqnr_db
+    sq = _sqnr((r * r).sum(dim=-1), (d**2).sum(dim=-1))
+    del d
     return {"cosine": _nan_where(cos, ok), "rel_l2": _nan_where(rel, ok), "max_abs": mx, "sqnr_db": _nan_where(sq, ok),
             "ref_norm": nr, "cand_norm": nc, "ref_nonfinite": rnf, "cand_nonfinite": cnf}
+
+
+def logit_metrics(ref_logits: torch.Tensor, cand_logits: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:
+    """``kl`` (``kl_divergence``), ``top1`` (``top1_agreement``), ``topk`` (``topk_overlap``) and the NaN-safe
+    argmax of each side (``ref_argmax``/``cand_argmax``: NaN counts as -inf), from one float64 copy per
+    ``LOGIT_ROWS`` rows instead of one per function: the same values (tested bit for bit)."""
+
+    def rows(r32: torch.Tensor, c32: torch.Tensor) -> torch.Tensor:
+        r, c = _pair(r32, c32)
+        out = [_kl_rows(r, c), _top1_rows(r, c).to(torch.float64), _topk_rows(r, c, k),
+               torch.nan_to_num(r, nan=-math.inf).argmax(dim=-1).to(torch.float64),
+               torch.nan_to_num(c, nan=-math.inf).argmax(dim=-1).to(torch.float64)]
+        return torch.stack(out, dim=-1)  # (rows, 5): argmax ids < 2**53 are exact in float64
+
+    got = _by_rows(rows, ref_logits, cand_logits)
+    return {"kl": got[:, 0].contiguous(), "top1": got[:, 1] > 0, "topk": got[:, 2].contiguous(),
+            "ref_argmax": got[:, 3].to(torch.int64), "cand_argmax": got[:, 4].to(torch.int64)}
 
 
 # --------------------------------------------------------------------------- logits
 
 
-LOGIT_ROWS = 16  # logits are compared this many positions at a time: (T, 262144) in float64 is GBs at once
+LOGIT_ROWS = 4  # logits are compared this many positions at a time: ~10 float64 (rows, 262144) temporaries each
 
 
 def _by_rows(fn, ref: torch.Tensor, cand: torch.Tensor, *args) -> torch.Tensor:  # noqa: ANN001

@@ -20,6 +20,7 @@ import torch
 from ..capture import Captures
 from ..comparison import noise
 from ..comparison.findings import Finding
+from ..heap import release_free_memory
 
 
 @dataclass
@@ -43,13 +44,21 @@ def run_expected(ref_runner: Any, cand_runner: Any, ids: Sequence[int], ref_caps
     if getattr(cand_runner, "fmt", None) == "gguf":  # a GGUF candidate: its types are judged per GGML type instead
         return None
     t0 = time.perf_counter()
+    for m in cand_runner.quant_linears().values():  # idle while the lane runs; decoded again on next use
+        release = getattr(m, "release_kept_weight", None)
+        if release is not None:
+            release()
+    release_free_memory()  # and the comparison's float64 copies: the lane's peak is its own memory on the live set
     lane = build_lane(ref_runner, cand_runner, ref_caps)
     if not lane.modules:
         return None
     caps, layers, modules = run_lane(ref_runner, cand_runner, lane, ids, ref_caps, select)
+    scheme, backend = lane.scheme, lane.backend
+    del lane  # the expected linears (FP8 and FP32 copies of every quantized weight) go before the comparison
+    release_free_memory()
     dev = ref_runner.device if torch.device(ref_runner.device).type == "cuda" else None  # reduced where the lane ran
     cmp = compare_captures(ref_caps, caps, info, thresholds=thresholds, device=dev)
-    return ExpectedRun(cmp, layers, modules, lane.scheme, lane.backend, time.perf_counter() - t0)
+    return ExpectedRun(cmp, layers, modules, scheme, backend, time.perf_counter() - t0)
 
 
 def summarize(report: Any, run: ExpectedRun, localization: Any = None) -> noise.NoiseSummary:

@@ -100,6 +100,7 @@ def build_lane(ref_runner: Any, cand_runner: Any, ref_caps: Captures) -> Lane:
             b = bias.detach().float()
             t["bias"] = b if perms[n] is None else b[torch.argsort(torch.as_tensor(perms[n])).to(b.device)]
         lin = build_linear(n, t, schemes[n], cand_runner.options)
+        lin.keep_weight = False  # three passes, then dropped: an FP32 copy of every weight would only raise the peak
         if perms[n] is not None:
             lin.permute_out_rows(perms[n])
         modules[n] = lin.to(ref_runner.device)

@@ -12,6 +12,7 @@ may run the same model meanwhile (the pipeline's localization beside the expecte
 from __future__ import annotations
 
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -31,8 +32,17 @@ def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.T
     or is rebuilt from ``caps`` (the whole-sequence captures ``x_in`` came from; ``graph/context.py``).
     A module called several times (none today) gets its inputs concatenated; a module never
     called (an expert no token was routed to) is absent. Captures are off during the run.
+
+    Called with ``caps`` and neither ``pos`` nor ``cache`` (every caller today: the expected lane's
+    static scales and its per-linear patching, the localizer's, the activation-scale audit), the result
+    is kept with ``caps`` (``_memo``) and reused while the layer holds the same linear modules and
+    weights: one probe per layer per run instead of one per caller.
     """
     layer = model.layers[index]
+    key = _memo_key(model, layer, index, x_in) if caps is not None and pos is None and cache is None else None
+    memo = _memo(caps) if key is not None else None
+    if memo is not None and key in memo:
+        return dict(memo[key])
     dev = next((p.device for p in layer.parameters() if p.device.type != "meta"), x_in.device)
     if cache is None and caps is not None:
         cache = layer_cache(model.cfg, caps, index, dev)
@@ -57,7 +67,29 @@ def linear_inputs(model: nn.Module, index: int, x_in: torch.Tensor, pos: torch.T
         model.rec.captures = saved
         for h in handles:
             h.remove()
-    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in seen.items()}
+    out = {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in seen.items()}
+    if memo is not None:
+        memo[key] = out
+    return dict(out)
+
+
+_MEMOS: dict[int, dict[tuple, dict[str, torch.Tensor]]] = {}  # id(captures) → probe results, dropped with them
+
+
+def _memo(caps: Captures) -> dict[tuple, dict[str, torch.Tensor]]:
+    memo = _MEMOS.get(id(caps))
+    if memo is None:
+        memo = _MEMOS[id(caps)] = {}
+        weakref.finalize(caps, _MEMOS.pop, id(caps), None)
+    return memo
+
+
+def _memo_key(model: nn.Module, layer: nn.Module, index: int, x_in: torch.Tensor) -> tuple:
+    """What a probe's result depends on: the model, the layer's linear modules and their weights (a module
+    swapped in, such as the expected lane's, or a weight replaced changes it), and the input tensor."""
+    mods = tuple((id(m), getattr(getattr(m, "weight", None), "data_ptr", lambda: 0)())
+                 for m in layer.modules() if isinstance(m, nn.Linear) or hasattr(m, "dequantized_weight"))
+    return id(model), index, mods, x_in.data_ptr(), tuple(x_in.shape), x_in.device.type
 
 
 __all__ = ["linear_inputs"]

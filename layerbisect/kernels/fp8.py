@@ -118,10 +118,32 @@ def quantize_fp8(
     return q, scale
 
 
+_LUT: dict[torch.dtype, torch.Tensor] = {}
+
+
+def fp8_to_float32(q: torch.Tensor) -> torch.Tensor:
+    """``q.to(torch.float32)``, bit for bit; on the CPU through a 256-entry table of torch's own conversion.
+
+    Torch converts FP8 to FP32 on the CPU one element at a time (~0.2 G/s); a table lookup with int32 indices
+    (``index_select``) is ~4× faster, and the table holds exactly what the conversion gives (NaN payloads too).
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return q.to(torch.float32)
+    lut = _LUT.get(q.dtype)
+    if lut is None:
+        lut = _LUT[q.dtype] = torch.arange(256, dtype=torch.uint8).view(q.dtype).to(torch.float32)
+    out = torch.empty(q.shape, dtype=torch.float32)
+    flat_q, flat_o = q.contiguous().view(torch.uint8).reshape(-1), out.view(-1)
+    step = 1 << 22  # int32 indices a block at a time: 16 MB
+    for a in range(0, flat_q.numel(), step):
+        torch.index_select(lut, 0, flat_q[a : a + step].int(), out=flat_o[a : a + step])
+    return out
+
+
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, block: tuple[int | None, int | None]) -> torch.Tensor:
     """``float32(q) * scale`` (multiplier convention), FP32 result; exact for bf16/fp32/fp16 scales."""
     blk = resolve_block(tuple(q.shape), block)
-    return q.to(torch.float32) * expand_scale(scale.to(torch.float32), tuple(q.shape), blk)
+    return fp8_to_float32(q) * expand_scale(scale.to(torch.float32), tuple(q.shape), blk)
 
 
 def fp8_gemm_emulated(

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..capture import Captures
+from ..heap import release_free_memory
 from ..runner import ModelRunner
 from .gguf_model import load_reference_model
 
@@ -31,6 +32,7 @@ class ReferenceRunner(ModelRunner):
         self.model, self.gguf = load_reference_model(self.path, device=self.device, progress=self.progress)
         self._tokenizer_reader = self.gguf.reader
         _drop_file_pages(self.gguf.reader)
+        release_free_memory()  # the dequantization's temporaries
 
     @property  # type: ignore[override]
     def tokenizer(self):  # built on first use: 262k-token vocabularies take a moment

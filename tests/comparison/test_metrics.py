@@ -141,3 +141,47 @@ def test_logit_and_saturation_results():
     assert not s and "max_saturation ≥ 0.4" in str(s)
     # Both sides at the wall: the model does it by itself, not a quantization bug.
     assert SaturationResult("logits.pre_softcap", "final", None, 30.0, 0.4, 0.41, 500.0, 500.0)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("width", [1, 7, 640, 2048, 70000], ids=lambda w: f"width{w}")
+def test_point_metrics_equal_the_single_metrics_bit_for_bit(width):
+    # point_metrics replaces one float64 copy per metric with one per side: the values must not move at all,
+    # also when the rows of several points are stacked and cut in chunks (F64_CHUNK)
+    g = torch.Generator().manual_seed(width)
+    r = torch.randn(37, width, generator=g) * 3
+    c = r + 1e-3 * torch.randn(37, width, generator=g)
+    r[1], c[2] = 0.0, 0.0
+    r[3], c[3] = 0.0, 0.0
+    r[4, 0], c[5, -1], c[6, 0] = math.nan, math.inf, -math.inf
+    c[7] = r[7]
+    got = M.point_metrics(r, c)
+    _same(got["cosine"], M.cosine(r, c))
+    _same(got["rel_l2"], M.rel_l2(r, c))
+    _same(got["max_abs"], M.max_abs(r, c))
+    _same(got["sqnr_db"], M.sqnr_db(r, c))
+    _same(got["ref_norm"], M.row_norm(r))
+    _same(got["cand_norm"], M.row_norm(c))
+    _same(got["ref_nonfinite"], M.nonfinite_count(r))
+    _same(got["cand_nonfinite"], M.nonfinite_count(c))
+    for lo, hi in ((0, 5), (5, 37)):  # a slice of stacked rows = the metrics of that point alone
+        part = M.point_metrics(r[lo:hi], c[lo:hi])
+        for k, v in part.items():
+            _same(v, got[k][lo:hi])
+
+
+def test_logit_metrics_equal_the_single_metrics_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(21, 5000, generator=g) * 4
+    c = r + 0.05 * torch.randn(21, 5000, generator=g)
+    r[3, 10], c[4, 7], r[5, :] = math.nan, math.inf, -math.inf
+    c[6, 2] = -math.inf
+    got = M.logit_metrics(r, c, 5)
+    _same(got["kl"], M.kl_divergence(r, c))
+    _same(got["top1"], M.top1_agreement(r, c))
+    _same(got["topk"], M.topk_overlap(r, c, 5))
+    _same(got["ref_argmax"], torch.nan_to_num(r.double(), nan=-math.inf).argmax(dim=-1))
+    _same(got["cand_argmax"], torch.nan_to_num(c.double(), nan=-math.inf).argmax(dim=-1))

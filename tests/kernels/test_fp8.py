@@ -133,3 +133,13 @@ def test_triton_scale_expansion_matches_dequant():
     with pytest.raises(ValueError, match="multiples of 128"):
         per_row_k_tile_scales(torch.rand(200, 11), (200, 704), (1, 64))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3fn", "e5m2"])
+def test_fp8_to_float32_table_is_torchs_conversion_bit_for_bit(dtype):
+    # every code (NaN payloads and ±0 included), in a tensor longer than one index block, non-contiguous too
+    codes = torch.arange(256, dtype=torch.uint8).repeat(17000).view(dtype)  # 4.35M > the 4M-element block
+    got, want = fp8.fp8_to_float32(codes), codes.to(torch.float32)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    q = codes[: 256 * 64].reshape(256, 64).t()
+    assert torch.equal(fp8.fp8_to_float32(q).view(torch.int32), q.to(torch.float32).view(torch.int32))
