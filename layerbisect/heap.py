@@ -20,10 +20,15 @@ import sys
 _TRIM = None
 
 
-def release_free_memory() -> None:
-    """``malloc_trim(0)`` on glibc: return the heap's free pages to the system (milliseconds)."""
+def release_free_memory(*devices: object) -> None:
+    """``malloc_trim(0)`` on glibc: return the heap's free pages to the system (milliseconds on a CPU-sized heap).
+
+    ``devices``: where the stage's tensors live; when any is not the CPU nothing is done: the host heap is
+    small there, and ``malloc_trim`` holds the allocator's lock while it walks the free chunks, stalling the
+    threads that run beside the stage (the two-device pipeline, ``jobs.py``).
+    """
     global _TRIM
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or any(str(d).split(":")[0] != "cpu" for d in devices):
         return
     if _TRIM is None:
         try:

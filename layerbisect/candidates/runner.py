@@ -87,7 +87,7 @@ class CandidateRunner(ModelRunner):
         self.tokenizer = self.checkpoint.tokenizer()
         _own_file_tensors(model)
         self.checkpoint.close()  # reopened on demand (the scale audit reads a few small tensors)
-        release_free_memory()  # the read tensors (the BF16 embedding, 0.3 GB) are freed heap memory now
+        release_free_memory(self.device)  # the read tensors (the BF16 embedding, 0.3 GB) are freed heap memory now
 
     def plan(self) -> CandidatePlan:
         """Map every checkpoint key to the graph and check completeness; reads only small tensors (KV scales)."""

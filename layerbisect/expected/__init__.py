@@ -48,14 +48,15 @@ def run_expected(ref_runner: Any, cand_runner: Any, ids: Sequence[int], ref_caps
         release = getattr(m, "release_kept_weight", None)
         if release is not None:
             release()
-    release_free_memory()  # and the comparison's float64 copies: the lane's peak is its own memory on the live set
+    # and the comparison's float64 copies: the lane's peak is its own memory on the live set
+    release_free_memory(ref_runner.device, cand_runner.device)
     lane = build_lane(ref_runner, cand_runner, ref_caps)
     if not lane.modules:
         return None
     caps, layers, modules = run_lane(ref_runner, cand_runner, lane, ids, ref_caps, select)
     scheme, backend = lane.scheme, lane.backend
     del lane  # the expected linears (FP8 and FP32 copies of every quantized weight) go before the comparison
-    release_free_memory()
+    release_free_memory(ref_runner.device, cand_runner.device)
     dev = ref_runner.device if torch.device(ref_runner.device).type == "cuda" else None  # reduced where the lane ran
     cmp = compare_captures(ref_caps, caps, info, thresholds=thresholds, device=dev)
     return ExpectedRun(cmp, layers, modules, scheme, backend, time.perf_counter() - t0)

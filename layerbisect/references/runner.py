@@ -32,7 +32,7 @@ class ReferenceRunner(ModelRunner):
         self.model, self.gguf = load_reference_model(self.path, device=self.device, progress=self.progress)
         self._tokenizer_reader = self.gguf.reader
         _drop_file_pages(self.gguf.reader)
-        release_free_memory()  # the dequantization's temporaries
+        release_free_memory(self.device)  # the dequantization's temporaries
 
     @property  # type: ignore[override]
     def tokenizer(self):  # built on first use: 262k-token vocabularies take a moment
