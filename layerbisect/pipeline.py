@@ -60,6 +60,7 @@ class CompareOptions:
     concurrent: bool | None = None  # run both sides' passes in two threads; None: when their devices differ
     dump_map: str | None = None  # name map for a foreign engine dump (SGLang, TensorRT-LLM); default by format
     expected: bool = True  # run the expected lane: noise-aware verdicts (expected/, comparison/noise.py)
+    dump_prompt: bool = False  # with a dump: ``prompt`` was given by the user and must encode to the dump's first ids
 
 
 def _peak_rss_bytes() -> int:
@@ -168,6 +169,14 @@ def compare(
     if dump_caps is not None and not o.tokens and dump_caps.token_ids:
         prompt_ids = list(dump_caps.token_ids)
         gen = 0
+        if o.dump_prompt and o.prompt and ref_runner.tokenizer is not None:  # the user's text is checked, not ignored
+            mine = ref_runner.tokenizer.encode(o.prompt)
+            at = next((i for i, (a, b) in enumerate(zip(mine, prompt_ids)) if a != b), None)
+            if at is not None or len(mine) > len(prompt_ids):
+                at = at if at is not None else len(prompt_ids)
+                raise InputError("--prompt", f"encodes to {len(mine)} ids that differ from the dump's "
+                                 f"{len(prompt_ids)} at position {at}: the dump was captured from other text "
+                                 "(omit --prompt to use the dump's ids)")
     else:
         prompt_ids = resolve_tokens(ref_runner, o.prompt if not o.tokens else None, o.tokens)
         gen = o.generate
@@ -235,7 +244,7 @@ def compare(
     if thresholds is None:
         from .comparison.gate import GateConfig
 
-        thresholds = GateConfig.builtin().default
+        thresholds = GateConfig.builtin().comparison_thresholds()
     # what reads only the runners and the captures: at once when concurrent, else where it always ran (jobs.py)
     jobs = _submit_jobs(Jobs(concurrent and cand_runner is not None, timings, [ref_dev, cand_dev]), o, ref_runner,
                         cand_runner, ids, ref_caps, info, thresholds, say)

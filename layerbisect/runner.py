@@ -144,7 +144,7 @@ class ModelRunner:
 def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
     """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
     a, b = ref.config.shape_signature(), cand.config.shape_signature()
-    diff = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    diff = [f"{k} {b.get(k)}, the reference's {a.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
     if diff:
         more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
         raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")

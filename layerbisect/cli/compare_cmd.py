@@ -22,9 +22,9 @@ def compare(
             "(another llama.cpp quant of the same model: each tensor is reported with its GGML type)."
         ),
     ] = None,
-    prompt: o.Prompt = o.DEFAULT_PROMPT,
+    prompt: o.PromptOrNone = None,
     tokens: o.Tokens = None,
-    generate: o.Generate = 8,
+    generate: o.GenerateOrNone = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path("bisect-report"),
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a directory (or replace a --junit file) we did not make.")
@@ -127,6 +127,15 @@ def compare(
         from ..engines.namemap import resolve_name_map
 
         resolve_name_map(dump_map)
+    if candidate_dump is not None:  # a dump is captured activations: no modules to swap, no decoding of its own
+        for flag, on in (("--bisect", bisect_modules), ("--restore-search", restore_search)):
+            if on:
+                raise InputError(flag, "swaps the candidate's modules: it needs a candidate checkpoint, not a dump")
+        if generate:
+            raise InputError("--generate", "an engine dump holds the positions it captured; nothing is generated")
+    generate = 0 if candidate_dump is not None else (8 if generate is None else generate)
+    prompt_given = prompt is not None
+    prompt = o.DEFAULT_PROMPT if prompt is None else prompt
     fmt = [f.strip() for f in formats.split(",") if f.strip()]
     check_formats(fmt)
     check_out_dir(out, overwrite=overwrite)
@@ -143,7 +152,8 @@ def compare(
         check_device(dev, flag)
     ids = parse_token_ids(tokens) if tokens is not None else None
     opts = CompareOptions(
-        prompt=prompt,
+        prompt=prompt if candidate_dump is None or prompt_given else None,
+        dump_prompt=candidate_dump is not None and prompt_given,
         tokens=ids,
         generate=generate,
         device=device,
@@ -156,7 +166,7 @@ def compare(
         tokenizer=tokenizer,
         stream=False if (bisect_modules or restore_search) else stream,  # both swap modules in a resident model
         memory_cap=parse_bytes(memory_cap),
-        thresholds=gate_cfg.default,
+        thresholds=gate_cfg.comparison_thresholds(),
         dump_map=dump_map,
         expected=expected,
     )
@@ -191,7 +201,7 @@ def compare(
         junit_mod.write_step_summary(report, gate=result)
     out = terminal()
     report_view.render(report, out, gate=result) if not quiet else _quiet(out, report, result)
-    out.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    out.print(f"reports: {', '.join(str(p) for p in written.values())}", highlight=False)  # wraps at ", "
     raise typer.Exit(result.exit_code)
 
 

@@ -12,6 +12,17 @@ Tokens = Annotated[
     typer.Option("--tokens", help="Raw token ids instead of a prompt, e.g. 2,818,5279."),
 ]
 Generate = Annotated[int, typer.Option("--generate", "-n", min=0, help="Greedy-decode this many tokens.")]
+# The main job's spellings, default None so that it can tell a value the user gave (a dump brings its own ids)
+PromptOrNone = Annotated[
+    str | None,
+    typer.Option("--prompt", "-p", help="Prompt text, tokenized with the model's own tokenizer.",
+                 show_default="'The capital of France is'"),
+]
+GenerateOrNone = Annotated[
+    int | None,
+    typer.Option("--generate", "-n", min=0, help="Greedy-decode this many tokens (none with --candidate-dump).",
+                 show_default="8"),
+]
 Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")]
 ActQuant = Annotated[
     str,

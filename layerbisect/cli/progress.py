@@ -53,6 +53,7 @@ def progress_display(console: Console, first: str = "starting", *, quiet_others:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
             TimeElapsedColumn(), console=console, transient=True,
+            disable=not console.is_terminal,  # piped or captured: no display (it would leave an empty line behind)
             # rich would route sys.stdout/sys.stderr writes (tqdm's bars) above the display: they go to the log
             redirect_stdout=False, redirect_stderr=False,
         ) as bar:  # fmt: skip

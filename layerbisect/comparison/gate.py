@@ -56,6 +56,13 @@ class GateConfig:
     fail_on: tuple[str, ...] = ("critical",)  # finding severities that fail the gate
     source: str = "<built-in>"
 
+    def comparison_thresholds(self) -> Thresholds:
+        """The one ``Thresholds`` the comparison's own verdicts use (``compare_captures``): the default with the
+        logit keys (max_kl, min_top1, min_top5) of the rules matching ``logits``, so the logit finding says
+        what this gate says."""
+        lg = self.thresholds_for("logits")
+        return self.default.updated(max_kl=lg.max_kl, min_top1=lg.min_top1, min_top5=lg.min_top5)
+
     def thresholds_for(self, point: str) -> Thresholds:
         t = self.default
         for rule in self.rules:

@@ -437,7 +437,8 @@ def check_dump_model(dump: Captures, spec: Any) -> None:
     Checked where the dump says or shows it: the source's ``model_type`` (a GGUF architecture from
     llama.cpp, a HF ``model_type`` from ``capture_activations``) resolved to a family, the source's
     ``num_hidden_layers``/``hidden_size``, layer indices beyond the reference's, and the width of the
-    residual stream (``layers.N.out``: d_model in any engine, whatever it got wrong inside a layer).
+    residual stream (``layers.N.out``: d_model in any engine, whatever it got wrong inside a layer) and of
+    the logits (the vocabulary).
     Raises ``InputError`` naming the dump; a dump that says nothing is not refused.
     """
     from layerbisect.families import by_gguf_arch, by_hf_model_type
@@ -462,6 +463,10 @@ def check_dump_model(dump: Captures, spec: Any) -> None:
     layers = [int(n.split(".")[1]) for n in dump.tensors if n.startswith("layers.") and n.split(".")[1].isdigit()]
     if layers and max(layers) >= spec.n_layers:
         raise InputError(where, f"has layer {max(layers)}; the reference has {spec.n_layers} layers")
+    logits = dump.tensors.get("logits")
+    if logits is not None and logits.shape[-1] != spec.vocab_size:
+        raise InputError(where, f"logits have {logits.shape[-1]} entries; the reference's vocabulary has "
+                                f"{spec.vocab_size}: captured from another model")
     for n, x in dump.tensors.items():
         parts = n.split(".")
         if len(parts) == 3 and parts[0] == "layers" and parts[2] == "out" and x.shape[-1] != spec.d_model:

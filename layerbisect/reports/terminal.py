@@ -95,28 +95,36 @@ def section_renderable(s: Section) -> Group:
 class _FittedTable:
     """A section's table fitted to the console's width at render time (rich's ``__rich_console__``).
 
-    Name and text columns lead every part; numeric columns keep their full values (no ellipsis) and
-    their headers wrap at spaces; when they do not all fit, the next part holds the rest.
+    The key columns (those before the first number, and the names) lead every part and are never cut;
+    numeric columns keep their full values (no ellipsis) and their headers wrap at spaces; text columns
+    take up to ``TEXT_WIDTH`` and fold beyond. When the columns do not all fit, the next part holds the rest.
     """
+
+    TEXT_WIDTH = 40
+    GAP = 2  # _table's padding between columns
 
     def __init__(self, cols: Sequence[Any], cells: list[list[str]], caption: str | None) -> None:
         self.cols, self.cells, self.caption = cols, cells, caption
 
     def _width(self, k: int) -> int:
         values = [len(r[k]) for r in self.cells]
-        words = [len(w) for w in self.cols[k].title.split()] or [1]
-        return max([*values, *words])
+        c = self.cols[k]
+        if c.kind == "name":
+            return max([*values, len(c.title)])
+        words = max((len(w) for w in c.title.split()), default=1)
+        if c.kind == "text":
+            return max(words, min(max(values, default=1), self.TEXT_WIDTH))
+        return max([*values, words])
 
     def __rich_console__(self, console: Console, options: Any) -> Any:
-        lead = [k for k, c in enumerate(self.cols) if c.kind in ("name", "text")]
+        first_number = next((k for k, c in enumerate(self.cols) if c.kind not in ("name", "text")), 1)
+        lead = [k for k, c in enumerate(self.cols) if k <= max(first_number - 1, 0) or c.kind == "name"]
         rest = [k for k in range(len(self.cols)) if k not in lead]
-        # each column costs its width plus the 2-character gap of _table's padding
-        budget = options.max_width - sum(self._width(k) + 2 for k in lead if self.cols[k].kind == "name")
-        budget -= 12 * sum(1 for k in lead if self.cols[k].kind == "text")
+        budget = options.max_width - sum(self._width(k) + self.GAP for k in lead)
         parts: list[list[int]] = [[]]
         used = 0
         for k in rest:
-            w = self._width(k) + 2
+            w = self._width(k) + self.GAP
             if parts[-1] and used + w > budget:
                 parts.append([])
                 used = 0
@@ -125,13 +133,13 @@ class _FittedTable:
         for i, part in enumerate(parts):
             t = _table(None, self.caption if i == len(parts) - 1 else None)
             for k in lead + part:
-                c = self.cols[k]
+                c, w = self.cols[k], self._width(k)
                 if c.kind == "name":
-                    t.add_column(c.title, no_wrap=True, min_width=_name_width([r[k] for r in self.cells]))
+                    t.add_column(c.title, no_wrap=True, min_width=w, overflow="fold")
                 elif c.kind == "text":
-                    t.add_column(c.title, overflow="fold", ratio=1)
+                    t.add_column(c.title, overflow="fold", min_width=min(w, 12), max_width=w)
                 else:
-                    t.add_column(c.title, justify="right", min_width=self._width(k), overflow="fold")
+                    t.add_column(c.title, justify="right", min_width=w, overflow="fold")
             for r in self.cells:
                 t.add_row(*(r[k] for k in lead + part))
             yield t
