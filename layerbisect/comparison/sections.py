@@ -65,7 +65,7 @@ class Section:
             for c in row:
                 if c is not None and not isinstance(c, (str, int, float, bool)):
                     raise TypeError(f"section {self.key!r}: row {i} has a {type(c).__name__} cell; cells are scalars")
-        if self.rank_by is not None and self.rank_by not in {c.key for c in self.columns}:
+        if self.rank_by is not None and self.rows and self.rank_by not in {c.key for c in self.columns}:
             raise ValueError(f"section {self.key!r}: rank_by {self.rank_by!r} is not a column")
 
     # -- construction -------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Section:
         """(brief columns, the first ``brief_rows`` rows in rank order) for the terminal and report.md."""
         idx = [i for i, c in enumerate(self.columns) if c.brief]
         rows = list(self.rows)
-        if self.rank_by is not None:
+        if self.rank_by is not None and rows:
             k = [c.key for c in self.columns].index(self.rank_by)
             rows.sort(key=lambda r: -_badness(r[k]))
         rows = rows[: max(self.brief_rows, 0)]
