@@ -58,3 +58,15 @@ def test_dump_of_another_model_is_refused(tiny_models, tmp_path):
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and str(dump) in err[0] and "qwen3" in err[0] and "llama" in err[0], err
     assert "Traceback" not in res.stderr and not (tmp_path / "rep").exists()
+
+
+def test_dump_refuses_what_it_cannot_do(tiny_models, tmp_path):
+    """--bisect, --generate and a prompt that is not the dump's text are one-line errors (exit 2), not ignored."""
+    m = tiny_models["qwen3"]
+    dump = _dump(m["hf"], tmp_path / "dump")
+    for extra, flag in ((["--bisect"], "--bisect"), (["-n", "4"], "--generate"),
+                        (["-p", "Something else entirely"], "--prompt")):
+        res = _bisect(str(m["gguf"]), "--candidate-dump", str(dump), "--out", str(tmp_path / "rep"), *extra)
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1 and flag in err[0], (extra, res.stderr[-2000:])
+        assert not (tmp_path / "rep").exists()
