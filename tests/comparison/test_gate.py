@@ -108,3 +108,16 @@ def test_bad_baseline_is_input_error(tmp_path):
         evaluate(rep, baseline=p)
     with pytest.raises(InputError):
         GateConfig.from_toml(tmp_path / "nope.toml")
+
+
+def test_the_comparisons_logit_verdict_follows_the_gates_logit_rule():
+    """The logit keys of a `logits*` rule reach the comparison (``comparison_thresholds``), so the logit finding
+    and JUnit say what the gate says; the default keys of other points are untouched."""
+    cfg = GateConfig.from_toml_text('[default]\nmin_cosine = 0.5\n[[rule]]\npattern = "logits*"\nmax_kl = 1.0\n'
+                                    "min_top1 = 0.25\n")
+    t = cfg.comparison_thresholds()
+    assert (t.max_kl, t.min_top1, t.min_cosine) == (1.0, 0.25, 0.5)
+    ref, cand, info = synthetic_pair(noise=0.3)
+    strict, loose = compare_captures(ref, cand, info), compare_captures(ref, cand, info, thresholds=t)
+    assert not strict.logits and loose.logits
+    assert GateConfig.builtin().comparison_thresholds().max_kl == 0.1
