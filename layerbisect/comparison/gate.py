@@ -40,6 +40,8 @@ EXIT_FAIL = 1
 EXIT_BAD_INPUT = 2
 
 _INT_KEYS = {"max_nonfinite"}
+# what each threshold can mean (a cosine is in [-1, 1], shares in [0, 1]); the rest are ≥ 0
+_RANGES = {"min_cosine": (-1.0, 1.0), "min_top1": (0.0, 1.0), "min_top5": (0.0, 1.0), "max_saturation": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ def _thresholds(section: Any, where: str) -> dict[str, float | int | None]:
             out[k] = None  # `false` disables the check
             continue
         x = _number(v, f"{where} {k}")
+        lo, hi = _RANGES.get(k, (0.0, math.inf))
+        if not lo <= x <= hi:  # a bound no run can meet (or every run meets) is a typo, not a gate
+            raise InputError(f"{where} {k}", f"{x:g} is outside [{lo:g}, {hi:g}]")
         out[k] = int(x) if k in _INT_KEYS else x
     return out
 

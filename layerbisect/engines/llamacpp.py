@@ -464,7 +464,7 @@ def capture_llamacpp(
         raise InputError("capture-llamacpp", "give exactly one of prompt= and token_ids=")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite and not (out / MANIFEST).is_file():
-        raise InputError(out, "exists and is not empty (and not a dump); pass --overwrite (overwrite=True) or "
+        raise InputError(out, "exists and is not empty (and not a dump); pass --overwrite (Python: overwrite=True) or "
                               "another folder")
     nmap = resolve_ggml_map(name_map)
     sel = Selector(select)

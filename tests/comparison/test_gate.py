@@ -87,8 +87,12 @@ def test_baseline_regression_both_ways(tmp_path):
         "[[rule]]\nmin_cosine = 0.9\n",  # no pattern
         "[colours]\nx = 1\n",
         "[gate]\nfail_on = ['fatal']\n",
+        "[default]\nmin_cosine = 1.5\n",  # no run can meet it
+        '[[rule]]\npattern = "logits"\nmin_top1 = -0.1\n',
+        "[default]\nmax_rel_l2 = -1\n",
     ],
-    ids=["syntax", "unknown-key", "not-a-number", "rule-without-pattern", "unknown-section", "bad-severity"],
+    ids=["syntax", "unknown-key", "not-a-number", "rule-without-pattern", "unknown-section", "bad-severity",
+         "cosine-above-1", "share-below-0", "negative-bound"],
 )
 def test_bad_toml_is_input_error(text):
     with pytest.raises(InputError):
