@@ -26,7 +26,8 @@
                      peak GPU memory against 3 FP32 layers + embedding and head per side, host
                      anonymous and file-mapped memory, per stage.
 (g) ``two_gpus.md``  the synthetic model on one GPU and on two (reference on cuda:0, candidate on
-                     cuda:1), alternated in one process (needs 2 GPUs).
+                     cuda:1), alternated in one process; with one GPU, the jobs one after another
+                     against the same jobs in threads on it (item 4's ratio needs 2 GPUs).
 ``ratios.md``        every section's ratios against issue 14's targets, in one table.
 
 Without CUDA every section runs its CPU part only. Files go to ``--work`` (default: a temp dir).
@@ -379,7 +380,7 @@ def dir_bytes(p: Path) -> int:
 
 def run_compare(ref: Path, cand: Path, device: str, *, tokens: list[int], generate: int, stream: bool | None = None,
                 memory_cap: int | None = None, localize: bool = True, out_dir: Path | None = None,
-                ref_device: str | None = None, cand_device: str | None = None) -> dict:
+                ref_device: str | None = None, cand_device: str | None = None, concurrent: bool | None = None) -> dict:
     import layerbisect
     from layerbisect.pipeline import CompareOptions
 
@@ -387,7 +388,7 @@ def run_compare(ref: Path, cand: Path, device: str, *, tokens: list[int], genera
     with MemProbe() as probe:
         rep = layerbisect.compare(ref, cand, options=CompareOptions(
             tokens=tokens, generate=generate, device=device, stream=stream, memory_cap=memory_cap, localize=localize,
-            ref_device=ref_device, cand_device=cand_device), status=probe.say)
+            ref_device=ref_device, cand_device=cand_device, concurrent=concurrent), status=probe.say)
     t_cmp = time.perf_counter() - t0
     t0 = time.perf_counter()
     if out_dir is not None:
@@ -763,9 +764,12 @@ def section_f(out: Path, work: Path, shape_name: str, depths: list[int], generat
 def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
               devices: tuple[str, str] = ("cuda:0", "cuda:1")) -> str:
     """The synthetic model (Q8_0 vs FP8, localization and audits on) on one GPU and on two (reference on cuda:0,
-    candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each."""
-    if devices[1].startswith("cuda") and torch.cuda.device_count() < 2:
-        return emit(out, "two_gpus.md", "(g) One GPU vs two", [f"skipped: {torch.cuda.device_count()} CUDA devices"])
+    candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each. With one GPU: the jobs
+    one after another against the same jobs in threads on that GPU (``CompareOptions.concurrent``: the interpreter
+    lock and the device shared as on two GPUs, the device's work not split), and item 4's ratio is not taken."""
+    if not HAS_CUDA:
+        return emit(out, "two_gpus.md", "(g) One GPU vs two", ["skipped: no CUDA device"])
+    one_gpu = devices[1].startswith("cuda") and torch.cuda.device_count() < 2
     shape = SHAPES[shape_name]
     t0 = time.perf_counter()
     ref, cand = work / f"g-{shape_name}-Q8_0.gguf", work / f"g-{shape_name}-FP8"
@@ -779,6 +783,9 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
     a, b = devices
     configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
                f"two GPUs (ref {a}, cand {b})": dict(ref_device=a, cand_device=b)}
+    if one_gpu:
+        configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
+                   f"one GPU ({a}), jobs in threads": dict(ref_device=a, cand_device=a, concurrent=True)}
     order = [k for i in range(repeats) for k in (list(configs) if i % 2 == 0 else list(configs)[::-1])]
     best: dict[str, dict] = {}
     rows = []
@@ -791,12 +798,18 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
         if label not in best or r["total_s"] < best[label]["total_s"]:
             best[label] = r
     one, two = (best[k]["total_s"] for k in configs)
-    ratio("4", f"{shape_name} Q8_0 vs FP8, localization on: two GPUs / one GPU (best of {repeats} each)", two / one,
-          0.6, f"{two:.1f} s vs {one:.1f} s")
-    return emit(out, "two_gpus.md", f"(g) One GPU vs two, synthetic {shape_name}", table(BREAKDOWN, rows), [
+    if one_gpu:
+        ratio("4", f"{shape_name} Q8_0 vs FP8 on one GPU: jobs in threads / one after another (best of {repeats} "
+              "each; not item 4's two-GPU ratio)", two / one, None, f"{two:.1f} s vs {one:.1f} s")
+    else:
+        ratio("4", f"{shape_name} Q8_0 vs FP8, localization on: two GPUs / one GPU (best of {repeats} each)",
+              two / one, 0.6, f"{two:.1f} s vs {one:.1f} s")
+    title = "One GPU, jobs one after another vs in threads" if one_gpu else "One GPU vs two"
+    return emit(out, "two_gpus.md", f"(g) {title}, synthetic {shape_name}", table(BREAKDOWN, rows), [
         f"shape {shape}; 32 prompt tokens + 4 generated; localization and audits on; runs alternate "
         f"({', '.join(order)}); files written in {t_write:.0f} s",
-        "two devices: both sides load, generate and run their capture passes at once (two threads); then the "
+        "in threads (two devices, or concurrent on one): both sides load, generate and run their capture passes "
+        "at once (two threads); then the "
         "expected lane (reference's device), the patching (candidate's device), the audits (weight pairs split "
         "over both) and the comparison run at once (layerbisect/jobs.py): their columns overlap",
     ])

@@ -8,15 +8,23 @@ Insertion order is execution order, so "the first point that diverged" is well d
 
 With ``summary_only`` a store keeps only per-token summaries (L2 norm, abs max, NaN and Inf
 counts): memory then stays bounded by the number of points, not the model size.
+
+``on(device)`` is the store's tensors on a GPU, copied once and kept: the stages after the passes
+(patching, the expected lane, the audits, the comparison) read every point of the reference there,
+and a copy from pageable host memory per point is a wait for the device per point (on two GPUs, in
+threads that share one interpreter lock, each wait also queues for the lock).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+_MIRRORS_LOCK = threading.Lock()
 
 
 def layer_point(i: int, point: str) -> str:
@@ -96,6 +104,7 @@ class Captures:
     summary_only: bool = False
     enabled: bool = True
     keep_device: bool = False  # FP32 where recorded instead of on the CPU (no host copy, no wait per point)
+    _mirrors: dict[torch.device, Captures] = field(default_factory=dict, repr=False, compare=False)
 
     def wants(self, name: str) -> bool:
         return self.enabled and self.selector(name)
@@ -137,3 +146,29 @@ class Captures:
     def select(self, patterns: Iterable[str] | str) -> list[str]:
         sel = Selector(list(patterns) if not isinstance(patterns, str) else patterns)
         return [n for n in self.names() if sel(n)]
+
+    def on(self, device: torch.device | str | None) -> Captures:
+        """This store with every tensor on ``device``: itself where they already are (the CPU, ``None``), else a
+        copy made at the first call for that device and returned by every later one (a snapshot: points
+        recorded afterwards are not in it; it is made again when the point names differ). Summaries, ids and
+        metadata are shared. Safe to call from several threads."""
+        if device is None:
+            return self
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if all(t.device == dev for t in self.tensors.values()):
+            return self
+        with _MIRRORS_LOCK:
+            got = self._mirrors.get(dev)
+            if got is None or list(got.tensors) != list(self.tensors):
+                got = Captures(tensors={k: t.to(dev) for k, t in self.tensors.items()}, summaries=self.summaries,
+                               token_ids=self.token_ids, meta=self.meta, selector=self.selector,
+                               summary_only=self.summary_only, enabled=False, keep_device=True)
+                self._mirrors[dev] = got
+            return got
+
+    def drop_copies(self) -> None:
+        """Let the device copies made by ``on`` go (their memory with them)."""
+        with _MIRRORS_LOCK:
+            self._mirrors.clear()

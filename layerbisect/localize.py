@@ -60,6 +60,7 @@ def patch_layers(ref_caps: Captures, cand_runner: ModelRunner, n_tokens: int) ->
     model = cand_runner.model
     assert model is not None
     dev = model.device
+    ref_caps = ref_caps.on(dev)  # the reference's points where the layers run: no upload per point
     pos = torch.arange(n_tokens, device=dev)
     pending = []
     for i, layer in enumerate(model.layers):
@@ -95,6 +96,7 @@ def patch_linears(ref_caps: Captures, ref_runner: ModelRunner, cand_runner: Mode
     """
     rm, cm = ref_runner.model, cand_runner.model
     assert rm is not None and cm is not None
+    ref_caps = ref_caps.on(rm.device)  # where the reference's layers run (the probe is kept with this store)
     pending = []
     for i in range(cm.cfg.n_layers):
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")

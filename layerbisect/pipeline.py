@@ -362,6 +362,9 @@ def compare(
         return report
     finally:
         jobs.close()
+        for caps in (ref_caps, cand_caps):  # the device copies the jobs and the comparison read (Captures.on)
+            if caps is not None:
+                caps.drop_copies()
 
 
 def _submit_jobs(jobs: Jobs, o: CompareOptions, ref_runner: ModelRunner, cand_runner: ModelRunner | None,
@@ -371,6 +374,9 @@ def _submit_jobs(jobs: Jobs, o: CompareOptions, ref_runner: ModelRunner, cand_ru
     measurements (the weight pairs on both), as jobs (``jobs.py``); none for an engine dump (nothing to patch)."""
     if cand_runner is None:
         return jobs
+    if o.expected or o.localize:  # the reference's points on each device the jobs read them on: copied once, here
+        for dev in (ref_runner.device, cand_runner.device):
+            ref_caps.on(dev)
     if jobs.concurrent:
         say("expected lane, localization and audits (both devices at once, beside the comparison)")
     if o.expected:

@@ -88,16 +88,20 @@ class ModelRunner:
         *,
         select: str | Sequence[str] | None = "*",
         summary_only: bool = False,
+        keep_device: bool = False,
     ) -> Captures:
-        """One whole-sequence pass over ``token_ids`` with captures at the selected points."""
+        """One whole-sequence pass over ``token_ids`` with captures at the selected points (``keep_device``: kept
+        where they are made, as ``Captures.keep_device``, instead of copied to the CPU point by point)."""
         self.activate()
         assert self.model is not None
         with on_device(self.device):
-            return self._run(token_ids, select=select, summary_only=summary_only)
+            return self._run(token_ids, select=select, summary_only=summary_only, keep_device=keep_device)
 
-    def _run(self, token_ids: Sequence[int], *, select: str | Sequence[str] | None, summary_only: bool) -> Captures:
+    def _run(self, token_ids: Sequence[int], *, select: str | Sequence[str] | None, summary_only: bool,
+             keep_device: bool = False) -> Captures:
         assert self.model is not None
-        caps = Captures(selector=Selector(select), summary_only=summary_only, token_ids=list(token_ids))
+        caps = Captures(selector=Selector(select), summary_only=summary_only, token_ids=list(token_ids),
+                        keep_device=keep_device)
         caps.meta.update({"runner": self.kind, "path": self.path, "arch": self.model.cfg.arch})
         self.model.rec.captures = caps
         try:

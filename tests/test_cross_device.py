@@ -70,9 +70,28 @@ def test_two_devices_every_stage(models, devices: tuple[str, str], stream: bool)
     ref_dev, cand_dev = devices
     base = _compare(models, device="cpu", stream=stream)
     two = _compare(models, ref_device=ref_dev, cand_device=cand_dev, stream=stream)
+    assert two.record.runtime.concurrent, "two devices: the passes run in two threads"
+    assert {m.mode for m in two.record.runtime.memory} == {"stream" if stream else "resident"}, two.record.runtime
+    _same_as_on_the_cpu(two, base)
+
+
+def test_one_gpu_in_threads_every_stage(models) -> None:
+    """Everything on one GPU, the jobs in threads as on two: the expected lane runs there too (its captures kept on
+    the device, the reference's points copied there once: ``Captures.on``)."""
+    base = _compare(models, device="cpu")
+    gpu = _compare(models, device="cuda", concurrent=True)
+    assert gpu.record.runtime.concurrent
+    assert (gpu.record.noise is None) == (base.record.noise is None)
+    if base.record.noise is not None:  # the lane's own errors, point by point, as on the CPU
+        gp, bp = gpu.record.noise.points, base.record.noise.points
+        assert [p.point for p in gp] == [p.point for p in bp] and gp
+        bad = [a.point for a, b in zip(gp, bp) if not _close(a.expected_rel_l2, b.expected_rel_l2)]
+        assert not bad, f"the expected lane differs on the GPU: {bad[:5]}"
+    _same_as_on_the_cpu(gpu, base)
+
+
+def _same_as_on_the_cpu(two, base) -> None:
     rec, brec = two.record, base.record
-    assert rec.runtime.concurrent, "two devices: the passes run in two threads"
-    assert {m.mode for m in rec.runtime.memory} == {"stream" if stream else "resident"}, rec.runtime.memory
     assert rec.continuations == brec.continuations
     assert [f.kind for f in two.findings] == [f.kind for f in base.findings]
 

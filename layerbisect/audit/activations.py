@@ -49,6 +49,7 @@ def headroom_rows(ref_caps: Any, cand_runner: Any, ref_runner: Any) -> list[dict
     from ..graph.probe import linear_inputs
 
     lins = cand_runner.quant_linears()
+    ref_caps = ref_caps.on(ref_runner.model.device)  # the probe is kept with this store (the localizer's too)
     order = {name: j for j, name in enumerate(lins)}  # execution order (names only: nothing is built)
     by_layer: dict[int, list[str]] = {}
     for name in lins:

@@ -34,6 +34,8 @@ activation quantization runs as the same PyTorch code on the GPU, so only the GE
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,11 +88,18 @@ def _scalar(name: str, key: str, t: torch.Tensor) -> torch.Tensor:
 
 
 class QuantLinear(torch.nn.Module):
-    """Base: bias, activation statistics, the forward skeleton. Subclasses implement the weight format."""
+    """Base: bias, activation statistics, the forward skeleton. Subclasses implement the weight format.
+
+    Activation statistics (``activation_stats``: calls, tokens, input amax, non-finite inputs, FP8 static-scale
+    saturations, NVFP4 block-scale overflows) are counted only while ``observe`` is true (``observing``): each
+    count is a number brought to the host, a wait for the device on every call, and the pipeline reads none of
+    them (its activation audit probes the reference's inputs itself: ``audit/activations.py``).
+    """
 
     in_features: int
     out_features: int
     scheme: LinearScheme
+    observe: bool = False
 
     def __init__(self, module_name: str, scheme: LinearScheme, options: QuantOptions, in_features: int,
                  out_features: int, bias: torch.Tensor | None) -> None:
@@ -110,6 +119,8 @@ class QuantLinear(torch.nn.Module):
 
     # -- statistics ------------------------------------------------------------------------------------------------
     def _observe(self, x2: torch.Tensor) -> None:
+        if not self.observe:
+            return
         st = self._stats
         st["calls"] += 1
         st["tokens"] += int(x2.shape[0])
@@ -121,7 +132,10 @@ class QuantLinear(torch.nn.Module):
 
     def activation_stats(self) -> dict:
         """Observed input statistics so far plus what the activation quantizer did with them."""
-        return dict(self._stats, module=self.module_name, scheme=self.scheme, act_mode=self.act_mode)
+        st = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self._stats.items()}  # static scales
+        if (a := st.get("static_input_global_scale")) is not None:
+            st["static_implied_amax"] = knv.FP8_MAX * knv.E2M1_MAX / a if a else math.inf
+        return dict(st, module=self.module_name, scheme=self.scheme, act_mode=self.act_mode)
 
     def reset_stats(self) -> None:
         keep = {"calls": 0, "tokens": 0, "input_amax": 0.0, "input_nonfinite": 0}
@@ -283,7 +297,7 @@ class FP8Linear(QuantLinear):
         self.act_mode = _resolve_act(scheme, options, static is not None, module_name, "input_scale")
         if self.act_mode == "fp8_static_tensor":
             self.register_buffer("input_scale", _scalar(module_name, "input_scale", static))
-            self._stats["static_input_scale"] = float(self.input_scale)
+            self._stats["static_input_scale"] = self.input_scale  # read as a number by ``activation_stats``
             self._stats["saturated"] = 0
         else:
             self.input_scale = None
@@ -304,7 +318,8 @@ class FP8Linear(QuantLinear):
             return x2 @ self._weight_fp32().T
         a_block = self._act_block()
         if self.act_mode == "fp8_static_tensor":
-            self._stats["saturated"] += int((x2.abs() / self.input_scale > kfp8.FP8_MAX).sum())
+            if self.observe:
+                self._stats["saturated"] += int((x2.abs() / self.input_scale > kfp8.FP8_MAX).sum())
             a_q, a_s = kfp8.quantize_fp8(x2, a_block, self.input_scale)
         else:
             a_q, a_s = kfp8.quantize_fp8(x2, a_block)
@@ -391,8 +406,7 @@ class NVFP4Linear(QuantLinear):
             a = _scalar(module_name, ikey, a_static)
             a = (1.0 / a) if modelopt else a
             self.register_buffer("input_global_scale", a)
-            self._stats["static_input_global_scale"] = float(a)
-            self._stats["static_implied_amax"] = knv.FP8_MAX * knv.E2M1_MAX / float(a) if float(a) else math.inf
+            self._stats["static_input_global_scale"] = a  # read as a number by ``activation_stats``
         else:
             self.input_global_scale = None
         self.observed_global = (
@@ -423,9 +437,10 @@ class NVFP4Linear(QuantLinear):
             return x2 @ self._weight_fp32().T
         gs = self._act_global_scale(x2).to(x2.device)
         codes, s8, overflow = knv.quantize_nvfp4(x2, gs)
-        self._stats["blocks"] += int(overflow.numel())
-        self._stats["block_scale_overflow"] += int(overflow.sum())
-        self._stats["last_global_scale"] = float(gs)
+        if self.observe:
+            self._stats["blocks"] += int(overflow.numel())
+            self._stats["block_scale_overflow"] += int(overflow.sum())
+            self._stats["last_global_scale"] = float(gs)
         if not native:  # knv.nvfp4_gemm emulated, with the weight's dequantization kept (``_weight_fp32``)
             return knv.dequantize_nvfp4(codes, s8, knv.GlobalScale(gs, "divide")) @ self._weight_fp32().T
         return knv.nvfp4_gemm(codes, s8, knv.GlobalScale(gs, "divide"), self.weight_packed, self.weight_scale,
@@ -493,6 +508,20 @@ class MXFP4Linear(QuantLinear):
         self.weight_scale = self.weight_scale[perm]
         self._w_dq = None
         self._permute_bias(perm)
+
+
+@contextmanager
+def observing(module: torch.nn.Module) -> Iterator[None]:
+    """Every ``QuantLinear`` in ``module`` (itself included) counts its activation statistics until the exit."""
+    lins = [m for m in module.modules() if isinstance(m, QuantLinear)]
+    before = [m.observe for m in lins]
+    for m in lins:
+        m.observe = True
+    try:
+        yield
+    finally:
+        for m, b in zip(lins, before):
+            m.observe = b
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -162,6 +162,13 @@ def _n_rows(c: Captures, name: str) -> int:
     return int(c.summaries[name].norm.shape[0])
 
 
+def _host_rows(side: Captures, name: str, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of point ``name`` on the host, where every number of the comparison is (a store may be kept on
+    its device: the expected lane's)."""
+    t = side.tensors[name]
+    return t[idx.to(t.device)].cpu()
+
+
 def _finite_f(x: torch.Tensor) -> float:
     return float(x) if x.numel() else math.nan
 
@@ -197,6 +204,8 @@ def _full_point_metrics(
     reduced there and nothing waits for it until the one copy back at the end."""
     dev = torch.device(device) if device is not None else None
     idx_dev = idx.to(dev) if dev is not None else idx
+    if dev is not None:  # every point uploaded once (kept with the store: the reference's is read again)
+        ref, cand = ref.on(dev), cand.on(dev)
     groups: dict[tuple[int, ...], list[str]] = {}
     for name in names:
         if name not in ref.tensors or name not in cand.tensors:
@@ -367,7 +376,7 @@ def _compare_logits(
     if "logits" not in ref.tensors or "logits" not in cand.tensors or "logits" in shape_mismatch or not pos:
         return None, empty
     idx = torch.tensor(pos, dtype=torch.long)
-    r, c = ref.tensors["logits"][idx], cand.tensors["logits"][idx]
+    r, c = _host_rows(ref, "logits", idx), _host_rows(cand, "logits", idx)
     lm = M.logit_metrics(r, c, 5)
     kl, top1, top5, ra, ca = lm["kl"], lm["top1"], lm["topk"], lm["ref_argmax"], lm["cand_argmax"]
     df = pd.DataFrame(
@@ -456,12 +465,12 @@ def _saturation(
         else:
             name = ""
         if name:
-            r, c = ref.tensors[name][idx], cand.tensors[name][idx]
+            r, c = _host_rows(ref, name, idx), _host_rows(cand, name, idx)
             out.append(_saturation_of(name, "final", r, c, info.final_softcap, pos, pre, t))
     if info.attn_softcap:
         for i in range(info.n_layers):
             name = layer_point(i, "attn.scores")
             if both(name):
-                r, c = ref.tensors[name][idx], cand.tensors[name][idx]
+                r, c = _host_rows(ref, name, idx), _host_rows(cand, name, idx)
                 out.append(_saturation_of(name, "attention", r, c, info.attn_softcap, pos, True, t))
     return out

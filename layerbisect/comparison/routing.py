@@ -68,7 +68,7 @@ def compare_routing(ref: Captures, cand: Captures, pos: Sequence[int],
     for name in ref.names():
         if not is_route_point(name) or name not in cand.tensors or name not in ref.tensors:
             continue
-        r, c = ref.tensors[name], cand.tensors[name]
+        r, c = ref.tensors[name].cpu(), cand.tensors[name].cpu()  # a store may be kept on its device
         if r.shape[1:] != c.shape[1:] or max(pos) >= min(r.shape[0], c.shape[0]):
             continue
         ri = torch.nan_to_num(r[idx], nan=-1).round().long()

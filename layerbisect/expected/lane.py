@@ -54,6 +54,7 @@ class Lane:
 def _static_inputs(ref_runner: Any, names: Sequence[str], ref_caps: Captures) -> dict[str, torch.Tensor]:
     """The reference's input of each linear (probe hooks on each reference layer)."""
     out: dict[str, torch.Tensor] = {}
+    ref_caps = ref_caps.on(ref_runner.model.device)
     layers = sorted({int(n.split(".")[1]) for n in names if n.startswith("layers.")})
     for i in layers:
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")
@@ -146,7 +147,7 @@ def run_lane(ref_runner: Any, cand_runner: Any, lane: Lane, ids: Sequence[int], 
     from ..localize import patch_layers
 
     with swapped(ref_runner, cand_runner, lane) as runner:
-        caps = runner.run(ids, select=select)
+        caps = runner.run(ids, select=select, keep_device=True)  # compared on this device: no copy per point
         layers = patch_layers(ref_caps, runner, len(ids))
     modules = patch_expected_linears(ref_caps, ref_runner, lane)
     return caps, layers, modules
@@ -158,6 +159,7 @@ def patch_expected_linears(ref_caps: Captures, ref_runner: Any, lane: Lane) -> l
     from ..comparison.metrics import rel_l2
 
     rm = ref_runner.model
+    ref_caps = ref_caps.on(rm.device)
     pending = []
     for i in sorted({int(n.split(".")[1]) for n in lane.modules if n.startswith("layers.")}):
         x_in = ref_caps.tensors.get("embed" if i == 0 else f"layers.{i - 1}.out")

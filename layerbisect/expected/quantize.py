@@ -14,7 +14,7 @@ Design notes
   to the checkpoint llmcompressor wrote.)
 - The producer quantizes in the model's dtype (BF16 for the real models); ``dtype`` says which.
 - Static activation scales come from calibration in the producer; here from the reference's own
-  inputs of each linear on the prompt (``activation_stats``): FP8 ``input_scale`` = amax/448
+  inputs of each linear on the prompt (``lane._static_inputs``: probe hooks): FP8 ``input_scale`` = amax/448
   (min/max observer over one sample), NVFP4 ``input_global_scale`` = 448·6/amax.
 - Without compressed-tensors (it comes with the ``produce`` extra) the same steps run on our
   kernels (``kernels/fp8.py``, ``nvfp4.py``, ``mxfp4.py``), which the kernel tests pin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerbisect.candidates.qlinear import QuantOptions, build_linear
+from layerbisect.candidates.qlinear import QuantOptions, build_linear, observing
 from layerbisect.candidates.schemes import LinearScheme
 from layerbisect.errors import InputError
 from layerbisect.kernels import fp8, nvfp4
@@ -92,8 +92,10 @@ def test_fp8_act_quant_switches():
     x[0, 0] = 10.0  # beyond the static range: saturates
     lin = {m: build_linear("m", t, FP8_STATIC, QuantOptions(act_quant=m)) for m in ("checkpoint", "static",
                                                                                    "dynamic", "off")}
-    y = {m: lin[m](x) for m in lin}
+    with observing(lin["static"]), observing(lin["dynamic"]):
+        y = {m: lin[m](x) for m in lin}
     assert torch.equal(y["checkpoint"], y["static"])
+    assert lin["off"].activation_stats()["calls"] == 0  # counted only while observed
     w = lin["off"].dequantized_weight().double()
     assert rel_err(y["off"], x.double() @ w.T) <= TOL["emulate_vs_f64"]
     qd, sd = fp8.quantize_fp8(x, (1, None))
@@ -114,7 +116,8 @@ def test_nvfp4_observed_global_scale_fixes_overflow():
     x = torch.randn(3, 128) * 4
     ckpt = build_linear("m", t, NV_CT, QuantOptions())
     obs = build_linear("m", t, NV_CT, QuantOptions(nvfp4_act_global_scale="observed"))
-    y_ckpt, y_obs = ckpt(x), obs(x)
+    with observing(ckpt), observing(obs):
+        y_ckpt, y_obs = ckpt(x), obs(x)
     exact = x.double() @ ckpt.dequantized_weight().double().T
     assert ckpt.activation_stats()["block_scale_overflow"] == ckpt.activation_stats()["blocks"] == 24
     assert obs.activation_stats()["block_scale_overflow"] == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerbisect.candidates.qlinear import QuantOptions, build_linear
+from layerbisect.candidates.qlinear import QuantOptions, build_linear, observing
 from layerbisect.candidates.schemes import parse_quantization_config
 
 from .tolerances import TOL, bit_report, rel_err
@@ -132,7 +132,8 @@ def test_producer_checkpoint(producer_root, scheme):
             assert torch.equal(ours.to(theirs.dtype), theirs), f"{name}: {bit_report(ours.to(theirs.dtype), theirs)}"
             # forward vs float64 reference of the same quantization (producer's activation QDQ)
             x = torch.randn(2, 5, ql.in_features) * 2
-            got = ql(x)
+            with observing(ql):
+                got = ql(x)
             xq = _ct_quant_input_f64(x, scheme_ct, tensors)
             ref = xq @ ours.double().T
             err = rel_err(got, ref)
