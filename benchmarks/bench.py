@@ -764,12 +764,13 @@ def section_f(out: Path, work: Path, shape_name: str, depths: list[int], generat
 def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
               devices: tuple[str, str] = ("cuda:0", "cuda:1")) -> str:
     """The synthetic model (Q8_0 vs FP8, localization and audits on) on one GPU and on two (reference on cuda:0,
-    candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each. With one GPU: the jobs
-    one after another against the same jobs in threads on that GPU (``CompareOptions.concurrent``: the interpreter
-    lock and the device shared as on two GPUs, the device's work not split), and item 4's ratio is not taken."""
+    candidate on cuda:1), alternated in one process; the best of ``repeats`` runs of each. With one GPU (or none:
+    the CPU): the jobs one after another against the same jobs in threads on that device
+    (``CompareOptions.concurrent``: the interpreter lock and the device shared as on two GPUs, the device's work not
+    split), and item 4's ratio is not taken."""
     if not HAS_CUDA:
-        return emit(out, "two_gpus.md", "(g) One GPU vs two", ["skipped: no CUDA device"])
-    one_gpu = devices[1].startswith("cuda") and torch.cuda.device_count() < 2
+        devices = ("cpu", "cpu")
+    one_gpu = devices[0] == devices[1] or torch.cuda.device_count() < 2
     shape = SHAPES[shape_name]
     t0 = time.perf_counter()
     ref, cand = work / f"g-{shape_name}-Q8_0.gguf", work / f"g-{shape_name}-FP8"
@@ -781,11 +782,12 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
     t_write = time.perf_counter() - t0
     ids = list(range(1, 33))
     a, b = devices
-    configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
+    kind = "GPU" if a.startswith("cuda") else "CPU"
+    configs = {f"one {kind} ({a})": dict(ref_device=a, cand_device=a),
                f"two GPUs (ref {a}, cand {b})": dict(ref_device=a, cand_device=b)}
     if one_gpu:
-        configs = {f"one GPU ({a})": dict(ref_device=a, cand_device=a),
-                   f"one GPU ({a}), jobs in threads": dict(ref_device=a, cand_device=a, concurrent=True)}
+        configs = {f"one {kind} ({a})": dict(ref_device=a, cand_device=a),
+                   f"one {kind} ({a}), jobs in threads": dict(ref_device=a, cand_device=a, concurrent=True)}
     order = [k for i in range(repeats) for k in (list(configs) if i % 2 == 0 else list(configs)[::-1])]
     best: dict[str, dict] = {}
     rows = []
@@ -799,12 +801,12 @@ def section_g(out: Path, work: Path, shape_name: str, repeats: int = 2,
             best[label] = r
     one, two = (best[k]["total_s"] for k in configs)
     if one_gpu:
-        ratio("4", f"{shape_name} Q8_0 vs FP8 on one GPU: jobs in threads / one after another (best of {repeats} "
+        ratio("4", f"{shape_name} Q8_0 vs FP8 on one {kind}: jobs in threads / one after another (best of {repeats} "
               "each; not item 4's two-GPU ratio)", two / one, None, f"{two:.1f} s vs {one:.1f} s")
     else:
         ratio("4", f"{shape_name} Q8_0 vs FP8, localization on: two GPUs / one GPU (best of {repeats} each)",
               two / one, 0.6, f"{two:.1f} s vs {one:.1f} s")
-    title = "One GPU, jobs one after another vs in threads" if one_gpu else "One GPU vs two"
+    title = f"One {kind}, jobs one after another vs in threads" if one_gpu else "One GPU vs two"
     return emit(out, "two_gpus.md", f"(g) {title}, synthetic {shape_name}", table(BREAKDOWN, rows), [
         f"shape {shape}; 32 prompt tokens + 4 generated; localization and audits on; runs alternate "
         f"({', '.join(order)}); files written in {t_write:.0f} s",
