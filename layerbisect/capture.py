@@ -148,8 +148,9 @@ class Captures:
         return [n for n in self.names() if sel(n)]
 
     def on(self, device: torch.device | str | None) -> Captures:
-        """This store with every tensor on ``device``: itself where they already are (the CPU, ``None``), else a
-        copy made at the first call for that device and returned by every later one (a snapshot: points
+        """This store with every tensor on ``device``: itself when ``device`` is None or every tensor is there
+        already (a CPU run's store on the CPU), else a copy made at the first call for that device and returned
+        by every later one (a snapshot: points
         recorded afterwards are not in it; it is made again when the point names differ). Summaries, ids and
         metadata are shared. Safe to call from several threads."""
         if device is None:
