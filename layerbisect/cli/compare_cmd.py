@@ -211,3 +211,5 @@ def _quiet(c: Console, report, result) -> None:  # noqa: ANN001
     for f in report.findings[:8]:
         c.print(escape(f"[{f.severity}] {f.title}"))
     c.print("gate: " + ("PASS" if result.passed else "FAIL"))
+    for note in result.notes[:10]:
+        c.print(escape(f"gate note: {note}"))

@@ -48,6 +48,7 @@ _RANGES = {"min_cosine": (-1.0, 1.0), "min_top1": (0.0, 1.0), "min_top5": (0.0, 
 class Rule:
     pattern: str
     overrides: Mapping[str, float | int | None]
+    origin: str = ""  # where a user's rule came from ("gate.toml [[rule]] #2"); "" for the built-in ones
 
 
 @dataclass
@@ -153,7 +154,7 @@ class GateConfig:
             if not isinstance(r, dict) or not isinstance(r.get("pattern"), str) or not r["pattern"]:
                 raise InputError(w, "each rule needs a non-empty string 'pattern'")
             rest = {key: v for key, v in r.items() if key != "pattern"}
-            rules.append(Rule(r["pattern"], _thresholds(rest, w)))
+            rules.append(Rule(r["pattern"], _thresholds(rest, w), origin=w))
         drop = base.max_cosine_drop
         bl = data.get("baseline", {})
         if not isinstance(bl, dict) or set(bl) - {"max_cosine_drop"}:
@@ -280,6 +281,11 @@ def evaluate(
         if f.severity in config.fail_on:
             checked += 1
             failures.append(f"finding [{f.severity}] {f.kind}: {f.title}")
+
+    judged = [*cmp.points, *(["logits"] if cmp.logits is not None else []), *(s.point for s in cmp.saturation)]
+    for rule in config.rules:  # a user's pattern that matches nothing is most likely a typo: say so
+        if rule.origin and not any(fnmatch.fnmatchcase(n, rule.pattern) for n in judged):
+            notes.append(f"{rule.origin}: pattern {rule.pattern!r} matches no compared point")
 
     if baseline is not None:
         where = str(baseline_where or (baseline if not isinstance(baseline, Mapping) else "<baseline>"))

@@ -158,6 +158,8 @@ def render(report: Report, console: Console | None = None, gate: GateResult | No
                 console.print(f"  [red]-[/] {line}", highlight=False)
             if len(gate.failures) > 10:
                 console.print(f"  … {len(gate.failures) - 10} more (see report.md)")
+        for note in gate.notes[:10]:
+            console.print(f"  note: {note}", highlight=False, markup=False)
 
     rows = layer_rows(report)
     if rows:

@@ -40,6 +40,17 @@ def test_toml_rules_per_pattern(tmp_path):
     assert cfg.thresholds_for("logits").max_norm_ratio is None
     assert cfg.thresholds_for("layers.0.out").max_norm_ratio == 1.5
     assert evaluate(rep, cfg).passed
+    assert evaluate(rep, cfg).notes == []  # both patterns match something
+
+
+def test_a_rule_that_matches_no_point_is_noted_not_silent(tmp_path):
+    rep = report()
+    p = tmp_path / "gate.toml"
+    p.write_text('[[rule]]\npattern = "layer.*.out"\nmin_cosine = 0.999\n\n[[rule]]\npattern = "layers.1.*"\n'
+                 'min_cosine = 0.9\n')
+    res = evaluate(rep, GateConfig.from_toml(p))
+    assert res.notes == [f"{p} [[rule]] #1: pattern 'layer.*.out' matches no compared point"]
+    assert evaluate(rep).notes == []  # the built-in rules are never reported
 
 
 def test_critical_finding_fails_gate_unless_fail_on_is_empty():
