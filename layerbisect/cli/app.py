@@ -29,6 +29,7 @@ app = typer.Typer(
     "Main use: bisect REF.gguf CAND_DIR/ [--prompt ...] (same as `bisect compare`).",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.command("run")(run)
 
