@@ -148,7 +148,14 @@ class ModelRunner:
 def check_same_model(ref: ModelRunner, cand: ModelRunner) -> None:
     """Refuse a candidate whose sizes differ from the reference's (``ModelSpec.shape_signature``), naming them."""
     a, b = ref.config.shape_signature(), cand.config.shape_signature()
-    diff = [f"{k} {b.get(k)}, the reference's {a.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    diff = []
+    for k in dict.fromkeys([*a, *b]):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):  # one layer: name the sizes that differ
+            diff += [f"{k} {f} {y.get(f)}, the reference's {x.get(f)}" for f in dict.fromkeys([*x, *y])
+                     if x.get(f) != y.get(f)]
+        elif x != y:
+            diff.append(f"{k} {y}, the reference's {x}")
     if diff:
         more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
         raise InputError(cand.path, f"is not the same model as {ref.path} ({'; '.join(diff[:3])}{more})")

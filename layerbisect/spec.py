@@ -301,16 +301,22 @@ class ModelSpec:
         }
 
     def shape_signature(self) -> dict[str, Any]:
-        """What two sides of a comparison must agree on (same model): sizes per layer, not conventions."""
+        """What two sides of a comparison must agree on (same model): sizes per layer, not conventions.
+
+        ``{"arch", "n_layers", "d_model", "vocab_size", "layers.N": {"mixer", "n_heads", …, "ffn", "d_ff", …}}``;
+        a layer's dict holds only the sizes its mixer and FFN kinds have.
+        """
         sig: dict[str, Any] = {"arch": self.arch, "n_layers": self.n_layers, "d_model": self.d_model,
                                "vocab_size": self.vocab_size}
+        sizes = ("n_heads", "n_kv_heads", "head_dim", "n_k_heads", "n_v_heads", "head_k_dim", "head_v_dim")
         for layer in self.layers:
             m, f = layer.mixer, layer.ffn
-            sig[f"layers.{layer.index}"] = tuple(
-                [m.kind] + [getattr(m, k, None) for k in ("n_heads", "n_kv_heads", "head_dim")]
-                + [getattr(m, k) for k in ("n_k_heads", "n_v_heads", "head_k_dim", "head_v_dim") if hasattr(m, k)]
-                + [f.kind] + [getattr(f, k, None) for k in ("d_ff", "n_experts", "d_ff_expert", "shared_d_ff")]
-            )
+            d: dict[str, Any] = {"mixer": m.kind}
+            d.update({k: getattr(m, k) for k in sizes if getattr(m, k, None) is not None})
+            d["ffn"] = f.kind
+            d.update({k: getattr(f, k) for k in ("d_ff", "n_experts", "d_ff_expert", "shared_d_ff")
+                      if getattr(f, k, None) is not None})
+            sig[f"layers.{layer.index}"] = d
         return sig
 
 

@@ -217,3 +217,23 @@ def test_cli_exit_2_for_a_config_the_spec_cannot_build(tmp_path: Path):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "num_experts_per_tok" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_not_the_same_model_names_the_sizes_that_differ():
+    """A candidate with one layer's sizes changed is refused, naming the layer and the size (not two tuples)."""
+    from types import SimpleNamespace
+
+    from layerbisect.runner import check_same_model
+
+    def side(path: str, **kw):
+        cfg = transformers.Qwen3MoeConfig(**{**COMMON, **kw}, head_dim=16, moe_intermediate_size=32, num_experts=8,
+                                          num_experts_per_tok=2, mlp_only_layers=[1]).to_dict()
+        return SimpleNamespace(config=spec_from_hf(cfg), path=path)
+
+    ref = side("ref.gguf")
+    check_same_model(ref, side("same/"))
+    with pytest.raises(InputError) as e:
+        check_same_model(ref, side("cand/", intermediate_size=128, num_key_value_heads=4))
+    msg = str(e.value)
+    assert msg == ("cand/: is not the same model as ref.gguf (layers.0 n_kv_heads 4, the reference's 2; "
+                   "layers.1 n_kv_heads 4, the reference's 2; layers.1 d_ff 128, the reference's 96 (+1 more))"), msg
