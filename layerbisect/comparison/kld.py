@@ -152,7 +152,8 @@ class KLDStats:
             f"KL divergence ({self.count} scored positions; llama-perplexity --kl-divergence units)",
             self.text(),
             "reference = llama.cpp's base, candidate = Q; each position scores the next token of the "
-            "teacher-forced sequence (docs/METRICS.md).",
+            "teacher-forced sequence (docs/METRICS.md). The logit finding's mean KL averages every position; "
+            "this one leaves out the last, which predicts no token, so the two means differ.",
         ),)
 
 
