@@ -44,22 +44,24 @@ _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[list[int]]:
     """Hold SIGINT/SIGTERM/SIGHUP until the block ends, then act on the first one as it would have.
 
     The handlers are swapped for a recorder (not masked: in a multi-threaded process the kernel may
     hand a process signal to any thread whose mask lets it through, and Python then runs the
-    handler in the main thread at once). Main thread only; elsewhere a no-op.
+    handler in the main thread at once). Yields the list of signals received so far, so that long
+    work inside the block can stop early (``engines/llamacpp.py`` aborts llama.cpp's compute).
+    Main thread only; elsewhere a no-op (the list stays empty).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
     old = {s: signal.getsignal(s) for s in _DEFERRED}
     for s in _DEFERRED:
         signal.signal(s, lambda n, f: pending.append(n))
     try:
-        yield
+        yield pending
     finally:
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
@@ -69,6 +71,18 @@ def signals_deferred() -> Iterator[None]:
                 h(pending[0], None)  # e.g. raises Interrupted / KeyboardInterrupt, now that the block is done
             elif h == signal.SIG_DFL:
                 os.kill(os.getpid(), pending[0])
+
+
+def _umask() -> int:
+    um = os.umask(0o022)
+    os.umask(um)
+    return um
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a file we wrote the mode a plain ``open`` would (0666 less the umask): some writers (safetensors'
+    ``save_file``) create 0600 files, which a shared CI artifact folder should not hold."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def is_ours(d: Path) -> bool:
@@ -152,6 +166,7 @@ class StagedDir:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.stage = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+            os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp's 0700 would become the report folder's mode
         except OSError as e:
             raise InputError(self.target, f"cannot create the report directory: {e.strerror or e}") from None
         return self.stage
@@ -221,5 +236,5 @@ def write_file_atomic(target: str | Path, data: str | bytes, *, overwrite: bool 
     return t
 
 
-__all__ = ["MARKER", "StagedDir", "check_out_dir", "check_out_file", "is_ours", "signals_deferred",
+__all__ = ["MARKER", "StagedDir", "check_out_dir", "check_out_file", "is_ours", "signals_deferred", "usual_mode",
            "write_file_atomic"]

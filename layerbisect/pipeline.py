@@ -156,6 +156,15 @@ def compare(
             config=ref_runner.config,
         )
         check_dump_model(dump_caps, ref_runner.config)
+        from .capture import Selector
+        from .preflight import possible_points
+
+        sel = Selector(o.select)
+        if not any(sel(n) for n in set(dump_caps.tensors) & set(possible_points(ref_runner.config))):
+            raise InputError(str(dump_caps.meta.get("dump", candidate_dump)), "holds none of the reference's capture "
+                             f"points{' selected by --select' if o.select not in (None, '*') else ''}: "
+                             "nothing to compare (its points: " + (", ".join(sorted(dump_caps.tensors)[:5]) or "none")
+                             + ")")
     else:
         if cand_runner is None:
             say("loading candidate")

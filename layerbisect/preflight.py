@@ -63,6 +63,8 @@ def check_length(n_prompt: int | None, generate: int, cfg: Any, where: str = "--
     """prompt + generated tokens must fit the model's context window (``n_prompt`` None: not tokenized yet,
     only ``generate`` is checked). Raises ``InputError`` naming ``where``."""
     ctx = int(cfg.context_length)
+    if n_prompt is not None and n_prompt > ctx:  # the prompt alone: --generate is not the problem
+        raise InputError("--prompt/--tokens", f"{n_prompt} prompt tokens exceed the model's context of {ctx} tokens")
     if generate > ctx or (n_prompt is not None and n_prompt + generate > ctx):
         said = f"{generate} generated tokens" if n_prompt is None else \
             f"{n_prompt} prompt + {generate} generated tokens"

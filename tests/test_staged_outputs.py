@@ -29,6 +29,9 @@ def test_new_directory_appears_whole(tmp_path):
         assert not t.exists()  # nothing visible until the block ends
     assert _tree(t) == {MARKER: (t / MARKER).read_bytes(), "a.txt": b"a"}
     assert [p.name for p in t.parent.iterdir()] == ["rep"]
+    um = os.umask(0o022)
+    os.umask(um)
+    assert t.stat().st_mode & 0o777 == 0o777 & ~um  # a folder's usual mode, not mkdtemp's 0700
 
 
 def test_previous_report_is_swapped_not_mixed(tmp_path):

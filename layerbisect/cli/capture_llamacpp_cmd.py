@@ -24,7 +24,7 @@ def capture_llamacpp(
     flash_attn: Annotated[
         bool, typer.Option("--flash-attn/--no-flash-attn", help="llama.cpp flash attention (default off).")
     ] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Also keep every other named node, as llamacpp.<node name>.")
     ] = False,
@@ -33,10 +33,11 @@ def capture_llamacpp(
     """Run MODEL in llama.cpp on the prompt, record every mapped graph node, write a dump for --candidate-dump."""
     from ..engines.llamacpp import capture_llamacpp as capture
 
-    ids = parse_token_ids(tokens) if tokens else None
+    ids = parse_token_ids(tokens) if tokens is not None else None
     res = capture(
-        model, out, prompt=None if ids else prompt, token_ids=ids, select=[s for s in select.split(",") if s],
-        kv_type=kv_type, flash_attn=flash_attn, n_threads=threads, raw=raw, overwrite=overwrite,
+        model, out, prompt=None if ids is not None else prompt, token_ids=ids,
+        select=[s.strip() for s in select.split(",")], kv_type=kv_type, flash_attn=flash_attn, n_threads=threads,
+        raw=raw, overwrite=overwrite,
     )
     con = Console()
     con.print(f"llama.cpp ({res.arch}) ran {len(res.token_ids)} tokens {res.token_ids} in {res.decode_seconds:.2f} s; "

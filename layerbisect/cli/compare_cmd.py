@@ -211,5 +211,9 @@ def _quiet(c: Console, report, result) -> None:  # noqa: ANN001
     for f in report.findings[:8]:
         c.print(escape(f"[{f.severity}] {f.title}"))
     c.print("gate: " + ("PASS" if result.passed else "FAIL"))
+    for line in result.failures[:5]:  # why, in a line each (the findings above may all be info)
+        c.print(escape(f"  - {line}"))
+    if len(result.failures) > 5:
+        c.print(f"  … {len(result.failures) - 5} more (see report.md)")
     for note in result.notes[:10]:
         c.print(escape(f"gate note: {note}"))

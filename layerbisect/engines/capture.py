@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 from layerbisect.capture import Selector
 from layerbisect.engines.namemap import Binding, MapEntry, NameMap, resolve_name_map, resolve_sizes
 from layerbisect.errors import InputError
+from layerbisect.outputs import usual_mode
 
 FORMAT = "layerbisect-engine-dump"
 FORMAT_VERSION = 1
@@ -417,6 +418,7 @@ class ActivationCapture:
             part = len(self._step_shards)
             fname = f"{SHARD_PREFIX}{self._step:05d}" + (f"-{part:03d}" if part else "") + ".safetensors"
             save_file(self._buffer, str(self.out_dir / fname), metadata={"format": "pt", "step": str(self._step)})
+            usual_mode(self.out_dir / fname)
             self._step_shards.append(fname)
             for name, pos in self._buffer_rows.items():
                 self._step_tensors[name] = {"shard": fname, "rows": len(pos), "positions": pos}

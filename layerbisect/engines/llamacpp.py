@@ -30,6 +30,7 @@ every node of the graph (name, op, type, shape) for writing maps of new architec
 from __future__ import annotations
 
 import ctypes
+import fnmatch
 import json
 import os
 import re
@@ -264,22 +265,32 @@ class LlamaCppModel:
     """A GGUF loaded by llama.cpp (CPU), decoding one prompt per call; a context manager.
 
     ``flash_attn``: None = llama.cpp's auto, False/True = off/on (llama-cpp-python's default is
-    off). ``kv_type``: "f16" (llama.cpp's default) or "f32" for the K/V cache.
+    off). ``kv_type``: "f16" (llama.cpp's default) or "f32" for the K/V cache. ``stop``: a list that,
+    once non-empty (a signal arrived: ``outputs.signals_deferred``), aborts the model load (llama.cpp's
+    progress callback) and the compute (its abort callback); the caller then acts on the signal.
     """
 
     def __init__(self, path: str | Path, *, n_threads: int | None = None, flash_attn: bool | None = False,
-                 kv_type: str = "f16"):
-        self.llama_cpp = _require_llama_cpp()
+                 kv_type: str = "f16", stop: list[int] | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise InputError(self.path, "is a directory; give a GGUF file")
         if not self.path.is_file():
-            raise InputError(self.path, "no such GGUF")
+            raise InputError(self.path, "no such GGUF file")
         if kv_type not in ("f16", "f32"):
-            raise InputError(f"kv_type={kv_type!r}", "choose f16 or f32")
+            raise InputError("--kv-type", f"{kv_type!r}: choose f16 or f32")
+        if n_threads is not None and n_threads < 1:
+            raise InputError("--threads", f"{n_threads}: give at least 1")
+        self.llama_cpp = _require_llama_cpp()
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.flash_attn = flash_attn
         self.kv_type = kv_type
+        self.stop = stop if stop is not None else []
         self.model = None
         self.vocab = None
+        # kept referenced while C may call them
+        self._progress = self.llama_cpp.llama_progress_callback(lambda _p, _u: not self.stop)
+        self._abort = self.llama_cpp.ggml_abort_callback(lambda _u: bool(self.stop))
 
     def __enter__(self) -> LlamaCppModel:
         lc = self.llama_cpp
@@ -287,9 +298,11 @@ class LlamaCppModel:
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0
+        mp.progress_callback = self._progress
         self.model = lc.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
-            raise InputError(self.path, f"llama.cpp could not load it: {_log_tail()}")
+            why = "interrupted" if self.stop else _log_tail()
+            raise InputError(self.path, f"llama.cpp could not load it: {why}")
         self.vocab = lc.llama_model_get_vocab(self.model)
         return self
 
@@ -297,6 +310,11 @@ class LlamaCppModel:
         if self.model:
             self.llama_cpp.llama_model_free(self.model)
             self.model = None
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The context length the model was trained with (``{arch}.context_length``)."""
+        return int(self.llama_cpp.llama_model_n_ctx_train(self.model))
 
     @property
     def n_vocab(self) -> int:
@@ -326,11 +344,14 @@ class LlamaCppModel:
         bad = [t for t in ids if not 0 <= t < self.n_vocab]
         if bad:
             raise InputError("tokens", f"id {bad[0]} is outside the {self.n_vocab}-token vocabulary of {self.path}")
+        if n > self.n_ctx_train > 0:
+            raise InputError("tokens", f"{n} tokens exceed the model's context of {self.n_ctx_train} ({self.path})")
         cp = lc.llama_context_default_params()
         cp.n_ctx = max(n, 32)
         cp.n_batch = cp.n_ubatch = n  # one batch, one graph
         cp.n_threads = cp.n_threads_batch = self.n_threads
         cp.no_perf = True
+        cp.abort_callback = self._abort
         if self.flash_attn is not None:
             cp.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
                                   else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -354,6 +375,8 @@ class LlamaCppModel:
             t0 = time.perf_counter()
             rc = lc.llama_decode(ctx, batch)
             dt = time.perf_counter() - t0
+            if self.stop:  # a signal: the caller acts on it once llama.cpp has returned
+                return np.zeros((0, self.n_vocab), np.float32), dt
             if rc != 0:
                 raise InputError(self.path, f"llama_decode failed (return code {rc}): {_log_tail()}")
             ptr = lc.llama_get_logits(ctx)
@@ -367,8 +390,11 @@ class LlamaCppModel:
 class _Recorder:
     """The eval callback's state: which nodes to take, what they held, every node seen."""
 
-    def __init__(self, lib: _Lib, nmap: GGMLNameMap, select: Selector, n_tokens: int, raw: bool):
+    def __init__(self, lib: _Lib, nmap: GGMLNameMap, select: Selector, n_tokens: int, raw: bool,
+                 stop: list[int] | None = None):
         self.lib, self.nmap, self.select, self.n_tokens, self.raw = lib, nmap, select, n_tokens, raw
+        self.stop = stop if stop is not None else []
+        self.offered: set[str] = set()  # every point the graph offered, selected or not (to check --select)
         self.names_by_addr: dict[int, str] = {}
         self.src_by_addr: dict[int, tuple[int, ...]] = {}
         self.wanted: dict[int, list[str]] = {}  # node address -> canonical names, decided at ask time
@@ -387,6 +413,8 @@ class _Recorder:
         return out
 
     def __call__(self, t: int, ask: bool, _user: Any) -> bool:
+        if self.stop:
+            return False  # a signal arrived: take nothing more (the abort callback stops the compute)
         try:
             tt = ctypes.cast(t, ctypes.POINTER(_GGMLTensor)).contents
             if ask:
@@ -401,6 +429,7 @@ class _Recorder:
                            if x is not None]
                 if not targets and self.raw and not name.startswith(("cache_", "node_")) and "(" not in name:
                     targets = [f"llamacpp.{name}"]
+                self.offered.update(targets)
                 targets = [x for x in dict.fromkeys(targets) if self.select(x)]
                 if targets:
                     self.wanted[t] = targets
@@ -423,7 +452,7 @@ class _Recorder:
         nb = [int(x) for x in tt.nb]
         dims = [d for d in range(_GGML_MAX_DIMS) if ne[d] > 1] or [0]
         outer = max(dims)
-        if ne[outer] != self.n_tokens:
+        if self.n_tokens > 1 and ne[outer] != self.n_tokens:  # one token: the whole node is its row
             self.problems.append(f"{target}: node {name!r} has shape {ne}, no outer token axis of {self.n_tokens}")
             return
         itemsize = np.dtype(_NUMPY[tname]).itemsize
@@ -456,46 +485,73 @@ def capture_llamacpp(
 
     ``prompt`` is tokenized by llama.cpp itself (BOS and specials as its tools do); or pass
     ``token_ids``. ``select``: canonical-name globs (default all). ``raw``: also keep every other
-    named node under ``llamacpp.<node name>`` (engine-vs-engine diffs). ``out_dir`` must be empty
-    or a previous dump unless ``overwrite``. Raises ``InputError`` for a missing llama_cpp, an
-    unloadable model, bad ids, or a non-empty foreign ``out_dir``.
+    named node under ``llamacpp.<node name>`` (engine-vs-engine diffs). ``out_dir`` must not exist,
+    be empty, or hold an earlier layerbisect output, unless ``overwrite`` (then only our files in it are
+    replaced). The dump is written whole beside ``out_dir`` and moved into place (``outputs.StagedDir``):
+    an error or a signal (SIGINT, SIGTERM: the model load and llama.cpp's compute are aborted, then the
+    signal acts as it would have) leaves ``out_dir`` as it was. Raises ``InputError`` for a missing
+    llama_cpp, an unloadable model, bad ids or length, a ``select`` pattern that matches no point of the
+    graph, or an ``out_dir`` that cannot be written.
     """
+    from layerbisect.outputs import StagedDir, check_out_dir, is_ours, signals_deferred
+
     if (prompt is None) == (token_ids is None):
         raise InputError("capture-llamacpp", "give exactly one of prompt= and token_ids=")
+    if token_ids is not None and not len(token_ids):
+        raise InputError("--tokens", "holds no ids")
+    pats = select.split(",") if isinstance(select, str) else list(select or [])
+    if any(not str(p).strip() for p in pats):
+        raise InputError("--select", f"{','.join(map(str, pats))!r} has an empty pattern; e.g. 'layers.*.out,logits*'")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite and not (out / MANIFEST).is_file():
-        raise InputError(out, "exists and is not empty (and not a dump); pass --overwrite (Python: overwrite=True) or "
-                              "another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not (is_ours(out) and _is_dump(out)):
+        raise InputError(out, "is not empty and holds no earlier dump; pass --overwrite (Python: overwrite=True) "
+                              "to write into it, or give another folder")
+    check_out_dir(out, overwrite=overwrite)
     nmap = resolve_ggml_map(name_map)
     sel = Selector(select)
-    with LlamaCppModel(model, n_threads=n_threads, flash_attn=flash_attn, kv_type=kv_type) as m:
-        ids = m.tokenize(prompt) if prompt is not None else [int(t) for t in token_ids or []]
-        arch = m.meta("general.architecture") or "?"
-        rec = _Recorder(_Lib.load(), nmap, sel, len(ids), raw)
-        cb = m.llama_cpp.ggml_backend_sched_eval_callback(rec)
-        logits, dt = m.decode(ids, callback=cb)
-        if rec.error is not None:
-            raise rec.error
+    with signals_deferred() as stop:  # a signal aborts llama.cpp, then acts when this block ends
+        with LlamaCppModel(model, n_threads=n_threads, flash_attn=flash_attn, kv_type=kv_type, stop=stop) as m:
+            ids = m.tokenize(prompt) if prompt is not None else [int(t) for t in token_ids or []]
+            arch = m.meta("general.architecture") or "?"
+            rec = _Recorder(_Lib.load(), nmap, sel, len(ids), raw, stop=stop)
+            cb = m.llama_cpp.ggml_backend_sched_eval_callback(rec)
+            logits, dt = m.decode(ids, callback=cb)
+    if rec.error is not None:
+        raise rec.error
+    for p in sel.patterns if select else ():
+        if not any(fnmatch.fnmatchcase(n, p) for n in rec.offered):
+            raise InputError("--select", f"pattern {p!r} matches none of the {len(rec.offered)} points llama.cpp's "
+                                         "graph offered (named like embed, layers.0.attn.q, logits; "
+                                         "docs/CAPTURE_NAMES.md)")
     if arch not in nmap.archs:
         rec.problems.append(f"architecture {arch!r} is not among the map's {list(nmap.archs)}: check the points")
-    _write_dump(out, rec, ids, nmap, model, arch, dt, flash_attn, kv_type, m.n_threads)
+    with StagedDir(out, overwrite=overwrite) as stage:
+        _write_dump(stage, rec, ids, nmap, model, arch, dt, flash_attn, kv_type, m.n_threads)
     return LlamaCppResult(out_dir=out, token_ids=ids, names=list(rec.order), problems=list(rec.problems),
                           n_nodes=len(rec.graph), decode_seconds=dt, logits=logits, arch=arch)
 
 
+def _is_dump(d: Path) -> bool:
+    """``d`` holds a dump of ours (its manifest names our format)."""
+    try:
+        return json.loads((d / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _write_dump(out: Path, rec: _Recorder, ids: list[int], nmap: GGMLNameMap, model: str | Path, arch: str,
                 dt: float, flash_attn: bool | None, kv_type: str, n_threads: int) -> None:
+    """The dump's files into ``out`` (a fresh staging folder)."""
     import torch
     from safetensors.torch import save_file
 
+    from layerbisect.outputs import usual_mode
     from layerbisect.producers.llamacpp import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 
-    out.mkdir(parents=True, exist_ok=True)
-    for f in out.glob(f"{SHARD_PREFIX}*.safetensors"):
-        f.unlink()
     shard = f"{SHARD_PREFIX}00000.safetensors"
     tensors = {n: torch.from_numpy(rec.values[n]) for n in rec.order}
     save_file(tensors, str(out / shard), metadata={"format": "pt", "step": "0"})
+    usual_mode(out / shard)
     positions = list(range(len(ids)))
     manifest = {
         "format": FORMAT,
@@ -521,9 +577,7 @@ def _write_dump(out: Path, rec: _Recorder, ids: list[int], nmap: GGMLNameMap, mo
                    "tensors": {n: {"shard": shard, "rows": len(ids)} for n in rec.order}}],
         "problems": list(rec.problems),
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     (out / GRAPH_FILE).write_text(json.dumps(rec.graph, indent=0))
 
 

@@ -161,3 +161,90 @@ def test_capture_errors(tiny_models, tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(InputError, match="could not load"):
         capture_llamacpp(bad, tmp_path / "a", token_ids=[1])
+
+
+@needs_llama_cpp
+def test_a_signal_aborts_llamacpp_and_leaves_the_earlier_dump(tiny_models, tmp_path, monkeypatch):
+    """SIGINT while llama.cpp computes: the compute stops, the signal acts once llama.cpp returned, and the
+    earlier dump in the folder is untouched, byte for byte (the new one is staged beside it)."""
+    import os
+    import signal
+
+    from layerbisect.engines import llamacpp as lcm
+
+    gguf = tiny_models["gemma3"]["gguf"]
+    dump = tmp_path / "dump"
+    lcm.capture_llamacpp(gguf, dump, token_ids=IDS)
+    before = {p.name: p.read_bytes() for p in dump.iterdir()}
+
+    class Stop(BaseException):
+        pass
+
+    def raise_stop(signum, frame):
+        raise Stop(signum)
+
+    reads: list[str] = []
+    real_read = lcm._Recorder._read
+
+    def read_then_signal(self, tt, addr, target):
+        reads.append(target)
+        if len(reads) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # recorded by the deferring handler, not raised in C's callback
+        return real_read(self, tt, addr, target)
+
+    monkeypatch.setattr(lcm._Recorder, "_read", read_then_signal)
+    old = signal.signal(signal.SIGINT, raise_stop)
+    try:
+        with pytest.raises(Stop):
+            lcm.capture_llamacpp(gguf, dump, token_ids=IDS[:5])
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert len(reads) == 3  # nothing read after the signal
+    assert {p.name: p.read_bytes() for p in dump.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["dump"]  # no staging folder left
+
+
+@needs_llama_cpp
+def test_one_token_and_output_folder_rules(tiny_models, tmp_path):
+    from layerbisect.engines.dump import load_dump
+    from layerbisect.engines.llamacpp import capture_llamacpp
+
+    gguf = tiny_models["llama"]["gguf"]
+    res = capture_llamacpp(gguf, tmp_path / "one", token_ids=[1])  # one token: every node is that token's row
+    assert not res.problems and "layers.0.attn.q" in res.names and "logits" in res.names, res.problems
+    caps = load_dump(tmp_path / "one")
+    assert all(x.shape[0] == 1 for x in caps.tensors.values())
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my web app"}')  # not a dump of ours
+    with pytest.raises(InputError, match="holds no earlier dump"):
+        capture_llamacpp(gguf, web, token_ids=[1, 2])
+    assert (web / "manifest.json").read_text() == '{"name": "my web app"}'
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    with pytest.raises(InputError, match="not a directory"):
+        capture_llamacpp(gguf, afile, token_ids=[1, 2])
+    with pytest.raises(InputError, match="pattern 'layer.\\*.out' matches none"):
+        capture_llamacpp(gguf, tmp_path / "sel", token_ids=[1, 2], select=["layer.*.out"])
+    with pytest.raises(InputError, match="empty pattern"):
+        capture_llamacpp(gguf, tmp_path / "sel", token_ids=[1, 2], select=["embed", ""])
+    with pytest.raises(InputError, match="holds no ids"):
+        capture_llamacpp(gguf, tmp_path / "sel", token_ids=[])
+    with pytest.raises(InputError, match="is a directory"):
+        capture_llamacpp(tmp_path, tmp_path / "sel", token_ids=[1])
+    assert not (tmp_path / "sel").exists()
+
+
+@needs_llama_cpp
+def test_a_dump_sharing_no_point_with_the_reference_is_bad_input(tiny_models, tmp_path):
+    from layerbisect.engines.llamacpp import capture_llamacpp
+
+    gguf = tiny_models["llama"]["gguf"]
+    capture_llamacpp(gguf, tmp_path / "raw", token_ids=IDS, select=["llamacpp.*"], raw=True)
+
+    def bisect(*args):
+        return subprocess.run([sys.executable, "-m", "layerbisect.cli.app", *args], capture_output=True, text=True)
+
+    res = bisect(str(gguf), "--candidate-dump", str(tmp_path / "raw"), "-o", str(tmp_path / "rep"))
+    assert res.returncode == 2 and "holds none of the reference's capture points" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "rep").exists()
