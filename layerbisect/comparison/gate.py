@@ -265,7 +265,9 @@ def evaluate(
         checked += 1
         fails = r.under(config.thresholds_for(name)).failures()
         if fails:
-            where = f"{name} (token {r.worst_token})" if r.worst_token is not None else name
+            # worst_token is the lowest cosine's: name it only when that is among the failures
+            cos = r.worst_token is not None and any(f.startswith("min cosine") for f in fails)
+            where = f"{name} (token {r.worst_token})" if cos else name
             failures.append(f"{where}: {'; '.join(fails)}")
     if cmp.logits is not None:
         checked += 1

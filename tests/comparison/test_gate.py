@@ -24,6 +24,8 @@ def test_builtin_gate_passes_healthy_and_fails_blowup():
     bad = evaluate(Report(compare_captures(ref, cand, info)))
     assert not bad and bad.exit_code == EXIT_FAIL
     assert any(f.startswith("layers.2.attn_norm") and "max_norm_ratio" in f for f in bad.failures)
+    # a token is named only beside the lowest cosine (worst_token is that one's), never beside a norm ratio alone
+    assert all("(token " not in f or "min cosine" in f for f in bad.failures)
 
 
 def test_toml_rules_per_pattern(tmp_path):
