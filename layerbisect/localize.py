@@ -208,6 +208,8 @@ def localize(
     if not layers:
         return result
     largest = max(layers, key=lambda r: _badness(r["local_rel_l2"]))
+    if _badness(largest["local_rel_l2"]) == 0:  # every layer bit-identical on the reference's input: no culprit
+        return result
     median_local = sorted(r["local_rel_l2"] for r in layers)[len(layers) // 2]
     exp_local = {r["layer"]: r["local_rel_l2"] for r in expected[0]} if expected else {}
     exp_ops = noise.op_rows(layers, expected[0]) if expected else []

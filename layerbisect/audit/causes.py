@@ -325,6 +325,8 @@ def annotate_culprit(report: Any, evidence: Sequence[Evidence]) -> str:
     culprits = [f for f in report.findings if f.kind == "culprit" and (f.evidence or {}).get("source") != "bisect"]
     top = culprits[0] if culprits else None
     cmp = report.comparison
+    if top is None and any(f.kind == "identical" for f in report.findings) and not any(e.decisive for e in evidence):
+        return "identical"  # nothing differs: no culprit to name (the audits' own findings stand)
     n_layers = cmp.info.n_layers if getattr(cmp, "info", None) is not None else 0
     decisive = choose_decisive(evidence, cmp.order, n_layers)
     if top is None:

@@ -10,7 +10,7 @@ Design notes
   severity, the earliest point in execution order first (the first NaN is the cause; the
   later ones are consequences).
 
-Kinds produced here: tokenizer_mismatch, nonfinite_onset, reference_nonfinite,
+Kinds produced here: identical, tokenizer_mismatch, nonfinite_onset, reference_nonfinite,
 first_divergence, norm_blowup, residual_growth, softcap_saturation, most_divergent_layer,
 logit_summary, missing_points, shape_mismatch.
 """
@@ -369,7 +369,7 @@ def detect_most_divergent_layer(cmp: Comparison) -> list[Finding]:
         if not math.isnan(drop) and (best is None or drop > best[0]):
             best = (drop, i, prev, cur)
         prev = cur
-    if best is None or best[0] <= 0:
+    if best is None or best[0] <= 1e-12:  # identical sides give float64 rounding (~1e-16), not a layer
         return []
     drop, i, before, after = best
     name = cmp.residual_point(i)
@@ -474,7 +474,21 @@ def detect_structure(cmp: Comparison) -> list[Finding]:
     return out
 
 
+def detect_identical(cmp: Comparison) -> list[Finding]:
+    """Every compared value equal (rel L2 0 at every fully compared point, same non-finite counts, logits KL 0)."""
+    pts = [r for r in cmp.points.values() if r.full]
+    if not pts or any(r.max_rel_l2 != 0 or r.ref_nonfinite != r.cand_nonfinite for r in pts):
+        return []
+    if cmp.logits is not None and cmp.logits.mean_kl != 0:
+        return []
+    return [Finding("info", "identical", f"Identical: the candidate equals the reference at all {len(pts)} "
+                    "compared points" + (" and the logits" if cmp.logits is not None else ""),
+                    detail="Relative L2 error 0 at every point: no layer diverges (the same file, or the same "
+                    "weights and arithmetic).")]
+
+
 DETECTORS: tuple[Callable[[Comparison], list[Finding]], ...] = (
+    detect_identical,
     detect_tokenizer_mismatch,
     detect_nonfinite,
     detect_first_divergence,

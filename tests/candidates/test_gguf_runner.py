@@ -228,6 +228,8 @@ def test_a_gguf_against_itself_passes(llamacpp_tiny, tmp_path) -> None:
     f32 = str(llamacpp_tiny["F32"])
     res = _bisect(f32, f32, "-o", str(tmp_path / "same"), "-q")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    kinds = [f["kind"] for f in json.loads((tmp_path / "same" / "report.json").read_text())["findings"]]
+    assert "identical" in kinds and "culprit" not in kinds and "most_divergent_layer" not in kinds, kinds
 
 
 def test_streamed_candidate_gives_the_resident_numbers(llamacpp_tiny) -> None:

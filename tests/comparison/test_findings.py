@@ -208,3 +208,12 @@ def test_comparison_on_a_device_gives_the_host_numbers(device: str) -> None:
             assert a.equals(b), col
     for name, p in host.points.items():
         assert p.n_tokens == dev.points[name].n_tokens and p.ref_nonfinite == dev.points[name].ref_nonfinite
+
+
+def test_identical_sides_say_so_and_name_no_layer():
+    ref, _, info = synthetic_pair(noise=1e-3)
+    cmp = compare_captures(ref, ref, info)
+    kinds = [f.kind for f in detect_all(cmp)]
+    assert "identical" in kinds and "most_divergent_layer" not in kinds, kinds
+    _, cand, _ = synthetic_pair(noise=1e-3)
+    assert "identical" not in [f.kind for f in detect_all(compare_captures(ref, cand, info))]
