@@ -134,12 +134,13 @@ class _FittedTable:
             t = _table(None, self.caption if i == len(parts) - 1 else None)
             for k in lead + part:
                 c, w = self.cols[k], self._width(k)
+                # max_width too: rich would otherwise widen a column to its unwrapped header and crop the line
                 if c.kind == "name":
-                    t.add_column(c.title, no_wrap=True, min_width=w, overflow="fold")
+                    t.add_column(c.title, no_wrap=True, min_width=w, max_width=w, overflow="fold")
                 elif c.kind == "text":
                     t.add_column(c.title, overflow="fold", min_width=min(w, 12), max_width=w)
                 else:
-                    t.add_column(c.title, justify="right", min_width=w, overflow="fold")
+                    t.add_column(c.title, justify="right", min_width=w, max_width=w, overflow="fold")
             for r in self.cells:
                 t.add_row(*(r[k] for k in lead + part))
             yield t

@@ -215,6 +215,25 @@ def test_terminal_wide_section_continues_below_without_cutting_numbers():
             assert fmt_cell(0.123456789 * (i + 1) + j, cols[1 + i]) in part, (i, j)
 
 
+def test_terminal_multiword_headers_do_not_widen_columns_past_80():
+    """GGUF vs GGUF's type-pair table: text keys, numbers under long headers (rich sized a column to its
+    unwrapped header and the line was cropped: "min sqnr db" showed "15." for 15.79)."""
+    keys = ["tensors", "params", "cand_bpw", "ref_bpw", "identical", "median_sqnr_db", "min_sqnr_db", "mean_rel_err",
+            "mean_module_out_rel_l2"]
+    cols = (Column("ref_type", kind="text"), Column("cand_type", kind="text"),
+            *(Column(k, kind="int" if k in ("tensors", "params", "identical") else "float") for k in keys),
+            Column("worst_tensor", kind="text"))
+    rows = tuple(("Q6_K", "Q3_K", 9, 167772160, 3.438, 6.562, 0, 15.9856033, 15.7935191, 0.158610966, 0.24682153,
+                  f"layers.{j}.mlp.down_proj.weight") for j in (4, 13))
+    rep = make_report()
+    rep.add_section(Section(key="pairs", title="Pairs", columns=cols, rows=rows))
+    txt = terminal.render_text(rep, width=80)
+    part = txt[txt.index("Pairs"):]
+    assert not [line for line in part.splitlines() if len(line) > 80]
+    for v, c in zip(rows[0], cols):
+        assert fmt_cell(v, c) in part, (c.key, fmt_cell(v, c))
+
+
 def test_html_is_self_contained_and_has_plots():
     page = html.render(make_report())
     markup = _visible(page)
