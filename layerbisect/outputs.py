@@ -167,8 +167,13 @@ class StagedDir:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.stage = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
             os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp's 0700 would become the report folder's mode
-        except OSError as e:
-            raise InputError(self.target, f"cannot create the report directory: {e.strerror or e}") from None
+        except BaseException as e:  # an OSError, or a signal before the block owns the stage: none is left behind
+            if self.stage is not None:
+                with signals_deferred():
+                    shutil.rmtree(self.stage, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise InputError(self.target, f"cannot create the report directory: {e.strerror or e}") from None
+            raise
         return self.stage
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -659,7 +659,9 @@ def row_blocks(model: Any, name: str, max_bytes: int) -> Iterator[torch.Tensor] 
     vocabulary 128256 and width 8192); consumers that only reduce over them (the weight
     audit) take them a block of at most ``max_bytes`` at a time, so neither side's copy is
     ever whole in FP32 beyond what the model itself holds. None when the tensor is not
-    row-sliceable (a quantized head): the caller takes the module's dequantized weight.
+    row-sliceable (a quantized head): the caller takes the module's dequantized weight. A resident
+    16-bit table (a tied BF16 embedding kept so on the CPU) gives its own rows, views in that dtype: widening
+    is exact, and the consumer widens a chunk at a time (``audit.weights.PairSums``) instead of a copy here.
     """
     if isinstance(model, StreamedDecoder):
         return model.row_blocks(name, max_bytes)
@@ -669,7 +671,8 @@ def row_blocks(model: Any, name: str, max_bytes: int) -> Iterator[torch.Tensor] 
         return None
     d = w.shape[-1]
     step = max(1, min(w.shape[0], max_bytes // (4 * max(d, 1))))
-    return (w[lo : lo + step].float() for lo in range(0, w.shape[0], step))
+    return (w[lo : lo + step] if w.dtype in (torch.bfloat16, torch.float16) else w[lo : lo + step].float()
+            for lo in range(0, w.shape[0], step))
 
 
 # --- building a streamed runner ---------------------------------------------------------------

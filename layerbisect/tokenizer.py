@@ -130,6 +130,7 @@ class Tokenizer:
     hf: HFTokenizer = field(repr=False)
     # id -> token string (None for a hole in the ids); what fingerprint() hashes.
     _vocab: list[str | None] = field(repr=False, default_factory=list)
+    _fp: str | None = field(default=None, init=False, repr=False, compare=False)  # fingerprint(), once
 
     @property
     def vocab_size(self) -> int:
@@ -164,6 +165,8 @@ class Tokenizer:
         the same reason. Compare ``encode`` outputs to check segmentation. Trailing padding ids (holes,
         or llama.cpp's ``[PAD{i}]`` filler) are left out.
         """
+        if self._fp is not None:
+            return self._fp
         vocab = list(self._vocab)
         # Padding rows are not vocabulary: llama.cpp's converter fills ids the tokenizer lacks up to the
         # embedding's row count with "[PAD{i}]" (convert_hf_to_gguf.py, TextModel.get_vocab_base), a
@@ -175,7 +178,32 @@ class Tokenizer:
         for s in vocab:
             b = b"\xff" if s is None else s.encode("utf-8")  # 0xff never occurs in UTF-8: a hole in the ids
             h.update(struct.pack("<I", len(b)) + b)
-        return h.hexdigest()[:16]
+        self._fp = h.hexdigest()[:16]
+        return self._fp
+
+    def spent(self) -> SpentTokenizer:
+        """What a run still asks of this tokenizer once the prompt is settled: its special ids and fingerprint."""
+        return SpentTokenizer(bos_id=self.bos_id, eos_id=self.eos_id, source=self.source, _fp=self.fingerprint())
+
+
+@dataclass(frozen=True)
+class SpentTokenizer:
+    """A tokenizer after the prompt is settled (``Tokenizer.spent``): BOS/EOS ids (greedy decoding stops at EOS)
+    and the fingerprint, without the vocabulary and the ``tokenizers`` object (~290 MiB for Gemma 3's 262k
+    tokens). Text in or out is a programming error here: ``RuntimeError``."""
+
+    bos_id: int | None
+    eos_id: int | None
+    source: str
+    _fp: str
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+    def encode(self, *a: object, **k: object) -> list[int]:
+        raise RuntimeError("this tokenizer was released after the prompt was settled (Tokenizer.spent)")
+
+    decode = token_strings = encode  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
