@@ -39,6 +39,7 @@ from pathlib import Path
 from .errors import InputError
 
 MARKER = ".layerbisect-report"
+COMMITTED: list[Path] = []  # every output moved into place by this process, in order (the CLI's interrupt line)
 _MARKER_TEXT = json.dumps({"layerbisect_report": 1}) + "\n"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -212,6 +213,7 @@ class StagedDir:
                 else:
                     os.rename(stage, t)  # onto nothing: one step
             self.files = {n: t / n for n in names}
+            COMMITTED.append(t)
 
 
 def write_file_atomic(target: str | Path, data: str | bytes, *, overwrite: bool = False,
@@ -228,6 +230,7 @@ def write_file_atomic(target: str | Path, data: str | bytes, *, overwrite: bool 
             f.write(raw)
         with signals_deferred():
             os.replace(tmp, t)
+            COMMITTED.append(t)
             tmp = None
     except OSError as e:
         raise InputError(t, f"cannot write: {e.strerror or e}") from None
@@ -241,5 +244,5 @@ def write_file_atomic(target: str | Path, data: str | bytes, *, overwrite: bool 
     return t
 
 
-__all__ = ["MARKER", "StagedDir", "check_out_dir", "check_out_file", "is_ours", "signals_deferred", "usual_mode",
-           "write_file_atomic"]
+__all__ = ["COMMITTED", "MARKER", "StagedDir", "check_out_dir", "check_out_file", "is_ours", "signals_deferred",
+           "usual_mode", "write_file_atomic"]

@@ -123,3 +123,19 @@ def test_dot_in_an_empty_working_directory_keeps_the_directory(tmp_path, monkeyp
         (s / "report.md").write_text("r")
     assert os.getcwd() == str(d) and sorted(os.listdir(d)) == [MARKER, "report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_the_interrupt_line_names_what_was_already_written(tmp_path, capsys, monkeypatch):
+    from layerbisect import outputs
+    from layerbisect.cli.errors import interrupted
+
+    monkeypatch.setattr(outputs, "COMMITTED", [])
+    with pytest.raises(SystemExit) as e:
+        interrupted(signal.SIGINT)
+    assert e.value.code == 130 and capsys.readouterr().err == "bisect: interrupted; no output was changed\n"
+    with StagedDir(tmp_path / "rep") as stage:
+        (stage / "a.txt").write_text("a")
+    assert outputs.COMMITTED == [tmp_path / "rep"]
+    with pytest.raises(SystemExit):
+        interrupted(signal.SIGTERM)
+    assert f"already written in full: {tmp_path / 'rep'}" in capsys.readouterr().err

@@ -20,5 +20,9 @@ def fail(err: InputError | str, code: int = 2) -> None:
 
 def interrupted(signum: int) -> None:
     """Exit as the shell reports a signal (128 + N: 130 for SIGINT) after one line on stderr."""
-    print("bisect: interrupted; no output was changed", file=sys.stderr)
+    from ..outputs import COMMITTED
+
+    done = ", ".join(str(p) for p in COMMITTED)
+    print("bisect: interrupted; " + (f"already written in full: {done}; nothing else was changed" if done
+                                     else "no output was changed"), file=sys.stderr)
     raise SystemExit(128 + int(signum))
