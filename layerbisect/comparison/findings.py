@@ -406,8 +406,11 @@ def detect_logit_summary(cmp: Comparison) -> list[Finding]:
             f"Logits: KL {lg.mean_kl:.4g} nats (max {lg.max_kl:.4g}), top-1 agreement {lg.top1_agreement:.1%}, "
             f"top-5 overlap {lg.mean_top5_overlap:.1%}",
             point="logits",
-            token_index=lg.first_top1_mismatch,
-            detail=str(lg),
+            # the position of the max KL the title gives (the first top-1 miss is in the detail)
+            token_index=lg.worst_kl_token if lg.worst_kl_token is not None else lg.first_top1_mismatch,
+            detail=str(lg) + (f"; max KL at token {lg.worst_kl_token}" if lg.worst_kl_token is not None else "")
+            + (f"; first top-1 miss at token {lg.first_top1_mismatch}" if lg.first_top1_mismatch is not None
+               else ""),
             evidence=lg.to_dict(),
         )
     ]
