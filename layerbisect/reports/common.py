@@ -154,7 +154,9 @@ def runtime_rows(report: Report) -> list[tuple[str, str]]:
 
 
 def continuations(report: Report) -> Continuations | None:
-    return report.record.continuations
+    """The greedy continuations, or None when nothing was generated (``--generate 0``, an engine dump)."""
+    c = report.record.continuations
+    return c if c is not None and (c.reference.ids or c.candidate.ids) else None
 
 
 def verdict(report: Report) -> str:
