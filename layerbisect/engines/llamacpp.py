@@ -395,6 +395,7 @@ class _Recorder:
         self.lib, self.nmap, self.select, self.n_tokens, self.raw = lib, nmap, select, n_tokens, raw
         self.stop = stop if stop is not None else []
         self.offered: set[str] = set()  # every point the graph offered, selected or not (to check --select)
+        self.raw_skipped: list[str] = []  # --raw nodes without an outer token axis, said in one line
         self.names_by_addr: dict[int, str] = {}
         self.src_by_addr: dict[int, tuple[int, ...]] = {}
         self.wanted: dict[int, list[str]] = {}  # node address -> canonical names, decided at ask time
@@ -453,6 +454,9 @@ class _Recorder:
         dims = [d for d in range(_GGML_MAX_DIMS) if ne[d] > 1] or [0]
         outer = max(dims)
         if self.n_tokens > 1 and ne[outer] != self.n_tokens:  # one token: the whole node is its row
+            if target.startswith("llamacpp."):  # --raw: nodes not laid out per token (kq-N spans the KV slots)
+                self.raw_skipped.append(name)
+                return
             self.problems.append(f"{target}: node {name!r} has shape {ne}, no outer token axis of {self.n_tokens}")
             return
         itemsize = np.dtype(_NUMPY[tname]).itemsize
@@ -523,6 +527,10 @@ def capture_llamacpp(
             raise InputError("--select", f"pattern {p!r} matches none of the {len(rec.offered)} points llama.cpp's "
                                          "graph offered (named like embed, layers.0.attn.q, logits; "
                                          "docs/CAPTURE_NAMES.md)")
+    if rec.raw_skipped:
+        kinds = sorted({re.sub(r"-\d+$", "-N", n) for n in rec.raw_skipped})
+        rec.problems.append(f"--raw: {len(rec.raw_skipped)} nodes have no outer token axis and were not kept "
+                            f"({', '.join(kinds[:6])}{', …' if len(kinds) > 6 else ''})")
     if arch not in nmap.archs:
         rec.problems.append(f"architecture {arch!r} is not among the map's {list(nmap.archs)}: check the points")
     with StagedDir(out, overwrite=overwrite) as stage:

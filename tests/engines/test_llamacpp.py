@@ -240,7 +240,10 @@ def test_a_dump_sharing_no_point_with_the_reference_is_bad_input(tiny_models, tm
     from layerbisect.engines.llamacpp import capture_llamacpp
 
     gguf = tiny_models["llama"]["gguf"]
-    capture_llamacpp(gguf, tmp_path / "raw", token_ids=IDS, select=["llamacpp.*"], raw=True)
+    cap = capture_llamacpp(gguf, tmp_path / "raw", token_ids=IDS, select=["llamacpp.*"], raw=True)
+    # the attention-score nodes (kq-N spans the KV slots) are said once, not once per node
+    assert [p for p in cap.problems if "token axis" in p] == [p for p in cap.problems if p.startswith("--raw:")]
+    assert len([p for p in cap.problems if p.startswith("--raw:")]) <= 1, cap.problems
 
     def bisect(*args):
         return subprocess.run([sys.executable, "-m", "layerbisect.cli.app", *args], capture_output=True, text=True)
