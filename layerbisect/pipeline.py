@@ -499,11 +499,9 @@ def _release_kept_weights(runner: ModelRunner) -> None:
     (``QuantLinear.keep_weight``): after the passes each linear runs a few times (patching, audit), and decoding
     again (the same bits; 0.1 s for all of Gemma 3 270M's FP8 linears) costs less than holding them (0.37 GiB,
     where a CPU bisect's peak stood). The freed heap goes back to the system."""
-    for m in getattr(runner, "quant_linears", dict)().values():
-        release = getattr(m, "release_kept_weight", None)
-        if release is not None:
-            release()
-            m.keep_weight = False
+    from .candidates.qlinear import release_kept_weights
+
+    release_kept_weights(getattr(runner, "quant_linears", dict)().values(), keep_after=False)
     release_free_memory(runner.device)
 
 

@@ -34,7 +34,7 @@ activation quantization runs as the same PyTorch code on the GPU, so only the GE
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -548,3 +548,14 @@ def build_linear(module_name: str, tensors: dict[str, torch.Tensor], scheme: Lin
     if scheme.weight == "mxfp4":
         return MXFP4Linear(module_name, tensors, scheme, options)
     raise InputError(module_name, f"weight scheme {scheme.weight!r} is not supported by the candidate runner yet")
+
+
+def release_kept_weights(modules: Iterable[torch.nn.Module], *, keep_after: bool = True) -> None:
+    """``release_kept_weight`` on every module that keeps an FP32 copy (``QuantLinear._weight_fp32``); with
+    ``keep_after=False`` they keep none from then on (each call decodes: the same bits, no copy held)."""
+    for m in modules:
+        release = getattr(m, "release_kept_weight", None)
+        if release is not None:
+            release()
+            if not keep_after:
+                m.keep_weight = False

@@ -44,10 +44,9 @@ def run_expected(ref_runner: Any, cand_runner: Any, ids: Sequence[int], ref_caps
     if getattr(cand_runner, "fmt", None) == "gguf":  # a GGUF candidate: its types are judged per GGML type instead
         return None
     t0 = time.perf_counter()
-    for m in cand_runner.quant_linears().values():  # idle while the lane runs; decoded again on next use
-        release = getattr(m, "release_kept_weight", None)
-        if release is not None:
-            release()
+    from ..candidates.qlinear import release_kept_weights
+
+    release_kept_weights(cand_runner.quant_linears().values())  # idle while the lane runs; decoded on next use
     # and the comparison's float64 copies: the lane's peak is its own memory on the live set
     release_free_memory(ref_runner.device, cand_runner.device)
     lane = build_lane(ref_runner, cand_runner, ref_caps)
