@@ -111,7 +111,9 @@ def test_ctrl_c_at_an_arbitrary_moment(fp8, tmp_path):
         _, err = p.communicate(timeout=600)
         assert "Traceback" not in err, err[-3000:]
         after = _snapshot(rep)
-        if p.returncode == 130:
+        # 130: our handler; -SIGINT: the signal landed while the interpreter was exiting, after the run was done
+        # (Python restores the default action then; a shell shows 130 for both)
+        if p.returncode in (130, -signal.SIGINT):
             assert after == before or json.loads(after["report.json"])["run"]["tokens"]["ids"][:3] == [2, 10, 11]
         else:  # finished before the signal
             assert p.returncode in (0, 1), err
